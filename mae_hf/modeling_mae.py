@@ -97,29 +97,27 @@ class MAEPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """The official MAE init: xavier-uniform Linears (the patch embedding too, seen as a Linear), unit
-        LayerNorms, N(0, 0.02) class/mask tokens and fixed sin-cos tables. `init.*` skip loaded tensors."""
+        LayerNorms, N(0, 0.02) class/mask tokens, fixed sin-cos tables, a classifier head with std 2e-5.
+
+        `init.*` skip tensors that were loaded. Work is attached to modules that own parameters directly:
+        transformers skips remote-code modules that own none (such as `PatchEmbed`)."""
         if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
+            if module is getattr(self, "head", None):
+                init.trunc_normal_(module.weight, std=2e-5)  # official fine-tuning head init
+            else:
+                init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, PatchEmbed):
-            weight = module.proj.weight
-            if not getattr(weight, "_is_hf_initialized", False):  # a view drops the flag: check it here
-                nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-            bound = 1.0 / (weight[0].numel() ** 0.5)  # PyTorch's Conv2d default, as the official code leaves it
-            init.uniform_(module.proj.bias, -bound, bound)
         elif isinstance(module, MAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
+            init_patch_embed(module.patch_embed.proj)
         elif isinstance(module, MAEDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
-        elif isinstance(module, MAEForImageClassification) and isinstance(module.head, nn.Linear):
-            init.trunc_normal_(module.head.weight, std=2e-5)  # official fine-tuning head init
-            init.zeros_(module.head.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Point every Auto class at this file, so any task model loads from any checkpoint with remote code.
@@ -137,6 +135,15 @@ class MAEPreTrainedModel(PreTrainedModel):
         return PreTrainedModel._load_pretrained_model(
             model, state_dict, checkpoint_files, load_config, expected_keys=expected_keys
         )
+
+
+def init_patch_embed(proj: nn.Conv2d) -> None:
+    """Xavier-uniform on the kernel seen as a (D, C*p*p) Linear; the bias keeps PyTorch's Conv2d default, which
+    the official code leaves as it is."""
+    if not getattr(proj.weight, "_is_hf_initialized", False):  # a view drops the flag: check it here
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    bound = 1.0 / (proj.weight[0].numel() ** 0.5)
+    init.uniform_(proj.bias, -bound, bound)
 
 
 def resample_checkpoint_pos_embeds(model, state_dict, checkpoint_files):

@@ -1,0 +1,38 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mae_hf import MAEConfig  # noqa: E402
+
+
+def tiny_config(**overrides) -> MAEConfig:
+    """A 32 px, patch-8 ViT (16 patches) with a 1-block decoder: every model test runs in well under a second."""
+    fields = dict(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=64,
+    )
+    fields.update(overrides)
+    return MAEConfig(**fields)
+
+
+@pytest.fixture
+def config() -> MAEConfig:
+    return tiny_config()
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
