@@ -1,0 +1,30 @@
+# The two commands of the README. Each creates (or reuses) the virtual environment in $(VENV).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup demo test bench-smoke clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+# Pretrain a small MAE on scikit-learn's handwritten digits (nothing downloaded), then draw its reconstructions.
+demo: setup
+	$(PY) run_pretraining.py configs/pretrain_digits_demo.yaml --overwrite_output_dir
+	@echo "reconstructions: outputs/pretrain_digits/reconstruction.png"
+
+test: setup
+	$(PY) -m pytest
+
+bench-smoke: setup
+	$(PY) benchmarks/bench_pretrain_step.py --smoke
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,60 @@
+"""Argument dataclasses shared by the training scripts (parsed with `HfArgumentParser`, also from a .json/.yaml
+file). `TrainingArguments` fields keep their transformers names; the MAE recipe adds a few."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset id (e.g. ILSVRC/imagenet-1k), a local parquet/arrow folder, or a built-in "
+                  "set: 'digits' (scikit-learn's handwritten digits)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "An ImageFolder of training images."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An ImageFolder of validation images."})
+    image_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
+    train_val_split: float = field(
+        default=0.05, metadata={"help": "Share of train carved out for validation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging, quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset instead of downloading it first (needs --max_steps)."}
+    )
+    verify_images: bool = field(
+        default=True, metadata={"help": "Decode every image once before training to catch corrupt files."}
+    )
+    skip_corrupt_images: bool = field(
+        default=False, metadata={"help": "Leave out (and count) images that cannot be decoded instead of failing."}
+    )
+    crop_min_scale: float = field(
+        default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's area scale (official MAE: 0.2)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where datasets stores downloads."})
+
+
+@dataclass
+class RecipeArguments(TrainingArguments):
+    """TrainingArguments plus the recipe's epoch-based settings and a safe output dir."""
+
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "lr = base_learning_rate x global batch / 256, computed once the world size is known. "
+                  "Overrides --learning_rate when given."},
+    )
+    warmup_epochs: float | None = field(
+        default=None, metadata={"help": "Linear warmup length in epochs (converted to a share of training)."}
+    )
+    save_every_epochs: float | None = field(
+        default=None, metadata={"help": "Checkpoint interval in epochs (the seed's --save_checkpoint_interval)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into a non-empty output dir (it is never emptied)."}
+    )
+    eval_mask_seed: int = field(
+        default=1234, metadata={"help": "Seed of the masks used in evaluation, so eval_loss is comparable."}
+    )

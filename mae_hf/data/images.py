@@ -1,0 +1,83 @@
+"""Image columns: finding them, converting any PIL mode to what the model takes, and catching corrupt files
+before training starts."""
+
+import io
+
+import numpy as np
+from datasets import Dataset, Image
+from PIL import Image as PILImage
+
+IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "jpg", "png")
+
+
+def find_image_column(dataset, name: str | None = None) -> str:
+    """The image column: `name` when given, else the first `datasets.Image` feature, else a usual name."""
+    columns = list(dataset.column_names or [])
+    if name is not None:
+        if name not in columns:
+            raise ValueError(f"--image_column_name {name!r} is not a column of the dataset; columns: {columns}")
+        return name
+    features = dataset.features or {}
+    for column in columns:
+        if isinstance(features.get(column), Image):
+            return column
+    for column in IMAGE_COLUMN_NAMES:
+        if column in columns:
+            return column
+    raise ValueError(f"no image column found; pass --image_column_name (columns: {columns})")
+
+
+def to_model_mode(image: PILImage.Image, num_channels: int = 3) -> PILImage.Image:
+    """Any PIL image (grayscale, palette, RGBA, CMYK, 16-bit, float) as RGB, or as L for 1-channel models."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # PIL's own convert clips 16-bit and float values at 255; rescale the actual range instead.
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = PILImage.fromarray(np.clip(array / high * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+    target = "L" if num_channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def _decodes(value) -> bool:
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with PILImage.open(source) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG: decode at 1/8 scale
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to decode is what we are looking for
+        return False
+
+
+def _describe(value, index: int) -> str:
+    return value.get("path") or f"row {index}"
+
+
+def verify_images(
+    dataset: Dataset, column: str, skip_corrupt: bool = False, num_proc: int | None = None, split: str = "train"
+) -> tuple[Dataset, int]:
+    """Decode every image once (JPEGs at reduced scale) before training.
+
+    Returns the dataset (without the corrupt rows when `skip_corrupt`) and the number of rows removed; without
+    `skip_corrupt` a corrupt image raises a ValueError that names its file.
+    """
+    raw = dataset.cast_column(column, Image(decode=False))
+    flags = raw.map(
+        lambda batch: {"_decodes": [_decodes(v) for v in batch[column]]},
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=raw.column_names,
+        desc=f"checking {split} images",
+    )["_decodes"]
+    bad = [i for i, ok in enumerate(flags) if not ok]
+    if not bad:
+        return dataset, 0
+    if not skip_corrupt:
+        names = ", ".join(_describe(raw[i][column], i) for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{len(bad)} {split} image(s) cannot be decoded: {names}{more}. Fix or remove them, or pass "
+            "--skip_corrupt_images to leave them out."
+        )
+    keep = sorted(set(range(len(dataset))) - set(bad))
+    return dataset.select(keep), len(bad)

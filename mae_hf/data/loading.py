@@ -1,0 +1,63 @@
+"""Image datasets from the Hub, local folders (ImageFolder, parquet, arrow) or the built-in demo sets, as a
+DatasetDict with `train` and `validation` splits."""
+
+import os
+
+from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
+
+from ..arguments import DataArguments
+from .digits import load_digits_dataset
+
+BUILTIN = {"digits": load_digits_dataset}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def check_image_dir(path: str, flag: str) -> None:
+    """Fail early, naming the flag, on a missing or image-less folder."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} does not exist or is not a folder")
+    for _root, _dirs, files in os.walk(path):
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
+            return
+    raise ValueError(f"{flag} {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def _load_named(args: DataArguments):
+    name = args.dataset_name
+    if name in BUILTIN:
+        return BUILTIN[name]()
+    if os.path.isdir(name) and (
+        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
+    ):
+        return load_from_disk(name)  # a folder written by save_to_disk
+    return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=args.streaming)
+
+
+def _load_folders(args: DataArguments):
+    check_image_dir(args.train_dir, "--train_dir")
+    files = {"train": os.path.join(args.train_dir, "**")}
+    if args.validation_dir:
+        check_image_dir(args.validation_dir, "--validation_dir")
+        files["validation"] = os.path.join(args.validation_dir, "**")
+    return load_dataset(
+        "imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=args.streaming
+    )
+
+
+def load_image_datasets(args: DataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
+    """train + validation; validation is carved from train (`train_val_split`, seeded) when the source has none."""
+    if args.dataset_name is None and args.train_dir is None:
+        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir")
+    datasets = _load_named(args) if args.dataset_name is not None else _load_folders(args)
+    if "train" not in datasets:
+        raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
+    if "validation" not in datasets:
+        if args.streaming:
+            raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
+        carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
+        datasets = DatasetDict(train=carved["train"], validation=carved["test"])
+    if not args.streaming:
+        for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
+            if limit is not None:
+                datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
+    return datasets

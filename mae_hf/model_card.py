@@ -1,0 +1,65 @@
+"""A short README.md model card for a trained model: what it is, on what data, with which settings, how it did."""
+
+import os
+
+RECIPE_FIELDS = (
+    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
+    "learning_rate", "base_learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps",
+    "lr_scheduler_type", "max_grad_norm", "seed",
+)
+
+
+def _rows(pairs) -> str:
+    return "\n".join(f"| {key} | {value} |" for key, value in pairs)
+
+
+def write_model_card(output_dir, model, data_args, training_args, metrics: dict, state=None) -> str:
+    config = model.config
+    data = data_args.dataset_name or data_args.train_dir or "unknown"
+    architecture = (
+        f"ViT encoder {config.hidden_size} wide x {config.num_hidden_layers} deep ({config.num_attention_heads} heads), "
+        f"patch {config.patch_size}, image {config.image_size}, {config.num_channels} channel(s)"
+    )
+    settings = [(name, getattr(training_args, name, None)) for name in RECIPE_FIELDS]
+    model_settings = [
+        (name, getattr(config, name))
+        for name in ("mask_ratio", "norm_pix_loss", "decoder_hidden_size", "decoder_num_hidden_layers", "drop_path_rate")
+    ]
+    results = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in sorted(metrics.items())]
+    if state is not None:
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        if losses:
+            results = [("first logged training loss", f"{losses[0]:.4f}"), ("last logged training loss", f"{losses[-1]:.4f}")] + results
+    text = f"""---
+library_name: transformers
+tags: [mae_hf, masked-autoencoder, vision, {type(model).__name__}]
+datasets: [{data}]
+---
+
+# {type(model).__name__} ({config.model_type})
+
+Trained with [mae_hf](https://github.com/) (Masked Autoencoders, He et al. 2021, arXiv:2111.06377).
+
+- Architecture: {architecture}
+- Data: `{data}`
+
+Load it with `import mae_hf` and `transformers.AutoModel*.from_pretrained(PATH)`, or without mae_hf with
+`trust_remote_code=True`.
+
+## Settings
+
+| setting | value |
+|---|---|
+{_rows(model_settings + settings)}
+
+## Results
+
+| metric | value |
+|---|---|
+{_rows(results)}
+"""
+    path = os.path.join(output_dir, "README.md")
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path

@@ -1,0 +1,136 @@
+"""What the three training scripts share before training starts: argument parsing (with config files), the
+output-dir and Hub checks, logging, and the recipe's learning-rate and warmup arithmetic."""
+
+import logging
+import math
+import os
+import sys
+
+import datasets
+import transformers
+import yaml
+from transformers import HfArgumentParser
+
+logger = logging.getLogger("mae_hf")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def file_to_argv(path: str) -> list[str]:
+    """A .json/.yaml config as command-line words, so that flags given after it override it."""
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}  # YAML is a superset of JSON
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values")
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        words = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        argv += [f"--{key}", *words]
+    return argv
+
+
+def parse_arguments(dataclass_types, argv=None):
+    """`script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file gives defaults, flags override them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        if not os.path.isfile(argv[0]):
+            raise ValueError(f"config file {argv[0]} does not exist")
+        argv = file_to_argv(argv[0]) + argv[1:]
+    return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
+    )
+    level = training_args.get_process_log_level()
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+
+
+def check_output_dir(training_args) -> None:
+    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume."""
+    out = training_args.output_dir
+    if out is None:
+        raise ValueError("--output_dir is required")
+    if os.path.isfile(out):
+        raise ValueError(f"--output_dir {out} is a file")
+    if (
+        os.path.isdir(out)
+        and os.listdir(out)
+        and training_args.do_train
+        and not training_args.overwrite_output_dir
+        and not training_args.resume_from_checkpoint
+    ):
+        raise ValueError(
+            f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
+            "or --resume_from_checkpoint latest to continue its training"
+        )
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint latest` -> the newest checkpoint-N folder of the output dir."""
+    wanted = training_args.resume_from_checkpoint
+    if wanted in (None, "", "false", "False"):
+        return None
+    if wanted in ("latest", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {training_args.output_dir}")
+        return last
+    if not os.path.isdir(wanted):
+        raise ValueError(f"--resume_from_checkpoint {wanted} does not exist")
+    return wanted
+
+
+def check_hub_access(training_args) -> None:
+    """With --push_to_hub, fail now (not after days of training) when the Hub cannot be reached."""
+    if not training_args.push_to_hub:
+        return
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(token=training_args.hub_token).whoami()
+    except Exception as error:  # noqa: BLE001 - offline mode, no token, no network: all end the same way
+        raise ValueError(
+            f"--push_to_hub needs the Hugging Face Hub, which cannot be used here ({type(error).__name__}: {error}). "
+            "Log in with `hf auth login`, check the network and HF_HUB_OFFLINE, or drop --push_to_hub."
+        ) from error
+
+
+def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
+    """lr = base_learning_rate x global batch / 256 (once the world size is known), and warmup given in epochs
+    turned into a share of training (an explicit --warmup_steps wins). Returns the global batch size."""
+    global_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    if training_args.base_learning_rate is not None:
+        training_args.learning_rate = training_args.base_learning_rate * global_batch / 256
+        logger.info(
+            f"learning rate {training_args.learning_rate:.3e} = base {training_args.base_learning_rate:.3e} x global "
+            f"batch {global_batch} / 256 ({training_args.world_size} process(es))"
+        )
+    if training_args.warmup_epochs and not training_args.warmup_steps:
+        epochs = training_args.num_train_epochs
+        if training_args.max_steps > 0:
+            if not train_size:
+                raise ValueError("--warmup_epochs needs the dataset size; with --streaming give --warmup_steps")
+            epochs = training_args.max_steps * global_batch / train_size
+        if training_args.warmup_epochs >= epochs:
+            raise ValueError(
+                f"--warmup_epochs {training_args.warmup_epochs} must be shorter than the training ({epochs:g} epochs)"
+            )
+        training_args.warmup_steps = training_args.warmup_epochs / epochs  # a share of all steps
+    if training_args.save_every_epochs:
+        if not train_size:
+            raise ValueError("--save_every_epochs needs the dataset size; with --streaming give --save_steps")
+        batches = math.ceil(train_size / (training_args.per_device_train_batch_size * training_args.world_size))
+        steps_per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
+        training_args.save_strategy = "steps"
+        training_args.save_steps = max(1, round(training_args.save_every_epochs * steps_per_epoch))
+        logger.info(f"checkpoint every {training_args.save_steps} steps ({training_args.save_every_epochs} epochs)")
+    return global_batch

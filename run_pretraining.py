@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""MAE pretraining with transformers' Trainer: one process, `torchrun`, or `accelerate launch`.
+
+    python run_pretraining.py configs/pretrain_digits_demo.yaml            # the demo, nothing downloaded
+    accelerate launch run_pretraining.py configs/pretrain_vit_base.yaml --dataset_name ILSVRC/imagenet-1k
+Any flag overrides the config file given first.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import ViTImageProcessor, set_seed
+from transformers.image_utils import PILImageResampling
+
+from mae_hf import MAEConfig, MAEForPreTraining
+from mae_hf.arguments import DataArguments, RecipeArguments
+from mae_hf.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    collate_pixel_values,
+    eval_transform,
+    find_image_column,
+    load_image_datasets,
+    pretrain_transform,
+    verify_images,
+)
+from mae_hf.data.transforms import ImageTransform
+from mae_hf.model_card import write_model_card
+from mae_hf.run_utils import (
+    apply_recipe_schedule,
+    check_hub_access,
+    check_output_dir,
+    logger,
+    parse_arguments,
+    resolve_checkpoint,
+    setup_logging,
+)
+from mae_hf.trainer import MAETrainer, ReconstructionCallback
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from this MAE checkpoint instead of a fresh model."}
+    )
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = field(default=True, metadata={"help": "Regress per-patch normalised pixels (paper)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager'."})
+    num_visualized_images: int = field(default=8, metadata={"help": "Images in each reconstruction figure."})
+
+
+@dataclass
+class PretrainingArguments(RecipeArguments):
+    """The official pretraining defaults (PRETRAIN.md / paper Tab. 8)."""
+
+    base_learning_rate: float | None = 1.5e-4
+    weight_decay: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    num_train_epochs: float = 800
+    warmup_epochs: float | None = 40
+    lr_scheduler_type: str = "cosine"
+    max_grad_norm: float = 0.0  # the official pretraining does not clip (the seed used 1.0)
+    per_device_train_batch_size: int = 64
+    remove_unused_columns: bool = False  # the image column is consumed by our transform, not the model
+    label_names: list[str] = field(default_factory=lambda: ["pixel_values"])  # so evaluation reports eval_loss
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_steps: float = 50
+    report_to: str | list[str] = "none"
+    do_train: bool = True
+    do_eval: bool = True
+
+
+MODEL_FIELDS = [f for f in ModelArguments.__dataclass_fields__ if f not in ("model_name_or_path", "num_visualized_images")]
+
+
+def build_model(model_args: ModelArguments) -> MAEForPreTraining:
+    settings = {name: getattr(model_args, name) for name in MODEL_FIELDS}
+    if model_args.model_name_or_path:
+        return MAEForPreTraining.from_pretrained(model_args.model_name_or_path, **settings)
+    return MAEForPreTraining(MAEConfig(**settings))
+
+
+def prepare_datasets(data_args, model_args, training_args):
+    """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
+    raw = load_image_datasets(data_args, seed=training_args.seed)
+    column = find_image_column(raw["train"], data_args.image_column_name)
+    if data_args.verify_images and not data_args.streaming and data_args.dataset_name not in ("digits",):
+        for split in list(raw):
+            num_proc = max(1, training_args.dataloader_num_workers) if len(raw[split]) > 10_000 else None
+            raw[split], skipped = verify_images(raw[split], column, data_args.skip_corrupt_images, num_proc, split)
+            if skipped:
+                logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
+    size, channels = (model_args.image_size, model_args.image_size), model_args.num_channels
+    mean, std = normalisation(channels)
+    transforms = {
+        "train": ImageTransform(pretrain_transform(size, mean, std, data_args.crop_min_scale), column, channels),
+        "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
+    }
+    if data_args.streaming:
+        if training_args.max_steps <= 0:
+            raise ValueError("--streaming needs --max_steps (a streamed dataset has no length)")
+        return {
+            split: raw[split].map(transforms[split], batched=True, remove_columns=raw[split].column_names)
+            for split in raw
+        }
+    return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation")}
+
+
+def normalisation(num_channels: int):
+    if num_channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (sum(IMAGENET_MEAN) / 3,) * num_channels, (sum(IMAGENET_STD) / 3,) * num_channels
+
+
+def image_processor(model_args) -> ViTImageProcessor:
+    mean, std = normalisation(model_args.num_channels)
+    return ViTImageProcessor(
+        size={"height": model_args.image_size, "width": model_args.image_size},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+def visualized_images(eval_dataset, count: int) -> torch.Tensor:
+    if hasattr(eval_dataset, "__len__"):
+        return torch.stack([eval_dataset[i]["pixel_values"] for i in range(min(count, len(eval_dataset)))])
+    return torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
+
+
+def main(argv=None, callbacks=()):
+    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments, PretrainingArguments), argv)
+    setup_logging(training_args)
+    if not training_args.do_eval:
+        training_args.eval_strategy = "no"
+    check_output_dir(training_args)
+    check_hub_access(training_args)
+    checkpoint = resolve_checkpoint(training_args)
+    MAEConfig(**{name: getattr(model_args, name) for name in MODEL_FIELDS})  # bad sizes fail before any data work
+
+    datasets = prepare_datasets(data_args, model_args, training_args)
+    set_seed(training_args.seed)  # the fresh model's weights too
+    model = build_model(model_args)
+    train_size = len(datasets["train"]) if hasattr(datasets["train"], "__len__") else None
+    apply_recipe_schedule(training_args, train_size)
+    mean, std = normalisation(model_args.num_channels)
+    figures = ReconstructionCallback(
+        visualized_images(datasets["validation"], model_args.num_visualized_images), mean, std, training_args.output_dir
+    )
+    trainer = MAETrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"] if training_args.do_train else None,
+        eval_dataset=datasets["validation"] if training_args.do_eval else None,
+        data_collator=collate_pixel_values,
+        processing_class=image_processor(model_args),
+        callbacks=[figures, *callbacks],
+    )
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # also saves the image processor
+        metrics.update(result.metrics)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if trainer.is_world_process_zero():
+        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The benchmark scripts run (smoke mode: tiny config, seconds) and print their summary."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pretrain_step_benchmark_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_pretrain_step.py"), "--smoke", "--threads", "1",
+         "--rounds", "2", "--json", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mae_hf / transformers train-step images/s:" in result.stdout
+    assert "(|diff| 0.00e+00)" in result.stdout  # both models did the same work
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved and "ratio" in json.dumps(saved)

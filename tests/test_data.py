@@ -1,0 +1,70 @@
+"""Data: the built-in digits, image-mode conversion, image-column detection, corrupt-image checks, transforms."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, Image as ImageFeature
+from PIL import Image
+
+from mae_hf.data import (
+    find_image_column,
+    load_digits_dataset,
+    pretrain_transform,
+    to_model_mode,
+    verify_images,
+)
+from mae_hf.data.digits import digit_images
+
+
+def test_digits_are_real_and_split_the_same_way_every_time():
+    first, second = load_digits_dataset(), load_digits_dataset()
+    assert (len(first["train"]), len(first["validation"])) == (1500, 297)
+    assert first["validation"]["label"] == second["validation"]["label"]
+    assert set(first["train"]["label"]) == set(range(10))
+    images, labels = digit_images()
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    assert np.array_equal(np.asarray(images[0]), np.round(raw.images[0] * 255 / 16).astype(np.uint8))
+    assert first["train"][0]["image"].size == (8, 8)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_becomes_rgb_or_l(mode):
+    image = Image.new("RGB", (4, 3), (200, 100, 50)).convert(mode)
+    assert to_model_mode(image).mode == "RGB" and to_model_mode(image).size == (4, 3)
+    assert to_model_mode(image, num_channels=1).mode == "L"
+
+
+def test_sixteen_bit_images_are_rescaled_not_clipped():
+    array = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    converted = np.asarray(to_model_mode(Image.fromarray(array), num_channels=1))
+    assert converted.tolist() == [[0, 128, 255]]
+
+
+def test_image_column_detection_and_errors():
+    ds = Dataset.from_dict({"picture": [Image.new("RGB", (2, 2))], "y": [0]}).cast_column("picture", ImageFeature())
+    assert find_image_column(ds) == "picture"
+    with pytest.raises(ValueError, match=r"--image_column_name 'img' is not a column.*\['picture', 'y'\]"):
+        find_image_column(ds, "img")
+    with pytest.raises(ValueError, match=r"no image column found.*\['a'\]"):
+        find_image_column(Dataset.from_dict({"a": [1]}))
+
+
+def test_verify_images_names_or_drops_corrupt_files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really")
+    ds = Dataset.from_dict({"image": [str(good), str(bad), str(good)]}).cast_column("image", ImageFeature())
+    with pytest.raises(ValueError, match=r"1 train image\(s\) cannot be decoded: .*bad\.jpg"):
+        verify_images(ds, "image")
+    kept, skipped = verify_images(ds, "image", skip_corrupt=True)
+    assert skipped == 1 and len(kept) == 2
+
+
+def test_pretrain_transform_output():
+    torch.manual_seed(0)
+    out = pretrain_transform(16)(Image.new("RGB", (40, 30), (255, 0, 0)))
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))

@@ -1,0 +1,201 @@
+"""run_pretraining.py end to end on tiny models: digits, an ImageFolder with awkward images, resume, two
+processes, and the errors that must come before any training."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForPreTraining, TrainerCallback
+
+import run_pretraining
+from mae_hf import MAEForPreTraining
+from mae_hf.run_utils import parse_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "1",
+    "--num_attention_heads", "2", "--intermediate_size", "64", "--decoder_hidden_size", "16",
+    "--decoder_num_hidden_layers", "1", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--base_learning_rate", "1e-3",
+    "--warmup_epochs", "0", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
+    "--num_visualized_images", "2", "--seed", "0",
+]
+
+
+def run(tmp_path, *extra, callbacks=(), out="out"):
+    argv = ["--output_dir", str(tmp_path / out), *TINY, *extra]
+    return run_pretraining.main(argv, callbacks=callbacks)
+
+
+def make_image_folder(root: Path, count: int = 12) -> Path:
+    """JPEG RGB, PNG grayscale, PNG RGBA, JPEG CMYK and 16-bit PNG images in two class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rgb = rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)
+        kind = i % 5
+        if kind == 0:
+            Image.fromarray(rgb).save(folder / f"{i}.jpg")
+        elif kind == 1:
+            Image.fromarray(rgb[..., 0]).save(folder / f"{i}.png")
+        elif kind == 2:
+            Image.fromarray(np.dstack([rgb, rgb[..., :1]]), mode="RGBA").save(folder / f"{i}.png")
+        elif kind == 3:
+            Image.fromarray(rgb).convert("CMYK").save(folder / f"{i}.jpg")
+        else:
+            Image.fromarray(rng.integers(0, 65535, (20, 24), dtype=np.uint16)).save(folder / f"{i}.png")
+    return root
+
+
+def test_digits_end_to_end_saves_a_loadable_model(tmp_path):
+    metrics = run(tmp_path, "--dataset_name", "digits", "--max_steps", "4", "--eval_strategy", "steps",
+                  "--eval_steps", "2", "--save_steps", "2", "--max_eval_samples", "32")
+    out = tmp_path / "out"
+    assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reconstruction.png",
+                 "reconstructions/step_2.png", "eval_results.json", "checkpoint-4"):
+        assert (out / name).exists(), name
+    model = AutoModelForPreTraining.from_pretrained(out)
+    assert isinstance(model, MAEForPreTraining) and model.config.image_size == 16
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert processor.size == {"height": 16, "width": 16}
+    assert "eval_loss" in (out / "README.md").read_text()
+    grid = Image.open(out / "reconstruction.png")
+    assert grid.size == (4 * 98 + 2, 2 * 98 + 2)  # 4 panels x 2 images, 16 px enlarged 6x, 2 px gaps
+
+
+def test_image_folder_with_awkward_modes(tmp_path):
+    make_image_folder(tmp_path / "images")
+    metrics = run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "2", "--train_val_split", "0.25")
+    assert np.isfinite(metrics["eval_loss"])
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    images = make_image_folder(tmp_path / "images")
+    (images / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ValueError, match=r"cannot be decoded: .*broken\.jpg.*--skip_corrupt_images"):
+        run(tmp_path, "--train_dir", str(images), "--max_steps", "1", "--do_eval", "false")
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
+    metrics = run(tmp_path, "--train_dir", str(images), "--max_steps", "1", "--do_eval", "false",
+                  "--skip_corrupt_images", "--overwrite_output_dir")
+    assert metrics["train_loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train_dir", "/no/such/folder"], "--train_dir /no/such/folder does not exist"),
+        (["--image_size", "18"], "image_size 18 is not divisible by patch_size 4"),
+        (["--dataset_name", "digits", "--push_to_hub"], "--push_to_hub needs the Hugging Face Hub"),
+        (["--dataset_name", "digits", "--resume_from_checkpoint", "latest"], "no checkpoint-\\* folder"),
+        ([], "give --dataset_name"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, "--max_steps", "1", *extra)
+    assert not any((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_empty_folder_and_existing_output_dir(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="contains no image files"):
+        run(tmp_path, "--train_dir", str(tmp_path / "empty"), "--max_steps", "1")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.bin").write_text("keep me")
+    with pytest.raises(ValueError, match="already exists and is not empty; pass --overwrite_output_dir"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1")
+    assert (tmp_path / "out" / "precious.bin").read_text() == "keep me"
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+class FirstOptimizerState(TrainerCallback):
+    """The optimizer state as training (re)starts, before the first update."""
+
+    state = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.state is None:
+            self.state = {k: {n: t.clone() for n, t in v.items()} for k, v in optimizer.state_dict()["state"].items()}
+
+
+def test_resume_finishes_the_same_run(tmp_path):
+    common = ["--dataset_name", "digits", "--max_steps", "8", "--save_steps", "4", "--do_eval", "false",
+              "--max_train_samples", "256"]
+    run(tmp_path, *common, out="straight")
+    run(tmp_path, *common, out="resumed", callbacks=[StopAfter(4)])
+    assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "checkpoint-8").exists()
+    restart = FirstOptimizerState()
+    run(tmp_path, *common, "--resume_from_checkpoint", "latest", out="resumed", callbacks=[restart])
+
+    histories = [json.loads((tmp_path / d / "trainer_state.json").read_text()) for d in ("straight", "resumed")]
+    assert [h["global_step"] for h in histories] == [8, 8]
+    lrs = [{e["step"]: e["learning_rate"] for e in h["log_history"] if "learning_rate" in e} for h in histories]
+    assert lrs[0] == lrs[1] and len(lrs[0]) == 8  # the scheduler continued where it stopped
+    losses = [[e["loss"] for e in h["log_history"] if "loss" in e] for h in histories]
+    assert losses[0][:4] == losses[1][:4]  # same seed, same first half
+    saved = torch.load(tmp_path / "resumed" / "checkpoint-4" / "optimizer.pt", weights_only=True)["state"]
+    assert restart.state.keys() == saved.keys() and saved[0]["step"] == 4
+    for key, moments in saved.items():
+        for name, tensor in moments.items():
+            torch.testing.assert_close(restart.state[key][name], tensor, rtol=0, atol=0)
+
+
+def test_two_processes_have_the_same_global_batch(tmp_path):
+    common = [*TINY, "--dataset_name", "digits", "--max_train_samples", "64", "--num_train_epochs", "1",
+              "--do_eval", "false", "--use_cpu", "--save_strategy", "no"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
+         "--per_device_train_batch_size", "8"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    run_pretraining.main([*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16"])
+    states = [json.loads((tmp_path / d / "trainer_state.json").read_text()) for d in ("one", "two")]
+    assert [s["global_step"] for s in states] == [4, 4]  # 64 samples / global batch 16
+    lrs = [[e["learning_rate"] for e in s["log_history"] if "learning_rate" in e] for s in states]
+    assert lrs[0] == lrs[1]  # lr = blr x 16 / 256 in both
+    assert "2 process(es)" in two.stderr
+
+
+def test_config_file_with_overrides(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("dataset_name: digits\nhidden_size: 48\nnum_train_epochs: 3\nnorm_pix_loss: false\n")
+    model_args, data_args, training_args = parse_arguments(
+        (run_pretraining.ModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments),
+        [str(config), "--output_dir", str(tmp_path), "--num_train_epochs", "5"],
+    )
+    assert (model_args.hidden_size, model_args.norm_pix_loss, data_args.dataset_name) == (48, False, "digits")
+    assert training_args.num_train_epochs == 5 and training_args.weight_decay == 0.05
+    assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.95)
+
+
+def test_visualize_cli_on_a_saved_model(tmp_path):
+    run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false")
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)).save(image)
+    result = subprocess.run(
+        [sys.executable, "-m", "mae_hf.visualize", str(tmp_path / "out"), str(image), str(image),
+         "--output", str(tmp_path / "grid.png")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "grid.png").size == (4 * 98 + 2, 2 * 98 + 2)

@@ -1,0 +1,88 @@
+"""MAETrainer: weight-decay split, fixed evaluation masks, and the stop on a non-finite loss."""
+
+import os
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch.utils.data import Dataset
+
+from mae_hf import MAEForImageClassification, MAEForPreTraining
+from mae_hf.arguments import RecipeArguments
+from mae_hf.data import collate_pixel_values
+from mae_hf.optim import decay_parameter_names
+from mae_hf.trainer import MAETrainer, NonFiniteLossError
+
+
+class Pixels(Dataset):
+    """Random images; after `nan_after` reads, images full of NaN (the loader runs in this process)."""
+
+    def __init__(self, count=16, nan_after=None):
+        self.images, self.nan_after, self.reads = torch.randn(count, 3, 32, 32), nan_after, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.nan_after is not None and self.reads > self.nan_after:
+            return {"pixel_values": torch.full_like(self.images[index], float("nan"))}
+        return {"pixel_values": self.images[index]}
+
+
+def trainer_for(tmp_path, model, train=None, evaluation=None, **overrides):
+    args = RecipeArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, report_to="none",
+        remove_unused_columns=False, label_names=["pixel_values"], use_cpu=True, logging_steps=1, **overrides,
+    )
+    return MAETrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                      data_collator=collate_pixel_values)
+
+
+def test_no_decay_for_biases_norms_and_tokens():
+    model = MAEForPreTraining(tiny_config())
+    decayed = set(decay_parameter_names(model))
+    expected = {
+        name for name, p in model.named_parameters()
+        if name.endswith("weight") and ".norm" not in name and "norm1" not in name and "norm2" not in name
+    }
+    assert decayed == expected
+    assert not {"vit.cls_token", "decoder.mask_token"} & decayed
+    assert "vit.blocks.0.attn.qkv.weight" in decayed and "vit.patch_embed.proj.weight" in decayed
+    classifier = MAEForImageClassification(tiny_config(num_labels=3))
+    assert "head.weight" in decay_parameter_names(classifier)
+    assert "fc_norm.weight" not in decay_parameter_names(classifier)
+
+
+def test_trainer_builds_optimizer_groups_from_that_split(tmp_path):
+    model = MAEForPreTraining(tiny_config())
+    trainer = trainer_for(tmp_path, model, Pixels(), weight_decay=0.05)
+    optimizer = trainer.create_optimizer()
+    by_decay = {group["weight_decay"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in by_decay[0.05]} == set(decay_parameter_names(model))
+    assert "decoder.mask_token" in {names[i] for i in by_decay[0.0]}
+
+
+def test_evaluation_masks_are_fixed_and_training_rng_is_untouched(tmp_path):
+    trainer = trainer_for(tmp_path, MAEForPreTraining(tiny_config()), evaluation=Pixels())
+    torch.manual_seed(5)
+    first = trainer.evaluate()["eval_loss"]
+    after_first = torch.rand(1)
+    torch.manual_seed(5)
+    second = trainer.evaluate()["eval_loss"]
+    assert first == second
+    assert torch.equal(torch.rand(1), after_first)  # the training stream goes on as if nothing happened
+    trainer.args.eval_mask_seed = 99
+    assert trainer.evaluate()["eval_loss"] != first
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    model = MAEForPreTraining(tiny_config())
+    trainer = trainer_for(tmp_path, model, Pixels(16, nan_after=8), save_steps=1, max_steps=4)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        trainer.train()
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "checkpoint-2"]
+    saved = MAEForPreTraining.from_pretrained(tmp_path / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no update from the bad batch
