@@ -10,7 +10,7 @@ RECIPE_FIELDS = (
 
 
 def _rows(pairs) -> str:
-    return "\n".join(f"| {key} | {value} |" for key, value in pairs)
+    return "\n".join(f"| {key} | {getattr(value, 'value', value)} |" for key, value in pairs)  # enums by value
 
 
 def write_model_card(output_dir, model, data_args, training_args, metrics: dict, state=None) -> str:
@@ -25,7 +25,8 @@ def write_model_card(output_dir, model, data_args, training_args, metrics: dict,
         (name, getattr(config, name))
         for name in ("mask_ratio", "norm_pix_loss", "decoder_hidden_size", "decoder_num_hidden_layers", "drop_path_rate")
     ]
-    results = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in sorted(metrics.items())]
+    kept = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second", "total_flos"))}
+    results = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in sorted(kept.items())]
     if state is not None:
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         if losses:

@@ -60,8 +60,8 @@ class ReconstructionCallback(TrainerCallback):
         try:
             import wandb
 
-            if wandb.run is not None:
-                wandb.log({"reconstruction": wandb.Image(grid)}, step=step)
+            if wandb.run is not None:  # the step metric of transformers' WandbCallback, not wandb's own counter
+                wandb.log({"eval/reconstruction": wandb.Image(grid), "train/global_step": step})
         except ImportError:
             pass
 

@@ -199,3 +199,40 @@ def test_visualize_cli_on_a_saved_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(tmp_path / "grid.png").size == (4 * 98 + 2, 2 * 98 + 2)
+
+
+def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(tmp_path, "--dataset_name", "digits", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1",
+        "--max_eval_samples", "16", "--report_to", "wandb", "--run_name", "offline-test")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = list(runs[0].rglob("*.wandb"))
+    assert logged and logged[0].stat().st_size > 0
+    assert list(runs[0].rglob("eval/reconstruction_*.png"))  # the figure went to wandb as an image
+
+
+def test_local_parquet_folder_streamed(tmp_path):
+    from mae_hf.data import load_digits_dataset
+
+    digits = load_digits_dataset()
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    digits["train"].select(range(64)).to_parquet(str(folder / "train.parquet"))
+    digits["validation"].select(range(16)).to_parquet(str(folder / "validation.parquet"))
+    metrics = run(tmp_path, "--dataset_name", str(folder), "--streaming", "--max_steps", "2",
+                  "--warmup_steps", "1")
+    assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0
+    with pytest.raises(ValueError, match="--streaming needs --max_steps"):
+        run(tmp_path, "--dataset_name", str(folder), "--streaming", "--overwrite_output_dir")
+
+
+def test_saved_model_works_with_the_feature_extraction_pipeline(tmp_path):
+    from transformers import pipeline
+
+    run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false")
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path / "out"))
+    features = extractor(Image.new("RGB", (30, 20), (10, 200, 30)), return_tensors=True)
+    assert tuple(features.shape) == (1, 1 + 16, 32)  # class token + 4x4 patches, hidden size 32
