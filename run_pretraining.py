@@ -13,7 +13,7 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
-from mae_hf.arguments import DataArguments, RecipeArguments
+from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,24 +39,8 @@ from mae_hf.trainer import MAETrainer, ReconstructionCallback
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this MAE checkpoint instead of a fresh model."}
-    )
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    decoder_hidden_size: int = 512
-    decoder_num_hidden_layers: int = 8
-    decoder_num_attention_heads: int = 16
-    decoder_intermediate_size: int = 2048
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = field(default=True, metadata={"help": "Regress per-patch normalised pixels (paper)."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager'."})
+class PretrainModelArguments(ModelArguments):
+    norm_pix_loss: bool | None = field(default=True, metadata={"help": "Regress per-patch normalised pixels."})
     num_visualized_images: int = field(default=8, metadata={"help": "Images in each reconstruction figure."})
 
 
@@ -83,17 +67,20 @@ class PretrainingArguments(RecipeArguments):
     do_eval: bool = True
 
 
-MODEL_FIELDS = [f for f in ModelArguments.__dataclass_fields__ if f not in ("model_name_or_path", "num_visualized_images")]
-
-
-def build_model(model_args: ModelArguments) -> MAEForPreTraining:
-    settings = {name: getattr(model_args, name) for name in MODEL_FIELDS}
+def build_config(model_args) -> MAEConfig:
+    """The model's config, checked before any data work (bad sizes fail here)."""
     if model_args.model_name_or_path:
-        return MAEForPreTraining.from_pretrained(model_args.model_name_or_path, **settings)
-    return MAEForPreTraining(MAEConfig(**settings))
+        return MAEConfig.from_pretrained(model_args.model_name_or_path, **config_overrides(model_args))
+    return MAEConfig(**config_overrides(model_args))
 
 
-def prepare_datasets(data_args, model_args, training_args):
+def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
+    if model_args.model_name_or_path:
+        return MAEForPreTraining.from_pretrained(model_args.model_name_or_path, config=config)
+    return MAEForPreTraining(config)
+
+
+def prepare_datasets(data_args, config: MAEConfig, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
     raw = load_image_datasets(data_args, seed=training_args.seed)
     column = find_image_column(raw["train"], data_args.image_column_name)
@@ -103,7 +90,7 @@ def prepare_datasets(data_args, model_args, training_args):
             raw[split], skipped = verify_images(raw[split], column, data_args.skip_corrupt_images, num_proc, split)
             if skipped:
                 logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
-    size, channels = (model_args.image_size, model_args.image_size), model_args.num_channels
+    size, channels = config.image_hw, config.num_channels
     mean, std = normalisation(channels)
     transforms = {
         "train": ImageTransform(pretrain_transform(size, mean, std, data_args.crop_min_scale), column, channels),
@@ -125,10 +112,11 @@ def normalisation(num_channels: int):
     return (sum(IMAGENET_MEAN) / 3,) * num_channels, (sum(IMAGENET_STD) / 3,) * num_channels
 
 
-def image_processor(model_args) -> ViTImageProcessor:
-    mean, std = normalisation(model_args.num_channels)
+def image_processor(config: MAEConfig) -> ViTImageProcessor:
+    mean, std = normalisation(config.num_channels)
+    height, width = config.image_hw
     return ViTImageProcessor(
-        size={"height": model_args.image_size, "width": model_args.image_size},
+        size={"height": height, "width": width},
         resample=PILImageResampling.BICUBIC,
         image_mean=list(mean),
         image_std=list(std),
@@ -142,21 +130,21 @@ def visualized_images(eval_dataset, count: int) -> torch.Tensor:
 
 
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments, PretrainingArguments), argv)
+    model_args, data_args, training_args = parse_arguments((PretrainModelArguments, DataArguments, PretrainingArguments), argv)
     setup_logging(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
     check_output_dir(training_args)
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
-    MAEConfig(**{name: getattr(model_args, name) for name in MODEL_FIELDS})  # bad sizes fail before any data work
+    config = build_config(model_args)
 
-    datasets = prepare_datasets(data_args, model_args, training_args)
+    datasets = prepare_datasets(data_args, config, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too
-    model = build_model(model_args)
+    model = build_model(model_args, config)
     train_size = len(datasets["train"]) if hasattr(datasets["train"], "__len__") else None
     apply_recipe_schedule(training_args, train_size)
-    mean, std = normalisation(model_args.num_channels)
+    mean, std = normalisation(config.num_channels)
     figures = ReconstructionCallback(
         visualized_images(datasets["validation"], model_args.num_visualized_images), mean, std, training_args.output_dir
     )
@@ -166,7 +154,7 @@ def main(argv=None, callbacks=()):
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         data_collator=collate_pixel_values,
-        processing_class=image_processor(model_args),
+        processing_class=image_processor(config),
         callbacks=[figures, *callbacks],
     )
 

@@ -1,9 +1,47 @@
 """Argument dataclasses shared by the training scripts (parsed with `HfArgumentParser`, also from a .json/.yaml
 file). `TrainingArguments` fields keep their transformers names; the MAE recipe adds a few."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 from transformers import TrainingArguments
+
+# The MAEConfig fields a script may set. Left at None, a field keeps the value of the checkpoint being loaded, or
+# MAEConfig's default (ViT-B/16 with the official decoder) for a fresh model.
+ARCHITECTURE = {
+    "image_size": int,
+    "patch_size": int,
+    "num_channels": int,
+    "hidden_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "intermediate_size": int,
+    "decoder_hidden_size": int,
+    "decoder_num_hidden_layers": int,
+    "decoder_num_attention_heads": int,
+    "decoder_intermediate_size": int,
+    "mask_ratio": float,
+    "norm_pix_loss": bool,
+    "drop_path_rate": float,
+    "pooling": str,
+    "attn_implementation": str,
+}
+
+ModelArguments = make_dataclass(
+    "ModelArguments",
+    [
+        ("model_name_or_path", str | None, field(default=None, metadata={"help": "An MAE checkpoint to start from."})),
+        *[
+            (name, kind | None, field(default=None, metadata={"help": f"MAEConfig.{name} (default: checkpoint's)"}))
+            for name, kind in ARCHITECTURE.items()
+        ],
+    ],
+)
+ModelArguments.__doc__ = "Which model: a checkpoint and/or MAEConfig fields (None keeps the checkpoint's value)."
+
+
+def config_overrides(model_args) -> dict:
+    """The MAEConfig fields given on the command line (or in the config file)."""
+    return {name: getattr(model_args, name) for name in ARCHITECTURE if getattr(model_args, name) is not None}
 
 
 @dataclass

@@ -180,7 +180,7 @@ def test_config_file_with_overrides(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text("dataset_name: digits\nhidden_size: 48\nnum_train_epochs: 3\nnorm_pix_loss: false\n")
     model_args, data_args, training_args = parse_arguments(
-        (run_pretraining.ModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments),
+        (run_pretraining.PretrainModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments),
         [str(config), "--output_dir", str(tmp_path), "--num_train_epochs", "5"],
     )
     assert (model_args.hidden_size, model_args.norm_pix_loss, data_args.dataset_name) == (48, False, "digits")
