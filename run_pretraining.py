@@ -15,14 +15,12 @@ from transformers.image_utils import PILImageResampling
 from mae_hf import MAEConfig, MAEForPreTraining
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    normalisation,
     collate_pixel_values,
     eval_transform,
     find_image_column,
     load_image_datasets,
     pretrain_transform,
-    verify_images,
 )
 from mae_hf.data.transforms import ImageTransform
 from mae_hf.model_card import write_model_card
@@ -34,6 +32,7 @@ from mae_hf.run_utils import (
     parse_arguments,
     resolve_checkpoint,
     setup_logging,
+    verify_splits,
 )
 from mae_hf.trainer import MAETrainer, ReconstructionCallback
 
@@ -84,16 +83,11 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
     raw = load_image_datasets(data_args, seed=training_args.seed)
     column = find_image_column(raw["train"], data_args.image_column_name)
-    if data_args.verify_images and not data_args.streaming and data_args.dataset_name not in ("digits",):
-        for split in list(raw):
-            num_proc = max(1, training_args.dataloader_num_workers) if len(raw[split]) > 10_000 else None
-            raw[split], skipped = verify_images(raw[split], column, data_args.skip_corrupt_images, num_proc, split)
-            if skipped:
-                logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
+    verify_splits(raw, column, data_args, training_args)
     size, channels = config.image_hw, config.num_channels
     mean, std = normalisation(channels)
     transforms = {
-        "train": ImageTransform(pretrain_transform(size, mean, std, data_args.crop_min_scale), column, channels),
+        "train": ImageTransform(pretrain_transform(size, mean, std, data_args.crop_min_scale, data_args.flip_probability), column, channels),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
     if data_args.streaming:
@@ -104,12 +98,6 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
             for split in raw
         }
     return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation")}
-
-
-def normalisation(num_channels: int):
-    if num_channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return (sum(IMAGENET_MEAN) / 3,) * num_channels, (sum(IMAGENET_STD) / 3,) * num_channels
 
 
 def image_processor(config: MAEConfig) -> ViTImageProcessor:

@@ -72,6 +72,9 @@ class DataArguments:
     crop_min_scale: float = field(
         default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's area scale (official MAE: 0.2)."}
     )
+    flip_probability: float = field(
+        default=0.5, metadata={"help": "Horizontal flips in training (0 for data where flips change the class)."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets stores downloads."})
 
 

@@ -36,6 +36,7 @@ class MAEConfig(PreTrainedConfig):
         drop_path_rate (`float`): stochastic depth rate, rising linearly over the encoder blocks.
         pooling (`str`): classification pooling, `"mean"` (mean of patch tokens + fc_norm, official fine-tuning
             default) or `"cls"` (final norm, then the class token).
+        head_batchnorm (`bool`): a BatchNorm1d(affine=False) before the classification head (linear probing).
         initializer_range (`float`): std of the class and mask tokens.
     """
 
@@ -59,6 +60,7 @@ class MAEConfig(PreTrainedConfig):
     norm_pix_loss: bool = False
     drop_path_rate: float | int = 0.0
     pooling: str = "mean"
+    head_batchnorm: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

@@ -102,8 +102,9 @@ class MAEPreTrainedModel(PreTrainedModel):
         `init.*` skip tensors that were loaded. Work is attached to modules that own parameters directly:
         transformers skips remote-code modules that own none (such as `PatchEmbed`)."""
         if isinstance(module, nn.Linear):
-            if module is getattr(self, "head", None):
-                init.trunc_normal_(module.weight, std=2e-5)  # official fine-tuning head init
+            if module is head_linear(self):
+                # official init: std 2e-5 for fine-tuning, 0.01 for the linear probe
+                init.trunc_normal_(module.weight, std=0.01 if self.config.head_batchnorm else 2e-5)
             else:
                 init.xavier_uniform_(module.weight)
             if module.bias is not None:
@@ -111,6 +112,10 @@ class MAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, MAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
@@ -128,13 +133,18 @@ class MAEPreTrainedModel(PreTrainedModel):
 
     @staticmethod
     def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
-        """Load as transformers does, after resampling position tables made for another image size."""
-        resampled = resample_checkpoint_pos_embeds(model, state_dict, checkpoint_files)
+        """Load as transformers does, after checking shapes and resampling position tables (`adapt_checkpoint`)."""
+        resampled = adapt_checkpoint(model, state_dict, checkpoint_files)
         if resampled is not None:
             state_dict, checkpoint_files = resampled, None
         return PreTrainedModel._load_pretrained_model(
             model, state_dict, checkpoint_files, load_config, expected_keys=expected_keys
         )
+
+
+def head_linear(model) -> nn.Linear | None:
+    head = getattr(model, "head", None)
+    return head[-1] if isinstance(head, nn.Sequential) else head
 
 
 def init_patch_embed(proj: nn.Conv2d) -> None:
@@ -146,16 +156,29 @@ def init_patch_embed(proj: nn.Conv2d) -> None:
     init.uniform_(proj.bias, -bound, bound)
 
 
-def resample_checkpoint_pos_embeds(model, state_dict, checkpoint_files):
-    """The checkpoint as a full state dict with its `pos_embed` tables resampled to the model's grid, or None
-    when every table already fits."""
+def adapt_checkpoint(model, state_dict, checkpoint_files):
+    """Check that the checkpoint fits the model and resample position tables made for another image size.
+
+    Returns the checkpoint as a full state dict with resampled tables, or None when every table already fits.
+    A tensor of another shape (other than a position table, or the classification head whose size transformers'
+    `ignore_mismatched_sizes` governs) raises a ValueError naming both shapes, before any weight is loaded.
+    """
     shapes = _checkpoint_shapes(state_dict, checkpoint_files)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name.endswith("pos_embed")}
-    todo = {}
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    todo, misfits = {}, []
     for key, shape in shapes.items():
         target = _matching_key(key, expected, model.base_model_prefix)
-        if target is not None and tuple(shape) != expected[target] and shape[-1] == expected[target][-1]:
+        if target is None or tuple(shape) == expected[target]:
+            continue
+        if key.endswith("pos_embed") and shape[-1] == expected[target][-1]:
             todo[key] = target
+        elif not target.startswith("head."):
+            misfits.append(f"{key} is {tuple(shape)} in the checkpoint but {expected[target]} in the model")
+    if misfits:
+        raise ValueError(
+            f"the checkpoint does not fit {type(model).__name__} ({model.config.hidden_size} wide, patch "
+            f"{model.config.patch_size}): " + "; ".join(misfits[:4]) + (f" (+{len(misfits) - 4} more)" if len(misfits) > 4 else "")
+        )
     if not todo:
         return None
     full = dict(state_dict) if state_dict is not None else _load_checkpoint_files(checkpoint_files)
@@ -181,17 +204,17 @@ def _matching_key(key, expected, prefix):
 
 def _checkpoint_shapes(state_dict, checkpoint_files):
     if state_dict is not None:
-        return {k: tuple(v.shape) for k, v in state_dict.items() if k.endswith("pos_embed")}
+        return {k: tuple(v.shape) for k, v in state_dict.items()}
     shapes = {}
     for file in checkpoint_files or []:
         if file.endswith(".safetensors"):
             from safetensors import safe_open
 
-            with safe_open(file, framework="pt") as f:
-                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith("pos_embed")})
+            with safe_open(file, framework="pt") as f:  # reads the header only
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
         else:
             sd = torch.load(file, map_location="cpu", weights_only=True)
-            shapes.update({k: tuple(v.shape) for k, v in sd.items() if k.endswith("pos_embed")})
+            shapes.update({k: tuple(v.shape) for k, v in sd.items()})
     return shapes
 
 
@@ -451,7 +474,8 @@ class MAEForPreTraining(MAEPreTrainedModel):
 
 class MAEForImageClassification(MAEPreTrainedModel):
     """Encoder + pooling + linear head. `pooling="mean"`: mean of the patch tokens, then fc_norm (the encoder's
-    final norm is unused, as in the official fine-tuning); `"cls"`: final norm, then the class token."""
+    final norm is unused, as in the official fine-tuning); `"cls"`: final norm, then the class token. With
+    `head_batchnorm` the head is BatchNorm1d(affine=False) + Linear (the paper's linear probe)."""
 
     # A pretraining checkpoint brings its decoder (and, with mean pooling, a final norm that is not used).
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\."]
@@ -462,6 +486,8 @@ class MAEForImageClassification(MAEPreTrainedModel):
         self.vit = MAEModel(config, final_norm=not mean_pool)
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if mean_pool else nn.Identity()
         self.head = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        if config.head_batchnorm:  # the linear-probing protocol: normalise the frozen features first
+            self.head = nn.Sequential(nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6), self.head)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -30,14 +30,34 @@ def file_to_argv(path: str) -> list[str]:
     return argv
 
 
-def parse_arguments(dataclass_types, argv=None):
-    """`script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file gives defaults, flags override them."""
+def parse_arguments(dataclass_types, argv=None, preset=None):
+    """`script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file gives defaults, flags override them.
+
+    `preset(words) -> words` may put further defaults in front (e.g. the linear-probing recipe), which the file
+    and the flags still override."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         if not os.path.isfile(argv[0]):
             raise ValueError(f"config file {argv[0]} does not exist")
         argv = file_to_argv(argv[0]) + argv[1:]
+    if preset is not None:
+        argv = preset(argv) + argv
     return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
+
+
+def verify_splits(datasets, column: str, data_args, training_args) -> None:
+    """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped."""
+    from .data import verify_images
+
+    if not data_args.verify_images or data_args.streaming or data_args.dataset_name == "digits":
+        return
+    for split in list(datasets):
+        num_proc = max(1, training_args.dataloader_num_workers) if len(datasets[split]) > 10_000 else None
+        datasets[split], skipped = verify_images(
+            datasets[split], column, data_args.skip_corrupt_images, num_proc, split
+        )
+        if skipped:
+            logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
 
 
 def setup_logging(training_args) -> None:

@@ -7,7 +7,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .optim import decay_parameter_names
+from .optim import decay_parameter_names, param_groups
 from .visualize import fixed_noise, reconstruction_grid
 
 logger = logging.get_logger(__name__)
@@ -18,8 +18,38 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MAETrainer(Trainer):
+    """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not)."""
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
     def get_decay_parameter_names(self, model) -> list[str]:
         return decay_parameter_names(model)
+
+    def create_optimizer(self, model=None):
+        """The recipe's groups (no decay on biases, norms, tokens; layer-wise lr decay when
+        `args.layer_decay` is set), with the optimizer the arguments name, or LARS with `args.use_lars`."""
+        if self.optimizer is None:
+            layer_decay = getattr(self.args, "layer_decay", None)
+            groups = param_groups(self.model, self.args.learning_rate, self.args.weight_decay, layer_decay)
+            if getattr(self.args, "use_lars", False):
+                from .lars import LARS
+
+                self.optimizer = LARS(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+            else:
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

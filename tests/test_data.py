@@ -47,7 +47,7 @@ def test_image_column_detection_and_errors():
     assert find_image_column(ds) == "picture"
     with pytest.raises(ValueError, match=r"--image_column_name 'img' is not a column.*\['picture', 'y'\]"):
         find_image_column(ds, "img")
-    with pytest.raises(ValueError, match=r"no image column found.*\['a'\]"):
+    with pytest.raises(ValueError, match=r"no image column; pass --image_column_name.*\['a'\]"):
         find_image_column(Dataset.from_dict({"a": [1]}))
 
 
@@ -68,3 +68,49 @@ def test_pretrain_transform_output():
     out = pretrain_transform(16)(Image.new("RGB", (40, 30), (255, 0, 0)))
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32
     torch.testing.assert_close(out[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+
+
+def test_mixup_collator_gives_smoothed_soft_targets_that_the_loss_accepts():
+    from conftest import tiny_config
+
+    from mae_hf import MAEForImageClassification
+    from mae_hf.data import MixupCollator
+
+    torch.manual_seed(0)
+    examples = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 4} for i in range(6)]
+    batch = MixupCollator(num_classes=4, label_smoothing=0.1)(examples)
+    targets = batch["labels"]
+    assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
+    assert targets.min() >= 0.1 / 4 - 1e-6  # smoothing floor
+    assert (targets > 0.1 / 4 + 1e-6).sum(1).max() == 2  # two classes mixed per image
+    plain = MixupCollator(num_classes=4, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.1)(examples)
+    assert torch.allclose(plain["labels"][0], torch.tensor([0.925, 0.025, 0.025, 0.025]))
+    assert torch.equal(plain["pixel_values"], torch.stack([e["pixel_values"] for e in examples]))
+    model = MAEForImageClassification(tiny_config(num_labels=4))
+    loss = model(**batch).loss
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_class_balanced_subset_is_fixed_and_balanced():
+    from mae_hf.data import class_balanced_subset
+
+    train = load_digits_dataset()["train"]
+    first = class_balanced_subset(train, "label", 0.1, seed=0)
+    second = class_balanced_subset(train, "label", 0.1, seed=0)
+    assert first["label"] == second["label"] and len(first) == 151  # per-class rounding
+    counts = np.bincount(first["label"])
+    assert counts.min() >= 13 and counts.max() <= 17  # 10 % of each class (about 150 per class)
+    with pytest.raises(ValueError, match="leaves class"):
+        class_balanced_subset(train, "label", 0.001)
+
+
+def test_randaugment_draws_a_magnitude_per_image():
+    from mae_hf.data.transforms import RandAugmentMstd
+
+    augment = RandAugmentMstd(9.0, 0.5)
+    drawn = set()
+    image = Image.new("RGB", (16, 16), (100, 50, 25))
+    for _ in range(20):
+        augment(image)
+        drawn.add(augment.magnitude)
+    assert len(drawn) > 3 and all(70 <= m <= 100 for m in drawn)  # N(9, 0.5) in tenths, clipped at 10

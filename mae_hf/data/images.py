@@ -7,24 +7,14 @@ import numpy as np
 from datasets import Dataset, Image
 from PIL import Image as PILImage
 
+from .columns import find_column
+
 IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "jpg", "png")
 
 
 def find_image_column(dataset, name: str | None = None) -> str:
     """The image column: `name` when given, else the first `datasets.Image` feature, else a usual name."""
-    columns = list(dataset.column_names or [])
-    if name is not None:
-        if name not in columns:
-            raise ValueError(f"--image_column_name {name!r} is not a column of the dataset; columns: {columns}")
-        return name
-    features = dataset.features or {}
-    for column in columns:
-        if isinstance(features.get(column), Image):
-            return column
-    for column in IMAGE_COLUMN_NAMES:
-        if column in columns:
-            return column
-    raise ValueError(f"no image column found; pass --image_column_name (columns: {columns})")
+    return find_column(dataset, name, Image, IMAGE_COLUMN_NAMES, "--image_column_name", "image")
 
 
 def to_model_mode(image: PILImage.Image, num_channels: int = 3) -> PILImage.Image:

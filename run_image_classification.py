@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Fine-tune (or linear-probe) an MAE encoder for image classification with transformers' Trainer.
+
+    python run_image_classification.py configs/finetune_digits.yaml --model_name_or_path outputs/pretrain_digits
+    accelerate launch run_image_classification.py configs/finetune_vit_base.yaml --model_name_or_path MAE_DIR \\
+        --dataset_name ILSVRC/imagenet-1k
+    python run_image_classification.py ... --linear_probe        # the paper's linear probing protocol
+    python run_image_classification.py --model_name_or_path FINETUNED --dataset_name ... --do_train false  # eval
+Without --model_name_or_path the encoder starts from random init (the from-scratch baseline).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import ConvNextImageProcessor, set_seed
+from transformers.image_utils import PILImageResampling
+
+from mae_hf import MAEConfig, MAEForImageClassification
+from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.data import (
+    normalisation,
+    ImageTransform,
+    MixupCollator,
+    check_labels,
+    class_balanced_subset,
+    collate_pixel_values,
+    eval_transform,
+    find_image_column,
+    find_label_column,
+    finetune_transform,
+    label_names,
+    load_image_datasets,
+)
+from mae_hf.metrics import load_accuracy, top_k_predictions
+from mae_hf.model_card import write_model_card
+from mae_hf.run_utils import (
+    apply_recipe_schedule,
+    check_hub_access,
+    check_output_dir,
+    logger,
+    parse_arguments,
+    resolve_checkpoint,
+    setup_logging,
+    verify_splits,
+)
+from mae_hf.trainer import MAETrainer
+
+# The paper's linear probe (Tab. 10, main_linprobe.py): put in front of the config file and the flags.
+LINEAR_PROBE_PRESET = (
+    "--base_learning_rate 0.1 --weight_decay 0 --num_train_epochs 90 --warmup_epochs 10 --layer_decay 1.0 "
+    "--mixup_alpha 0 --cutmix_alpha 0 --label_smoothing 0 --rand_augment_magnitude 0 --random_erasing 0 "
+    "--drop_path_rate 0 --pooling cls"
+).split()
+
+
+def linear_probe_preset(words: list[str]) -> list[str]:
+    wanted = "--linear_probe" in words and words[words.index("--linear_probe") + 1 :][:1] not in (["false"], ["False"])
+    return LINEAR_PROBE_PRESET if wanted else []
+
+
+@dataclass
+class ClassificationDataArguments(DataArguments):
+    label_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
+    label_fraction: float | None = field(
+        default=None, metadata={"help": "Train on this fixed, class-balanced share of the labelled examples."}
+    )
+    label_fraction_seed: int = field(default=0, metadata={"help": "Seed of that subset (not the training seed)."})
+    crop_min_scale: float = 0.08  # fine-tuning crops down to 8 % of the area (timm's default)
+
+
+@dataclass
+class FinetuningArguments(RecipeArguments):
+    """The official fine-tuning defaults for ViT-B (FINETUNE.md, paper Tab. 9); --linear_probe switches to Tab. 10."""
+
+    linear_probe: bool = field(default=False, metadata={"help": "Frozen encoder, BatchNorm + linear head, LARS."})
+    base_learning_rate: float | None = 5e-4
+    layer_decay: float | None = field(default=0.65, metadata={"help": "0.65 for ViT-B, 0.75 for ViT-L; 1.0: off."})
+    weight_decay: float = 0.05
+    num_train_epochs: float = 100
+    warmup_epochs: float | None = 5
+    lr_scheduler_type: str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"min_lr": 1e-6})
+    max_grad_norm: float = 0.0  # the official fine-tuning does not clip
+    per_device_train_batch_size: int = 64
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of cutmix instead of mixup."})
+    label_smoothing: float = 0.1
+    rand_augment_magnitude: float = 9.0
+    rand_augment_std: float = 0.5
+    random_erasing: float = 0.25
+    crop_pct: float = field(default=0.875, metadata={"help": "Evaluation: resize to image_size / crop_pct, crop."})
+    use_lars: bool = False
+    remove_unused_columns: bool = False
+    label_names: list[str] = field(default_factory=lambda: ["labels"])
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_steps: float = 50
+    report_to: str | list[str] = "none"
+    do_train: bool = True
+    do_eval: bool = True
+
+
+def prepare_data(data_args, training_args):
+    """Datasets (train on the label subset, if any), the image and label columns, and the class names."""
+    datasets = load_image_datasets(data_args, seed=training_args.seed)
+    image_column = find_image_column(datasets["train"], data_args.image_column_name)
+    label_column = find_label_column(datasets["train"], data_args.label_column_name)
+    names = label_names(datasets["train"], label_column)
+    if data_args.label_fraction is not None and data_args.label_fraction < 1:
+        datasets["train"] = class_balanced_subset(
+            datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
+        )
+        logger.info(f"training on {len(datasets['train'])} labelled examples ({data_args.label_fraction:.0%})")
+    return datasets, image_column, label_column, names
+
+
+def build_model(model_args, training_args, names: list[str]) -> MAEForImageClassification:
+    """From an MAE checkpoint (pretrained or fine-tuned; the head is new when the classes differ) or from
+    scratch. Evaluation alone keeps the checkpoint's classes."""
+    overrides = config_overrides(model_args)
+    if training_args.linear_probe:
+        overrides.update(head_batchnorm=True, pooling="cls")
+    if training_args.do_train:
+        overrides.update(
+            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+        )
+    path = model_args.model_name_or_path
+    if path:
+        model = MAEForImageClassification.from_pretrained(path, ignore_mismatched_sizes=True, **overrides)
+    else:
+        model = MAEForImageClassification(MAEConfig(**overrides))
+    if training_args.linear_probe:  # after loading: from_pretrained makes every parameter trainable again
+        model.vit.requires_grad_(False)
+    return model
+
+
+def attach_transforms(datasets, image_column, label_column, config, data_args, training_args):
+    mean, std = normalisation(config.num_channels)
+    train = finetune_transform(
+        config.image_hw,
+        mean,
+        std,
+        min_scale=data_args.crop_min_scale,
+        rand_augment_magnitude=training_args.rand_augment_magnitude,
+        rand_augment_std=training_args.rand_augment_std,
+        random_erasing=training_args.random_erasing,
+        flip=data_args.flip_probability,
+    )
+    evaluation = eval_transform(config.image_hw, mean, std, crop_pct=training_args.crop_pct)
+    channels = config.num_channels
+    return {
+        "train": datasets["train"].with_transform(ImageTransform(train, image_column, channels, label_column)),
+        "validation": datasets["validation"].with_transform(
+            ImageTransform(evaluation, image_column, channels, label_column)
+        ),
+    }
+
+
+def image_processor(config, training_args) -> ConvNextImageProcessor:
+    """Resize the shorter side to image_size / crop_pct, centre-crop: the evaluation above, for pipelines."""
+    mean, std = normalisation(config.num_channels)
+    return ConvNextImageProcessor(
+        size={"shortest_edge": config.image_hw[0]},
+        crop_pct=training_args.crop_pct,
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+def train_collator(config, training_args):
+    if training_args.mixup_alpha or training_args.cutmix_alpha or training_args.label_smoothing:
+        return MixupCollator(
+            config.num_labels,
+            training_args.mixup_alpha,
+            training_args.cutmix_alpha,
+            training_args.mixup_switch_prob,
+            training_args.label_smoothing,
+        )
+    return collate_pixel_values
+
+
+def metrics_function():
+    accuracy = load_accuracy()  # a local evaluate module: no Hub needed
+
+    def compute_metrics(eval_pred):
+        return accuracy.compute(predictions=np.asarray(eval_pred.predictions), references=eval_pred.label_ids)
+
+    return compute_metrics
+
+
+def main(argv=None, callbacks=()):
+    model_args, data_args, training_args = parse_arguments(
+        (ModelArguments, ClassificationDataArguments, FinetuningArguments), argv, preset=linear_probe_preset
+    )
+    setup_logging(training_args)
+    if not training_args.do_eval:
+        training_args.eval_strategy = "no"
+    training_args.use_lars = training_args.use_lars or training_args.linear_probe
+    if training_args.layer_decay == 1.0:
+        training_args.layer_decay = None
+    check_output_dir(training_args)
+    check_hub_access(training_args)
+    checkpoint = resolve_checkpoint(training_args)
+
+    datasets, image_column, label_column, names = prepare_data(data_args, training_args)
+    set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
+    model = build_model(model_args, training_args, names)
+    for split in ("train", "validation"):
+        check_labels(datasets[split], label_column, model.config.num_labels, split)
+    verify_splits(datasets, image_column, data_args, training_args)
+    datasets = attach_transforms(datasets, image_column, label_column, model.config, data_args, training_args)
+    apply_recipe_schedule(training_args, len(datasets["train"]))
+
+    trainer = MAETrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"] if training_args.do_train else None,
+        eval_dataset=datasets["validation"] if training_args.do_eval else None,
+        data_collator=train_collator(model.config, training_args),
+        eval_data_collator=collate_pixel_values,
+        processing_class=image_processor(model.config, training_args),
+        compute_metrics=metrics_function(),
+        preprocess_logits_for_metrics=lambda logits, labels: top_k_predictions(logits),
+        callbacks=list(callbacks),
+    )
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if trainer.is_world_process_zero() and training_args.do_train:
+        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

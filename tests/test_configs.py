@@ -1,0 +1,35 @@
+"""Every shipped config file parses with its script's arguments (a typo or a removed flag fails here)."""
+
+from pathlib import Path
+
+import pytest
+
+import run_image_classification
+import run_pretraining
+from mae_hf.run_utils import parse_arguments
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PRETRAIN = (run_pretraining.PretrainModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments)
+CLASSIFY = (
+    run_image_classification.ModelArguments,
+    run_image_classification.ClassificationDataArguments,
+    run_image_classification.FinetuningArguments,
+)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_config_parses(path, tmp_path):
+    kinds, preset = (PRETRAIN, None) if path.name.startswith("pretrain") else (
+        CLASSIFY, run_image_classification.linear_probe_preset)
+    model_args, data_args, training_args = parse_arguments(
+        kinds, [str(path), "--output_dir", str(tmp_path), "--bf16", "false"], preset=preset
+    )
+    assert training_args.output_dir == str(tmp_path)
+    if path.name == "linprobe_vit_base.yaml":
+        assert training_args.linear_probe and training_args.base_learning_rate == 0.1
+        assert model_args.pooling == "cls" and training_args.mixup_alpha == 0 and training_args.layer_decay == 1.0
+    if path.name == "finetune_vit_base.yaml":
+        assert (training_args.layer_decay, training_args.base_learning_rate, model_args.drop_path_rate) == (0.65, 5e-4, 0.1)
+        assert data_args.crop_min_scale == 0.08 and training_args.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    if path.name == "pretrain_vit_base.yaml":
+        assert (training_args.base_learning_rate, training_args.adam_beta2, model_args.norm_pix_loss) == (1.5e-4, 0.95, True)
