@@ -8,9 +8,10 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
 )
 
-from .configuration_mae import MAEConfig
+from .configuration_mae import MAEConfig, MAESegmentationConfig
 from .modeling_mae import (
     MAEForImageClassification,
     MAEForPreTraining,
@@ -19,6 +20,7 @@ from .modeling_mae import (
     MAEModelOutput,
     MAEPreTrainedModel,
 )
+from .modeling_segmentation import MAEForSemanticSegmentation
 
 __version__ = "0.1.0"
 
@@ -33,12 +35,18 @@ def _register() -> None:
         auto.register(MAEConfig, model, exist_ok=True)
         model.register_for_auto_class(auto.__name__)
     MAEConfig.register_for_auto_class()
+    AutoConfig.register(MAESegmentationConfig.model_type, MAESegmentationConfig, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(MAESegmentationConfig, MAEForSemanticSegmentation, exist_ok=True)
+    MAEForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+    MAESegmentationConfig.register_for_auto_class()
 
 
 _register()
 
 __all__ = [
     "MAEConfig",
+    "MAESegmentationConfig",
+    "MAEForSemanticSegmentation",
     "MAEModel",
     "MAEForPreTraining",
     "MAEForImageClassification",

@@ -115,4 +115,65 @@ class MAEConfig(PreTrainedConfig):
         return grid_h * grid_w
 
 
-__all__ = ["MAEConfig"]
+
+
+
+NECK_RESCALES = (4.0, 2.0, 1.0, 0.5, 0.25)
+
+
+@strict
+class MAESegmentationConfig(MAEConfig):
+    r"""
+    The MAE encoder under an UperNet head (mmsegmentation's MAE recipe): features after the blocks `out_indices`,
+    a neck that rescales them by `neck_rescales` (4: deconv-BN-GELU-deconv, 2: deconv, 1: identity, 0.5 / 0.25:
+    max-pool), an UperNet decode head (`pool_scales`, `decode_channels` wide) and an FCN auxiliary head on level
+    `auxiliary_in_index` whose loss counts `auxiliary_loss_weight`. Pixels labelled `ignore_index` are ignored.
+    `inference_mode` "slide" evaluates in `test_crop_size` windows every `test_stride` pixels (mmseg's
+    slide_inference), "whole" in one pass.
+    """
+
+    model_type = "mae_upernet"
+
+    image_size: int | list[int] | tuple[int, int] = 512
+    drop_path_rate: float | int = 0.1
+    out_indices: list[int] | tuple[int, ...] = (3, 5, 7, 11)
+    neck_rescales: list[float] | tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    decode_channels: int = 768
+    pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6)
+    use_auxiliary_head: bool = True
+    auxiliary_in_index: int = 2
+    auxiliary_channels: int = 256
+    auxiliary_num_convs: int = 1
+    auxiliary_loss_weight: float = 0.4
+    ignore_index: int = 255
+    inference_mode: str = "whole"
+    test_crop_size: int = 512
+    test_stride: int = 341
+
+    def check(self):
+        super().check()
+        if len(self.out_indices) != len(self.neck_rescales):
+            raise ValueError(
+                f"out_indices {list(self.out_indices)} and neck_rescales {list(self.neck_rescales)} differ in length"
+            )
+        bad = [i for i in self.out_indices if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(f"out_indices {bad} are not blocks of a {self.num_hidden_layers}-block encoder")
+        if any(r not in NECK_RESCALES for r in self.neck_rescales):
+            raise ValueError(f"neck_rescales must be among {NECK_RESCALES}, got {list(self.neck_rescales)}")
+        if not 0 <= self.auxiliary_in_index < len(self.out_indices):
+            raise ValueError(f"auxiliary_in_index {self.auxiliary_in_index} is not a feature level")
+        if self.inference_mode not in ("whole", "slide"):
+            raise ValueError(f"inference_mode must be 'whole' or 'slide', got {self.inference_mode!r}")
+        if not 0 < self.test_stride <= self.test_crop_size:
+            raise ValueError(f"test_stride must be in (0, test_crop_size], got {self.test_stride}")
+
+
+def segmentation_config(encoder: MAEConfig, **overrides) -> MAESegmentationConfig:
+    """A segmentation config on the encoder of `encoder` (e.g. a pretraining checkpoint's config), with
+    segmentation settings and any encoder field (image_size, drop_path_rate...) from `overrides`."""
+    encoder_fields = {name: getattr(encoder, name) for name in MAEConfig.__annotations__ if hasattr(encoder, name)}
+    return MAESegmentationConfig(**{**encoder_fields, **overrides})
+
+
+__all__ = ["MAEConfig", "MAESegmentationConfig", "segmentation_config"]

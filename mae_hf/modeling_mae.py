@@ -93,6 +93,7 @@ class MAEPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _can_compile_fullgraph = True
     _no_split_modules = ["Block"]
+    _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -112,7 +113,14 @@ class MAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm1d):
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")  # dense heads and neck
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if module.affine:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
@@ -128,7 +136,7 @@ class MAEPreTrainedModel(PreTrainedModel):
         # Point every Auto class at this file, so any task model loads from any checkpoint with remote code.
         if self._auto_class is not None:
             module = type(self).__module__.split(".")[-1]
-            self.config.auto_map = {auto: f"{module}.{name}" for name, auto in AUTO_CLASSES.items()}
+            self.config.auto_map = {auto: f"{module}.{name}" for name, auto in self._auto_classes.items()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @staticmethod

@@ -1,0 +1,146 @@
+"""Semantic segmentation: the MAE encoder as a multi-scale backbone under transformers' UperNet heads.
+
+    pixels -> MAEModel blocks `out_indices` -> (B, D, H/p, W/p) maps -> neck (x4, x2, x1, x0.5) -> UperNet -> logits
+Only relative imports below: saved models copy these files so they load with `trust_remote_code=True`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import UperNetConfig
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
+
+from .configuration_mae import MAESegmentationConfig
+from .modeling_mae import MAEModel, MAEPreTrainedModel
+
+
+def rescale_block(width: int, rescale: float) -> nn.Module:
+    """mmsegmentation's Feature2Pyramid: 4 = deconv-BN-GELU-deconv, 2 = deconv, 1 = identity, 1/k = max-pool k."""
+    if rescale == 4:
+        return nn.Sequential(
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+            nn.BatchNorm2d(width),
+            nn.GELU(),
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+        )
+    if rescale == 2:
+        return nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
+    if rescale == 1:
+        return nn.Identity()
+    return nn.MaxPool2d(kernel_size=round(1 / rescale), stride=round(1 / rescale))
+
+
+class MultiScaleNeck(nn.Module):
+    """Four (B, D, h, w) maps of one resolution -> maps at h * rescale (a pyramid for UperNet)."""
+
+    def __init__(self, width: int, rescales):
+        super().__init__()
+        self.levels = nn.ModuleList(rescale_block(width, r) for r in rescales)
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [level(x) for level, x in zip(self.levels, maps)]
+
+
+def upernet_config(config: MAESegmentationConfig) -> UperNetConfig:
+    """The settings transformers' UperNet heads read, from ours (UperNet calls its width `hidden_size`)."""
+    return UperNetConfig(
+        num_labels=config.num_labels,
+        hidden_size=config.decode_channels,
+        pool_scales=list(config.pool_scales),
+        auxiliary_in_channels=None,
+        auxiliary_channels=config.auxiliary_channels,
+        auxiliary_num_convs=config.auxiliary_num_convs,
+        auxiliary_concat_input=False,
+    )
+
+
+class MAEForSemanticSegmentation(MAEPreTrainedModel):
+    """UperNet on the MAE encoder. `labels` (B, H, W) class ids, `ignore_index` for unlabelled pixels; the loss is
+    cross-entropy of the decode head + `auxiliary_loss_weight` x that of the auxiliary head, both at input size."""
+
+    config_class = MAESegmentationConfig
+    config: MAESegmentationConfig
+    _auto_classes = {"MAEForSemanticSegmentation": "AutoModelForSemanticSegmentation"}
+    # An MAE pretraining or classification checkpoint brings parts that segmentation does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\.", r"^fc_norm\.", r"^head\."]
+
+    def __init__(self, config: MAESegmentationConfig):
+        super().__init__(config)
+        self.vit = MAEModel(config, final_norm=False)  # dense features come from the blocks, not the final norm
+        self.neck = MultiScaleNeck(config.hidden_size, config.neck_rescales)
+        heads = upernet_config(config)
+        in_channels = [config.hidden_size] * len(config.out_indices)
+        self.decode_head = UperNetHead(heads, in_channels=in_channels)
+        self.auxiliary_head = (
+            UperNetFCNHead(heads, in_channels=in_channels, in_index=config.auxiliary_in_index)
+            if config.use_auxiliary_head
+            else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.patch_embed
+
+    def features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """The neck's pyramid of (B, D, h_i, w_i) maps; other image sizes resample the position table."""
+        interpolate = tuple(pixel_values.shape[-2:]) != self.config.image_hw
+        maps = self.vit.get_intermediate_layers(pixel_values, self.config.out_indices, interpolate)
+        return self.neck(maps)
+
+    def segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(decode logits, auxiliary logits or None), each (B, num_labels, H, W) at the input's size."""
+        size = pixel_values.shape[-2:]
+        pyramid = self.features(pixel_values)
+        logits = F.interpolate(self.decode_head(pyramid), size=size, mode="bilinear", align_corners=False)
+        auxiliary = None
+        if self.auxiliary_head is not None and self.training:
+            auxiliary = F.interpolate(self.auxiliary_head(pyramid), size=size, mode="bilinear", align_corners=False)
+        return logits, auxiliary
+
+    def loss(self, logits, auxiliary, labels) -> torch.Tensor:
+        loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=self.config.ignore_index)
+        if auxiliary is not None:
+            aux = F.cross_entropy(auxiliary.float(), labels.long(), ignore_index=self.config.ignore_index)
+            loss = loss + self.config.auxiliary_loss_weight * aux
+        return loss
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None
+    ) -> SemanticSegmenterOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if not self.training and self.config.inference_mode == "slide":
+            logits, auxiliary = slide_inference(self, pixel_values), None
+        else:
+            logits, auxiliary = self.segment(pixel_values)
+        loss = None if labels is None else self.loss(logits, auxiliary, labels)
+        output = SemanticSegmenterOutput(loss=loss, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """mmseg's grid: ceil((length - crop) / stride) + 1 windows, the last one flush with the end."""
+    if length <= crop:
+        return [0]
+    count = -(-(length - crop) // stride) + 1
+    return sorted({min(i * stride, length - crop) for i in range(count)})
+
+
+@torch.no_grad()
+def slide_inference(model: MAEForSemanticSegmentation, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits (B, C, H, W) averaged over `test_crop_size` windows placed every `test_stride` pixels (images
+    smaller than a window are evaluated whole)."""
+    crop, stride = model.config.test_crop_size, model.config.test_stride
+    batch, _, height, width = pixel_values.shape
+    total = pixel_values.new_zeros(batch, model.config.num_labels, height, width)
+    count = pixel_values.new_zeros(1, 1, height, width)
+    for top in window_starts(height, crop, stride):
+        for left in window_starts(width, crop, stride):
+            window = pixel_values[:, :, top : top + crop, left : left + crop]
+            logits, _ = model.segment(window)
+            total[:, :, top : top + window.shape[-2], left : left + window.shape[-1]] += logits.float()
+            count[:, :, top : top + window.shape[-2], left : left + window.shape[-1]] += 1
+    return total / count
+
+
+__all__ = ["MAEForSemanticSegmentation", "MultiScaleNeck", "slide_inference"]
