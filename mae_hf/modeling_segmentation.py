@@ -89,8 +89,16 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
         return self.neck(maps)
 
     def segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(decode logits, auxiliary logits or None), each (B, num_labels, H, W) at the input's size."""
+        """(decode logits, auxiliary logits or None), each (B, num_labels, H, W) at the input's size. Sizes that
+        are not multiples of the patch size are padded (bottom, right) and the logits cropped back."""
         size = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        pad_h, pad_w = -size[0] % patch, -size[1] % patch
+        if pad_h or pad_w:
+            padded = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+            logits, auxiliary = self.segment(padded)
+            crop = (..., slice(0, size[0]), slice(0, size[1]))
+            return logits[crop], None if auxiliary is None else auxiliary[crop]
         pyramid = self.features(pixel_values)
         logits = F.interpolate(self.decode_head(pyramid), size=size, mode="bilinear", align_corners=False)
         auxiliary = None

@@ -49,7 +49,7 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
     """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped."""
     from .data import verify_images
 
-    if not data_args.verify_images or data_args.streaming or data_args.dataset_name == "digits":
+    if not data_args.verify_images or data_args.streaming or data_args.dataset_name in ("digits", "digits_seg"):
         return
     for split in list(datasets):
         num_proc = max(1, training_args.dataloader_num_workers) if len(datasets[split]) > 10_000 else None

@@ -46,8 +46,13 @@ def to_uint8(images: torch.Tensor, mean, std) -> np.ndarray:
 def reconstruction_grid(
     model, pixel_values: torch.Tensor, mean, std, noise: torch.Tensor | None = None, min_side: int = 96
 ) -> Image.Image:
-    """One row per image, one column per panel; small images are enlarged (nearest) to at least `min_side`."""
-    panels = [to_uint8(p, mean, std) for p in reconstruct(model, pixel_values, noise)]
+    """One row per image, one column per panel (see COLUMNS)."""
+    return tile_grid([to_uint8(p, mean, std) for p in reconstruct(model, pixel_values, noise)], min_side)
+
+
+def tile_grid(panels: list[np.ndarray], min_side: int) -> Image.Image:
+    """Panels of (B, H, W, 3) uint8 as columns, one row per image, 2 px apart; small images are enlarged
+    (nearest) to at least `min_side`."""
     batch, height, width, _ = panels[0].shape
     scale = max(1, -(-min_side // max(height, width)))
     pad = 2
@@ -104,3 +109,30 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def palette(num_labels: int, seed: int = 0) -> np.ndarray:
+    """(num_labels + 1, 3) uint8 colours; the last row (grey) is for ignored pixels."""
+    colours = np.random.default_rng(seed).integers(40, 256, (num_labels, 3), dtype=np.uint8)
+    return np.concatenate([colours, np.full((1, 3), 128, dtype=np.uint8)])
+
+
+def colour_map(labels: torch.Tensor, colours: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """(B, H, W) class ids -> (B, H, W, 3) uint8; ignored pixels grey."""
+    labels = labels.cpu().numpy().astype(np.int64)
+    labels = np.where((labels == ignore_index) | (labels >= len(colours) - 1), len(colours) - 1, labels)
+    return colours[labels]
+
+
+def segmentation_grid(
+    pixel_values: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, mean, std, num_labels: int,
+    ignore_index: int = 255, alpha: float = 0.5, min_side: int = 128,
+) -> Image.Image:
+    """One row per image: the image, the ground truth over it, the prediction over it (like the seed's figures)."""
+    images = to_uint8(pixel_values, mean, std)
+    colours = palette(num_labels)
+    overlays = [
+        (images * (1 - alpha) + colour_map(maps, colours, ignore_index) * alpha).round().astype(np.uint8)
+        for maps in (labels, predictions)
+    ]
+    return tile_grid([images, *overlays], min_side)

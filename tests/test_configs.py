@@ -6,6 +6,7 @@ import pytest
 
 import run_image_classification
 import run_pretraining
+import run_semantic_segmentation
 from mae_hf.run_utils import parse_arguments
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -17,10 +18,19 @@ CLASSIFY = (
 )
 
 
+SEGMENT = (
+    run_semantic_segmentation.SegmentationModelArguments,
+    run_semantic_segmentation.SegmentationDataArguments,
+    run_semantic_segmentation.SegmentationTrainingArguments,
+)
+SCRIPTS = {"pretrain": (PRETRAIN, None), "segment": (SEGMENT, None),
+           "finetune": (CLASSIFY, run_image_classification.linear_probe_preset),
+           "linprobe": (CLASSIFY, run_image_classification.linear_probe_preset)}
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_config_parses(path, tmp_path):
-    kinds, preset = (PRETRAIN, None) if path.name.startswith("pretrain") else (
-        CLASSIFY, run_image_classification.linear_probe_preset)
+    kinds, preset = SCRIPTS[path.name.split("_")[0]]
     model_args, data_args, training_args = parse_arguments(
         kinds, [str(path), "--output_dir", str(tmp_path), "--bf16", "false"], preset=preset
     )
@@ -31,5 +41,10 @@ def test_config_parses(path, tmp_path):
     if path.name == "finetune_vit_base.yaml":
         assert (training_args.layer_decay, training_args.base_learning_rate, model_args.drop_path_rate) == (0.65, 5e-4, 0.1)
         assert data_args.crop_min_scale == 0.08 and training_args.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    if path.name == "segment_ade20k_vit_base.yaml":
+        assert (model_args.out_indices, model_args.neck_rescales, model_args.decode_channels) == (
+            [3, 5, 7, 11], [4.0, 2.0, 1.0, 0.5], 768)
+        assert (training_args.learning_rate, training_args.layer_decay, training_args.warmup_steps) == (1e-4, 0.65, 1500)
+        assert (data_args.crop_size, data_args.reduce_labels, model_args.test_stride) == (512, True, 341)
     if path.name == "pretrain_vit_base.yaml":
         assert (training_args.base_learning_rate, training_args.adam_beta2, model_args.norm_pix_loss) == (1.5e-4, 0.95, True)

@@ -133,3 +133,12 @@ def test_segmentation_config_errors():
         seg_config(out_indices=(0, 1, 2, 7))
     with pytest.raises(ValueError, match="inference_mode"):
         seg_config(inference_mode="tiles")
+
+
+def test_sizes_that_are_not_multiples_of_the_patch_are_padded_and_cropped_back():
+    model = MAEForSemanticSegmentation(seg_config()).eval()
+    pixels = torch.randn(1, 3, 30, 37)
+    logits = model(pixels).logits
+    assert logits.shape == (1, 5, 30, 37)
+    padded = F.pad(pixels, (0, 3, 0, 2))
+    torch.testing.assert_close(logits, model.segment(padded)[0][..., :30, :37])

@@ -7,8 +7,9 @@ from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_d
 
 from ..arguments import DataArguments
 from .digits import load_digits_dataset
+from .digits_seg import load_digits_seg_dataset
 
-BUILTIN = {"digits": load_digits_dataset}
+BUILTIN = {"digits": load_digits_dataset, "digits_seg": load_digits_seg_dataset}  # pretraining uses their images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 

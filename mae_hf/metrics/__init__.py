@@ -1,4 +1,5 @@
-"""Offline `evaluate` metrics for the classification scripts, and the logits preprocessing they need."""
+"""Offline `evaluate` metrics for the classification and segmentation scripts, and the logits preprocessing they
+need."""
 
 import os
 import uuid
@@ -8,6 +9,20 @@ import torch
 # Holds one `evaluate` metric script per file, loaded by absolute path so nothing comes from the Hub.
 METRICS_DIR = os.path.dirname(os.path.abspath(__file__))
 ACCURACY_PATH = os.path.join(METRICS_DIR, "accuracy.py")
+MEAN_IOU_PATH = os.path.join(METRICS_DIR, "mean_iou.py")
+
+__all__ = [
+    "ACCURACY_PATH",
+    "MEAN_IOU_PATH",
+    "METRICS_DIR",
+    "StreamingMeanIoU",
+    "confusion_matrix",
+    "import_mean_iou_module",
+    "load_accuracy",
+    "load_mean_iou",
+    "metrics_from_confusion",
+    "top_k_predictions",
+]
 
 
 def load_accuracy(**kwargs):
@@ -21,6 +36,49 @@ def load_accuracy(**kwargs):
 
     kwargs.setdefault("experiment_id", uuid.uuid4().hex)
     return evaluate.load(ACCURACY_PATH, **kwargs)
+
+
+def load_mean_iou(**kwargs):
+    """`evaluate.load` of our streaming-confusion-matrix mean IoU script (`mean_iou.py`), fully offline.
+
+    As `load_accuracy`: a fresh `experiment_id` per call, `kwargs` (e.g. `cache_dir`) go to `evaluate.load`.
+    `compute(predictions=..., references=..., num_labels=..., ignore_index=255, id2label=None)`. evaluate still
+    stores every added map (as Arrow, then Python lists at `compute`); for a Trainer evaluation use
+    `StreamingMeanIoU`, whose memory does not grow with the images.
+    """
+    import evaluate  # imported here: it is slow to import and only the evaluation scripts need it
+
+    kwargs.setdefault("experiment_id", uuid.uuid4().hex)
+    return evaluate.load(MEAN_IOU_PATH, **kwargs)
+
+
+def import_mean_iou_module():
+    """`mean_iou.py` imported as a module by its path (as evaluate does, but without evaluate's modules cache).
+
+    The package already imports it as `mae_hf.metrics.mean_iou`; this is for code that wants the file itself,
+    e.g. to check that a copy elsewhere behaves the same. Each call executes the file afresh.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mae_hf_mean_iou_{uuid.uuid4().hex}", MEAN_IOU_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# `mean_iou.py` is also an `evaluate` script, hence self-contained (no relative imports): importing it as a plain
+# submodule gives the Trainer code the very same functions that `load_mean_iou()` runs. It is imported on first
+# use of these names only, because it imports `evaluate` (which pulls in transformers.pipelines and torchvision:
+# seconds and ~250 MB of RSS), which `import mae_hf.metrics` alone should not cost.
+_MEAN_IOU_NAMES = ("StreamingMeanIoU", "confusion_matrix", "metrics_from_confusion")
+
+
+def __getattr__(name):
+    if name in _MEAN_IOU_NAMES:
+        from . import mean_iou
+
+        return getattr(mean_iou, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def top_k_predictions(logits, k: int = 5) -> torch.Tensor:

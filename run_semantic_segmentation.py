@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Semantic segmentation with UperNet on an MAE encoder (mmsegmentation's ADE20K recipe) and transformers' Trainer.
+
+    python run_semantic_segmentation.py configs/segment_digits.yaml --model_name_or_path outputs/pretrain_digits_seg
+    accelerate launch run_semantic_segmentation.py configs/upernet_vit_base_ade20k.yaml \\
+        --model_name_or_path MAE_DIR --dataset_name /data/ADEChallengeData2016
+Without --model_name_or_path the encoder starts from random init.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import SegformerImageProcessor, TrainerCallback, set_seed
+
+from mae_hf import MAEConfig, MAEForSemanticSegmentation
+from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
+from mae_hf.data import normalisation
+from mae_hf.data.segmentation import (
+    SegmentationBatchTransform,
+    SegmentationEvalTransform,
+    SegmentationTrainTransform,
+    check_annotations,
+    collate_segmentation,
+    load_segmentation_datasets,
+)
+from mae_hf.metrics import StreamingMeanIoU
+from mae_hf.model_card import write_model_card
+from mae_hf.run_utils import (
+    apply_recipe_schedule,
+    check_hub_access,
+    check_output_dir,
+    logger,
+    parse_arguments,
+    resolve_checkpoint,
+    setup_logging,
+)
+from mae_hf.trainer import MAETrainer
+from mae_hf.visualize import segmentation_grid
+
+SEGMENTATION_FIELDS = (
+    "out_indices neck_rescales decode_channels auxiliary_channels use_auxiliary_head auxiliary_loss_weight "
+    "inference_mode test_crop_size test_stride"
+).split()
+
+
+@dataclass
+class SegmentationModelArguments(ModelArguments):
+    out_indices: list[int] | None = field(default=None, metadata={"help": "Blocks whose outputs feed the neck."})
+    neck_rescales: list[float] | None = None
+    decode_channels: int | None = field(default=None, metadata={"help": "UperNet width (768 for ViT-B)."})
+    auxiliary_channels: int | None = None
+    use_auxiliary_head: bool | None = None
+    auxiliary_loss_weight: float | None = None
+    inference_mode: str | None = field(default=None, metadata={"help": "'whole' or 'slide' (sliding window)."})
+    test_crop_size: int | None = None
+    test_stride: int | None = None
+    num_visualized_images: int = 4
+
+
+@dataclass
+class SegmentationDataArguments(DataArguments):
+    annotation_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
+    reduce_labels: bool = field(default=False, metadata={"help": "ADE20K: 0 -> 255 (ignored), 1..150 -> 0..149."})
+    num_labels: int | None = field(default=None, metadata={"help": "Classes (default: from the dataset)."})
+    crop_size: int = 512
+    resize_scale: list[int] = field(default_factory=lambda: [2048, 512])
+    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    cat_max_ratio: float = 0.75
+
+
+@dataclass
+class SegmentationTrainingArguments(RecipeArguments):
+    """mmsegmentation's MAE + UperNet ADE20K schedule: AdamW 1e-4, β (0.9, 0.999), wd 0.05, layer decay 0.65,
+    1500 linear warmup iterations then polynomial decay, 160k iterations at batch 16 (8 GPUs x 2)."""
+
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float | None = 0.65
+    warmup_steps: float = 1500
+    lr_scheduler_type: str = "polynomial"
+    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"power": 1.0, "lr_end": 0.0})
+    max_steps: int = 160_000
+    per_device_train_batch_size: int = 2
+    per_device_eval_batch_size: int = 1
+    max_grad_norm: float = 0.0
+    sync_batchnorm: bool = field(default=True, metadata={"help": "SyncBatchNorm in the neck on several GPUs."})
+    batch_eval_metrics: bool = True  # a streaming confusion matrix: memory does not grow with the images
+    eval_strategy: str = "steps"
+    eval_steps: float = 16_000
+    save_steps: float = 16_000
+    logging_steps: float = 50
+    remove_unused_columns: bool = False
+    label_names: list[str] = field(default_factory=lambda: ["labels"])
+    report_to: str | list[str] = "none"
+    do_train: bool = True
+    do_eval: bool = True
+
+
+def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentationConfig:
+    overrides = {**config_overrides(model_args), **{n: getattr(model_args, n) for n in SEGMENTATION_FIELDS
+                                                    if getattr(model_args, n) is not None}}
+    overrides.update(num_labels=num_labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    if model_args.model_name_or_path:
+        saved = MAEConfig.from_pretrained(model_args.model_name_or_path)
+        if isinstance(saved, MAESegmentationConfig) or saved.model_type == MAESegmentationConfig.model_type:
+            saved = MAESegmentationConfig.from_pretrained(model_args.model_name_or_path)
+        return segmentation_config(saved, **{k: v for k, v in saved.to_dict().items()
+                                            if k in SEGMENTATION_FIELDS and k not in overrides}, **overrides)
+    return MAESegmentationConfig(**overrides)
+
+
+def build_model(model_args, config, training_args) -> nn.Module:
+    if model_args.model_name_or_path:
+        model = MAEForSemanticSegmentation.from_pretrained(
+            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
+        )
+    else:
+        model = MAEForSemanticSegmentation(config)
+    if training_args.sync_batchnorm and training_args.world_size > 1 and torch.cuda.is_available():
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def attach_transforms(datasets, columns, data_args, config):
+    mean, std = normalisation(config.num_channels)
+    common = dict(mean=mean, std=std, reduce_labels=data_args.reduce_labels)
+    train = SegmentationTrainTransform(
+        data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
+        cat_max_ratio=data_args.cat_max_ratio, **common,
+    )
+    evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), crop_size=data_args.crop_size, **common)
+    return {
+        "train": datasets["train"].with_transform(SegmentationBatchTransform(train, *columns)),
+        "validation": datasets["validation"].with_transform(SegmentationBatchTransform(evaluation, *columns)),
+    }
+
+
+def image_processor(config, data_args) -> SegformerImageProcessor:
+    """For pipelines: resize to the crop size, normalise; post-processing resizes the map back."""
+    mean, std = normalisation(config.num_channels)
+    return SegformerImageProcessor(
+        size={"height": data_args.crop_size, "width": data_args.crop_size},
+        image_mean=list(mean), image_std=list(std), do_reduce_labels=data_args.reduce_labels,
+    )
+
+
+def metrics_function(config):
+    stream = StreamingMeanIoU(config.num_labels, ignore_index=config.ignore_index, id2label=config.id2label)
+
+    def compute_metrics(eval_pred, compute_result: bool):
+        labels = eval_pred.label_ids
+        # Trainer pads maps of different sizes across processes with -100: those pixels are not labels.
+        labels = torch.where(labels == -100, config.ignore_index, labels) if torch.is_tensor(labels) else labels
+        stream.update(eval_pred.predictions, labels)
+        if not compute_result:
+            return {}
+        result = {k: v for k, v in stream.compute().items() if not isinstance(v, list)}  # scalars for the logs
+        stream.reset()
+        return result
+
+    return compute_metrics
+
+
+class SegmentationFigureCallback(TrainerCallback):
+    """`segmentations/step_N.png` at each evaluation and `segmentation.png` at the end: image, ground truth,
+    prediction (and to wandb when active)."""
+
+    def __init__(self, examples, mean, std, output_dir):
+        self.pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        self.labels = torch.stack([e["labels"] for e in examples])
+        self.mean, self.std, self.output_dir = mean, std, output_dir
+
+    def _figure(self, model, name, step):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            predictions = model(self.pixel_values.to(device)).logits.argmax(dim=1).cpu()
+        model.train(was_training)
+        grid = segmentation_grid(self.pixel_values, self.labels, predictions, self.mean, self.std,
+                                 model.config.num_labels, model.config.ignore_index)
+        path = os.path.join(self.output_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        grid.save(path)
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"eval/segmentation": wandb.Image(grid), "train/global_step": step})
+        except ImportError:
+            pass
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self._figure(model, os.path.join("segmentations", f"step_{state.global_step}.png"), state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self._figure(model, "segmentation.png", state.global_step)
+
+
+def main(argv=None, callbacks=()):
+    model_args, data_args, training_args = parse_arguments(
+        (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments), argv
+    )
+    setup_logging(training_args)
+    if not training_args.do_eval:
+        training_args.eval_strategy = "no"
+    if training_args.layer_decay == 1.0:
+        training_args.layer_decay = None
+    check_output_dir(training_args)
+    check_hub_access(training_args)
+    checkpoint = resolve_checkpoint(training_args)
+
+    datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
+    num_labels = data_args.num_labels or len(names)
+    names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
+    config = build_config(model_args, num_labels, names)
+    for split in ("train", "validation"):
+        check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
+    set_seed(training_args.seed)
+    model = build_model(model_args, config, training_args)
+    datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
+    apply_recipe_schedule(training_args, len(datasets["train"]))
+
+    mean, std = normalisation(config.num_channels)
+    shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]
+    trainer = MAETrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"] if training_args.do_train else None,
+        eval_dataset=datasets["validation"] if training_args.do_eval else None,
+        data_collator=collate_segmentation,
+        processing_class=image_processor(config, data_args),
+        compute_metrics=metrics_function(config),
+        # full-resolution logits are (B, classes, H, W): keep only the predicted class per pixel
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=1),
+        callbacks=[SegmentationFigureCallback(shown, mean, std, training_args.output_dir), *callbacks],
+    )
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if trainer.is_world_process_zero() and training_args.do_train:
+        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""run_semantic_segmentation.py end to end on tiny models: digits_seg, an ADE20K-layout folder, an MAE
+checkpoint as encoder, sliding-window evaluation, the pipeline, and input errors."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+from transformers import AutoModelForSemanticSegmentation, pipeline
+
+import run_semantic_segmentation
+from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation
+
+TINY = [
+    "--image_size", "32", "--crop_size", "32", "--resize_scale", "128", "32", "--patch_size", "8",
+    "--hidden_size", "32", "--num_hidden_layers", "4", "--num_attention_heads", "2", "--intermediate_size", "64",
+    "--out_indices", "0", "1", "2", "3", "--decode_channels", "16", "--auxiliary_channels", "8",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--warmup_steps", "0",
+    "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no",
+    "--eval_strategy", "no", "--num_visualized_images", "2", "--seed", "0", "--max_eval_samples", "8",
+    "--max_train_samples", "16",
+]
+
+
+def run(tmp_path, *extra, out="out"):
+    return run_semantic_segmentation.main(["--output_dir", str(tmp_path / out), *TINY, *extra])
+
+
+def make_ade_folder(root, count=4, bad_size=False, bad_label=False):
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(count):
+            name = f"ADE_{split}_{i:08d}"
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
+            labels = rng.integers(0, 151, (40, 48), dtype=np.uint8)
+            if bad_label and i == 1:
+                labels[0, 0] = 200
+            size = (47, 40) if bad_size and i == 2 else (48, 40)
+            Image.fromarray(labels, mode="L").resize(size, Image.NEAREST).save(root / "annotations" / split / f"{name}.png")
+    return root
+
+
+def test_digits_seg_end_to_end_with_metrics_figures_and_pipeline(tmp_path):
+    metrics = run(tmp_path, "--dataset_name", "digits_seg", "--max_steps", "3")
+    for key in ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_background"):
+        assert key in metrics and (np.isnan(metrics[key]) or 0 <= metrics[key] <= 1), key
+    out = tmp_path / "out"
+    assert (out / "segmentation.png").exists() and (out / "preprocessor_config.json").exists()
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert isinstance(model, MAEForSemanticSegmentation) and model.config.num_labels == 11
+    segmenter = pipeline("image-segmentation", model=str(out))
+    results = segmenter(Image.new("RGB", (50, 40), (20, 20, 20)))
+    assert results and all(r["mask"].size == (50, 40) for r in results)
+    assert {r["label"] for r in results} <= set(model.config.id2label.values())
+
+
+def test_ade_folder_with_reduce_labels_and_sliding_window(tmp_path):
+    root = make_ade_folder(tmp_path / "ADEChallengeData2016")
+    metrics = run(tmp_path, "--dataset_name", str(root), "--reduce_labels", "--max_steps", "2",
+                  "--inference_mode", "slide", "--test_crop_size", "32", "--test_stride", "16")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert len(config["id2label"]) == 150 and config["inference_mode"] == "slide"
+    assert "eval_mean_iou" in metrics
+
+
+def test_mae_checkpoint_as_encoder(tmp_path):
+    mae = MAEForPreTraining(tiny_config(image_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                        intermediate_size=64))
+    mae.save_pretrained(tmp_path / "mae")
+    run(tmp_path, "--dataset_name", "digits_seg", "--model_name_or_path", str(tmp_path / "mae"), "--max_steps", "1",
+        "--do_eval", "false")
+    model = MAEForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert model.vit.pos_embed.shape == (1, 17, 32)  # 16 px checkpoint resampled to 32 px (4x4 patches)
+
+
+@pytest.mark.parametrize("problem, message", [("size", r"ADE_training_00000002.*\(47, 40\).*\(48, 40\)|\(48, 40\).*\(47, 40\)"),
+                                              ("label", r"ADE_training_00000001.*200")])
+def test_bad_annotations_are_named(tmp_path, problem, message):
+    root = make_ade_folder(tmp_path / "ADEChallengeData2016", bad_size=problem == "size", bad_label=problem == "label")
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151")
+    assert not (tmp_path / "out").exists()
