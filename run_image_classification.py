@@ -32,7 +32,6 @@ from mae_hf.data import (
     load_image_datasets,
 )
 from mae_hf.metrics import load_accuracy, top_k_predictions
-from mae_hf.model_card import write_model_card
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     check_hub_access,
@@ -41,6 +40,7 @@ from mae_hf.run_utils import (
     parse_arguments,
     resolve_checkpoint,
     setup_logging,
+    train_evaluate_save,
     verify_splits,
 )
 from mae_hf.trainer import MAETrainer
@@ -226,24 +226,7 @@ def main(argv=None, callbacks=()):
         callbacks=list(callbacks),
     )
 
-    metrics = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if trainer.is_world_process_zero() and training_args.do_train:
-        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
-    return metrics
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
 
 
 if __name__ == "__main__":

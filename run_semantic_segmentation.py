@@ -7,27 +7,25 @@
 Without --model_name_or_path the encoder starts from random init.
 """
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import SegformerImageProcessor, TrainerCallback, set_seed
+from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
-from mae_hf.data import normalisation
-from mae_hf.data.segmentation import (
+from mae_hf.data import (
     SegmentationBatchTransform,
     SegmentationEvalTransform,
     SegmentationTrainTransform,
     check_annotations,
     collate_segmentation,
     load_segmentation_datasets,
+    normalisation,
 )
 from mae_hf.metrics import StreamingMeanIoU
-from mae_hf.model_card import write_model_card
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     check_hub_access,
@@ -36,9 +34,9 @@ from mae_hf.run_utils import (
     parse_arguments,
     resolve_checkpoint,
     setup_logging,
+    train_evaluate_save,
 )
-from mae_hf.trainer import MAETrainer
-from mae_hf.visualize import segmentation_grid
+from mae_hf.trainer import MAETrainer, SegmentationFigureCallback
 
 SEGMENTATION_FIELDS = (
     "out_indices neck_rescales decode_channels auxiliary_channels use_auxiliary_head auxiliary_loss_weight "
@@ -164,44 +162,6 @@ def metrics_function(config):
     return compute_metrics
 
 
-class SegmentationFigureCallback(TrainerCallback):
-    """`segmentations/step_N.png` at each evaluation and `segmentation.png` at the end: image, ground truth,
-    prediction (and to wandb when active)."""
-
-    def __init__(self, examples, mean, std, output_dir):
-        self.pixel_values = torch.stack([e["pixel_values"] for e in examples])
-        self.labels = torch.stack([e["labels"] for e in examples])
-        self.mean, self.std, self.output_dir = mean, std, output_dir
-
-    def _figure(self, model, name, step):
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            predictions = model(self.pixel_values.to(device)).logits.argmax(dim=1).cpu()
-        model.train(was_training)
-        grid = segmentation_grid(self.pixel_values, self.labels, predictions, self.mean, self.std,
-                                 model.config.num_labels, model.config.ignore_index)
-        path = os.path.join(self.output_dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        grid.save(path)
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"eval/segmentation": wandb.Image(grid), "train/global_step": step})
-        except ImportError:
-            pass
-
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and model is not None:
-            self._figure(model, os.path.join("segmentations", f"step_{state.global_step}.png"), state.global_step)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and model is not None:
-            self._figure(model, "segmentation.png", state.global_step)
-
-
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(
         (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments), argv
@@ -241,24 +201,7 @@ def main(argv=None, callbacks=()):
         callbacks=[SegmentationFigureCallback(shown, mean, std, training_args.output_dir), *callbacks],
     )
 
-    metrics = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if trainer.is_world_process_zero() and training_args.do_train:
-        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
-    return metrics
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
 
 
 if __name__ == "__main__":

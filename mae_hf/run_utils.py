@@ -154,3 +154,28 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
         training_args.save_steps = max(1, round(training_args.save_every_epochs * steps_per_epoch))
         logger.info(f"checkpoint every {training_args.save_steps} steps ({training_args.save_every_epochs} epochs)")
     return global_batch
+
+
+def train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint=None) -> dict:
+    """What every script ends with: train (resuming `checkpoint`), save the model, its processor, metrics and
+    state; evaluate; write the model card; push to the Hub when asked. Returns the train and eval metrics."""
+    from .model_card import write_model_card
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # with the image processor passed as processing_class
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if trainer.is_world_process_zero() and training_args.do_train:
+        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    return metrics

@@ -8,7 +8,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .optim import decay_parameter_names, param_groups
-from .visualize import fixed_noise, reconstruction_grid
+from .visualize import fixed_noise, reconstruction_grid, segmentation_grid
 
 logger = logging.get_logger(__name__)
 
@@ -71,34 +71,75 @@ class MAETrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
 
-class ReconstructionCallback(TrainerCallback):
-    """Saves `reconstructions/step_N.png` at each evaluation and `reconstruction.png` at the end (same images,
-    same masks every time), and logs them to wandb when it is active."""
+class FigureCallback(TrainerCallback):
+    """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), on the
+    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model)`."""
 
-    def __init__(self, pixel_values: torch.Tensor, mean, std, output_dir: str):
-        self.pixel_values, self.mean, self.std, self.output_dir = pixel_values, mean, std, output_dir
+    folder, final, wandb_key = "figures", "figure.png", "eval/figure"
 
-    def _figure(self, model, name: str, step: int) -> None:
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def draw(self, model):
+        raise NotImplementedError
+
+    def _save(self, model, name: str, step: int) -> None:
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        noise = fixed_noise(len(self.pixel_values), model.config.num_patches).to(device)
-        grid = reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise)
+        with torch.no_grad():
+            grid = self.draw(model)
         model.train(was_training)
-        os.makedirs(os.path.dirname(os.path.join(self.output_dir, name)) or self.output_dir, exist_ok=True)
-        grid.save(os.path.join(self.output_dir, name))
+        path = os.path.join(self.output_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        grid.save(path)
         try:
             import wandb
 
             if wandb.run is not None:  # the step metric of transformers' WandbCallback, not wandb's own counter
-                wandb.log({"eval/reconstruction": wandb.Image(grid), "train/global_step": step})
+                wandb.log({self.wandb_key: wandb.Image(grid), "train/global_step": step})
         except ImportError:
             pass
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and model is not None:
-            self._figure(model, os.path.join("reconstructions", f"step_{state.global_step}.png"), state.global_step)
+            self._save(model, os.path.join(self.folder, f"step_{state.global_step}.png"), state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and model is not None:
-            self._figure(model, "reconstruction.png", state.global_step)
+            self._save(model, self.final, state.global_step)
+
+
+class ReconstructionCallback(FigureCallback):
+    """Reconstructions of the same images with the same masks every time (`reconstructions/step_N.png`,
+    `reconstruction.png`)."""
+
+    folder, final, wandb_key = "reconstructions", "reconstruction.png", "eval/reconstruction"
+
+    def __init__(self, pixel_values: torch.Tensor, mean, std, output_dir: str):
+        super().__init__(output_dir)
+        self.pixel_values, self.mean, self.std = pixel_values, mean, std
+
+    def draw(self, model):
+        device = next(model.parameters()).device
+        noise = fixed_noise(len(self.pixel_values), model.config.num_patches).to(device)
+        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise)
+
+
+class SegmentationFigureCallback(FigureCallback):
+    """Image, ground truth and prediction of the same images (`segmentations/step_N.png`, `segmentation.png`)."""
+
+    folder, final, wandb_key = "segmentations", "segmentation.png", "eval/segmentation"
+
+    def __init__(self, examples: list[dict], mean, std, output_dir: str):
+        super().__init__(output_dir)
+        self.pixel_values = torch.stack([e["pixel_values"] for e in examples])
+        self.labels = torch.stack([torch.as_tensor(e["labels"]) for e in examples])
+        self.mean, self.std = mean, std
+
+    def draw(self, model):
+        device = next(model.parameters()).device
+        predictions = model(self.pixel_values.to(device)).logits.argmax(dim=1).cpu()
+        return segmentation_grid(
+            self.pixel_values, self.labels, predictions, self.mean, self.std, model.config.num_labels,
+            model.config.ignore_index,
+        )

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -65,8 +65,8 @@ def _image_files(folder: str) -> dict[str, str]:
         if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
             stem = os.path.splitext(name)[0]
             if stem in files:
-                raise ValueError(f"{files[stem]} and {os.path.join(folder, name)} have the same name: pairs are matched "
-                                 "by file name without suffix")
+                raise ValueError(f"{files[stem]} and {os.path.join(folder, name)} share a name: images and "
+                                 "annotations pair up by file name without suffix")
             files[stem] = os.path.join(folder, name)
     return files
 
@@ -134,12 +134,17 @@ def _find(columns: list[str], name: str | None, usual: tuple, flag: str, what: s
 
 def find_segmentation_columns(dataset, image_column: str | None = None, annotation_column: str | None = None):
     """(image column, annotation column): the given names (they must exist), else the usual names, else (for the
-    image) the first other `datasets.Image` feature. Errors list the columns."""
+    image) the first other `datasets.Image` feature. Both must be `datasets.Image` columns. Errors list the
+    columns."""
     columns = list(dataset.column_names)
     annotation = _find(columns, annotation_column, ANNOTATION_COLUMN_NAMES, "--annotation_column_name", "annotation")
     others = [c for c in columns if c != annotation]
     fallback = tuple(c for c in others if isinstance(dataset.features.get(c), Image))
     image = _find(others, image_column, IMAGE_COLUMN_NAMES + fallback, "--image_column_name", "image")
+    for column, flag in ((image, "--image_column_name"), (annotation, "--annotation_column_name")):
+        feature = (dataset.features or {}).get(column)
+        if feature is not None and not isinstance(feature, Image):
+            raise ValueError(f"column {column!r} holds {feature}, not images; pass {flag} (columns: {columns})")
     return image, annotation
 
 
@@ -154,9 +159,9 @@ def _label_names(args, datasets: DatasetDict, image_column: str, annotation_colu
         return [str(i) for i in range(args.num_labels)]
     logger.info("no --num_labels: scanning the annotations for the largest class id (pass --num_labels to skip)")
     largest = max(
-        max((v for row in _annotation_stats(d, image_column, annotation_column, reduce)["labels"] for v in row
-             if v != IGNORE_INDEX), default=-1)
-        for d in datasets.values()
+        max((v for row in _annotation_stats(d, image_column, annotation_column, reduce, split=split)["labels"]
+             for v in row if v != IGNORE_INDEX), default=-1)
+        for split, d in datasets.items()
     )
     if largest < 0:
         raise ValueError("the annotations hold no class ids other than 255 (ignored); pass --num_labels")
@@ -252,8 +257,8 @@ def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: st
     The same function and arguments each time, so `datasets` reuses its cache for file-backed sets."""
     raw = dataset.select_columns([image_column, annotation_column])
     raw = raw.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
-    features = Features({"image_size": List(Value("int64")), "annotation_size": List(Value("int64")),
-                         "labels": List(Value("int64")), "error": Value("string")})
+    ints = Sequence(Value("int64"))  # explicit: a first batch of empty lists would otherwise infer nulls
+    features = Features({"image_size": ints, "annotation_size": ints, "labels": ints, "error": Value("string")})
     function = functools.partial(_stats_batch, image_column=image_column, annotation_column=annotation_column,
                                  reduce_labels=reduce_labels)
     return raw.map(function, batched=True, num_proc=num_proc, remove_columns=raw.column_names, features=features,
@@ -318,7 +323,8 @@ class RandomRescale(v2.Transform):
         return {"size": rescaled_size(*v2.query_size(flat_inputs), scale)}
 
     def transform(self, inpt, params: dict):
-        mode = v2.InterpolationMode.NEAREST_EXACT if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BILINEAR
+        is_map = isinstance(inpt, tv_tensors.Mask)
+        mode = v2.InterpolationMode.NEAREST_EXACT if is_map else v2.InterpolationMode.BILINEAR
         return self._call_kernel(F.resize, inpt, params["size"], interpolation=mode, antialias=False)
 
 
