@@ -19,3 +19,12 @@ def test_pretrain_step_benchmark_smoke(tmp_path):
     assert "(|diff| 0.00e+00)" in result.stdout  # both models did the same work
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved and "ratio" in json.dumps(saved)
+
+
+def test_input_pipeline_and_mean_iou_memory_benchmarks_smoke():
+    for script, expected in (("bench_input_pipeline.py", "images/s per worker process"),
+                             ("bench_mean_iou_memory.py", "stream")):
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"],
+                                capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert expected in result.stdout
