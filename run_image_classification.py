@@ -96,7 +96,6 @@ class FinetuningArguments(RecipeArguments):
     eval_strategy: str = "epoch"
     save_strategy: str = "epoch"
     logging_steps: float = 50
-    report_to: str | list[str] = "none"
     do_train: bool = True
     do_eval: bool = True
 

@@ -92,7 +92,6 @@ class SegmentationTrainingArguments(RecipeArguments):
     logging_steps: float = 50
     remove_unused_columns: bool = False
     label_names: list[str] = field(default_factory=lambda: ["labels"])
-    report_to: str | list[str] = "none"
     do_train: bool = True
     do_eval: bool = True
 

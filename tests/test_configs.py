@@ -48,3 +48,11 @@ def test_config_parses(path, tmp_path):
         assert (data_args.crop_size, data_args.reduce_labels, model_args.test_stride) == (512, True, 341)
     if path.name == "pretrain_vit_base.yaml":
         assert (training_args.base_learning_rate, training_args.adam_beta2, model_args.norm_pix_loss) == (1.5e-4, 0.95, True)
+
+
+@pytest.mark.parametrize("kinds", [PRETRAIN, CLASSIFY, SEGMENT], ids=["pretrain", "classify", "segment"])
+def test_defaults_report_nowhere(kinds, tmp_path):
+    """Without --report_to nothing is reported (a bad override of the field once turned the default into [None],
+    which TrainingArguments rejects)."""
+    _, _, training_args = parse_arguments(kinds, ["--output_dir", str(tmp_path)])
+    assert training_args.report_to in ([], "none", ["none"])
