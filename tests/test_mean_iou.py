@@ -2,7 +2,6 @@
 class and the offline `evaluate` metric, all checked against an independent NumPy computation."""
 
 import math
-import socket
 import sys
 import warnings
 
@@ -25,17 +24,6 @@ IGNORE = 255
 KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy")
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection (Hub, requests, httpx all go through sockets) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def random_maps(seed=0, batch=4, height=24, width=20):

@@ -1,7 +1,6 @@
 """The offline top-1/top-5 accuracy metric (an `evaluate` script loaded by path) and its logits preprocessing."""
 
 import os
-import socket
 import sys
 
 import numpy as np
@@ -11,17 +10,6 @@ import torch
 from mae_hf.metrics import ACCURACY_PATH, METRICS_DIR, load_accuracy, top_k_predictions
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection (Hub, requests, httpx all go through sockets) fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture
