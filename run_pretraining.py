@@ -27,7 +27,6 @@ from mae_hf.run_utils import (
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
-    logger,
     parse_arguments,
     resolve_checkpoint,
     setup_logging,
@@ -86,7 +85,9 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
     size, channels = config.image_hw, config.num_channels
     mean, std = normalisation(channels)
     transforms = {
-        "train": ImageTransform(pretrain_transform(size, mean, std, data_args.crop_min_scale, data_args.flip_probability), column, channels),
+        "train": ImageTransform(
+            pretrain_transform(size, mean, std, data_args.crop_min_scale, data_args.flip_probability), column, channels
+        ),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
     if data_args.streaming:
@@ -117,7 +118,9 @@ def visualized_images(eval_dataset, count: int) -> torch.Tensor:
 
 
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments((PretrainModelArguments, DataArguments, PretrainingArguments), argv)
+    model_args, data_args, training_args = parse_arguments(
+        (PretrainModelArguments, DataArguments, PretrainingArguments), argv
+    )
     setup_logging(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"

@@ -30,7 +30,6 @@ from mae_hf.run_utils import (
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
-    logger,
     parse_arguments,
     resolve_checkpoint,
     setup_logging,

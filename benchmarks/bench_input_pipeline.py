@@ -62,8 +62,8 @@ def main(argv=None):
         images_per_second(paths[:5], transform, 1)  # warm-up
         rates = images_per_second(paths, transform, args.rounds)
     median = statistics.median(rates)
-    print(f"| pipeline | images | rounds | median img/s per worker | min-max |")
-    print(f"|---|---|---|---|---|")
+    print("| pipeline | images | rounds | median img/s per worker | min-max |")
+    print("|---|---|---|---|---|")
     print(f"| decode + RandomResizedCrop + flip + normalise | {args.images} | {args.rounds} | {median:.1f} | "
           f"{min(rates):.1f}-{max(rates):.1f} |")
     print(f"input pipeline: {median:.1f} images/s per worker process ({args.image_size} px)")

@@ -95,6 +95,10 @@ class MAEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
     _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
 
+    def __init__(self, config: MAEConfig, *args, **kwargs):
+        config.check()  # again: from_pretrained overrides and plain attribute writes bypass __post_init__
+        super().__init__(config, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """The official MAE init: xavier-uniform Linears (the patch embedding too, seen as a Linear), unit

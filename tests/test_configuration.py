@@ -76,3 +76,9 @@ def test_image_size_must_be_divisible_by_patch_even_with_interpolation():
 def test_noise_shape_is_checked():
     with pytest.raises(ValueError, match=r"noise must have shape \(batch, num_patches\) = \(2, 16\)"):
         MAEForPreTraining(tiny_config())(torch.randn(2, 3, 32, 32), noise=torch.rand(2, 15))
+
+
+def test_overrides_given_to_from_pretrained_are_checked(tmp_path):
+    MAEModel(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="image_size 36 is not divisible by patch_size 8"):
+        MAEModel.from_pretrained(tmp_path, image_size=36)
