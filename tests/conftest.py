@@ -4,7 +4,9 @@ import socket
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 
 from mae_hf import MAEConfig  # noqa: E402
@@ -50,3 +52,20 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def write_ade_folder(root, count=3, shape=(10, 12), labels=None, sizes=None):
+    """An ADE20K-layout folder of random JPEG/PNG pairs (labels 0..150); labels[split][i] / sizes[split][i]
+    override one annotation's values / saved size (split: "training" or "validation")."""
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(count):
+            name = f"ADE_{split}_{i:08d}"
+            Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
+            annotation = (labels or {}).get(split, {}).get(i, rng.integers(0, 151, shape, dtype=np.uint8))
+            image = Image.fromarray(annotation, mode="L")
+            size = (sizes or {}).get(split, {}).get(i)
+            (image.resize(size, Image.NEAREST) if size else image).save(root / "annotations" / split / f"{name}.png")
+    return root

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, write_ade_folder
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 
@@ -28,19 +28,14 @@ def run(tmp_path, *extra, out="out"):
 
 
 def make_ade_folder(root, count=4, bad_size=False, bad_label=False):
-    rng = np.random.default_rng(0)
-    for split in ("training", "validation"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            name = f"ADE_{split}_{i:08d}"
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
-            labels = rng.integers(0, 151, (40, 48), dtype=np.uint8)
-            if bad_label and i == 1:
-                labels[0, 0] = 200
-            size = (47, 40) if bad_size and i == 2 else (48, 40)
-            Image.fromarray(labels, mode="L").resize(size, Image.NEAREST).save(root / "annotations" / split / f"{name}.png")
-    return root
+    """40x48 pairs; optionally file 1 holds label 200, file 2's annotation is 47 px wide."""
+    labels = np.random.default_rng(1).integers(0, 151, (40, 48), dtype=np.uint8)
+    labels[0, 0] = 200
+    return write_ade_folder(
+        root, count=count, shape=(40, 48),
+        labels={"training": {1: labels}} if bad_label else None,
+        sizes={"training": {2: (47, 40)}} if bad_size else None,
+    )
 
 
 def test_digits_seg_end_to_end_with_metrics_figures_and_pipeline(tmp_path):

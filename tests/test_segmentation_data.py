@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import write_ade_folder
 import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
@@ -36,20 +37,7 @@ def data_args(name, **overrides):
 
 
 def write_ade(root, labels=None, sizes=None, count=3):
-    """An ADE20K-layout folder of tiny JPEG/PNG pairs; labels[split][i] / sizes[split][i] override the defaults."""
-    rng = np.random.default_rng(0)
-    for split in ("training", "validation"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            name = f"ADE_{split}_{i:08d}"
-            pixels = rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / "images" / split / f"{name}.jpg")
-            annotation = (labels or {}).get(split, {}).get(i, rng.integers(0, 151, (10, 12), dtype=np.uint8))
-            image = Image.fromarray(annotation, mode="L")
-            size = (sizes or {}).get(split, {}).get(i)
-            (image.resize(size, Image.NEAREST) if size else image).save(root / "annotations" / split / f"{name}.png")
-    return root
+    return write_ade_folder(root, count=count, labels=labels, sizes=sizes)
 
 
 @pytest.fixture(scope="module")
