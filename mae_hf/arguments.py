@@ -99,3 +99,21 @@ class RecipeArguments(TrainingArguments):
     eval_mask_seed: int = field(
         default=1234, metadata={"help": "Seed of the masks used in evaluation, so eval_loss is comparable."}
     )
+    gpu_fast_paths: bool = field(
+        default=True,
+        metadata={"help": "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 "
+                  "matmuls, persistent dataloader workers, no per-step host sync (loss checked at logging steps). "
+                  "Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, "
+                  "--finite_loss_check); fused AdamW is the default --optim."},
+    )
+    sdpa_backend: str = field(
+        default="auto",
+        metadata={"help": "Attention kernel: auto (PyTorch picks flash / memory-efficient / cuDNN), or force one.",
+                  "choices": ["auto", "flash", "efficient", "cudnn", "math"]},
+    )
+    finite_loss_check: str = field(
+        default="auto",
+        metadata={"help": "When a non-finite loss stops training: 'step' (before the update, one host sync per "
+                  "step), 'log' (at logging and checkpoint steps, no per-step sync), 'auto' (step on CPU, log on GPU).",
+                  "choices": ["auto", "step", "log"]},
+    )

@@ -55,8 +55,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, width = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # (B, heads, N, head_dim) each
+        # Unbound on the qkv axis of the Linear's own (B, N, 3, heads, head_dim) layout and only then transposed:
+        # backward stacks the three gradients straight into that layout, with no further full-size copy.
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, heads, N, head_dim) each
         if eager:
             weights = ((query * self.scale) @ key.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
             x = weights @ value

@@ -7,6 +7,7 @@ import os
 import sys
 
 import datasets
+import torch
 import transformers
 import yaml
 from transformers import HfArgumentParser
@@ -42,7 +43,34 @@ def parse_arguments(dataclass_types, argv=None, preset=None):
         argv = file_to_argv(argv[0]) + argv[1:]
     if preset is not None:
         argv = preset(argv) + argv
-    return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
+    parsed = HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
+    for args in parsed:
+        if hasattr(args, "gpu_fast_paths"):
+            apply_gpu_fast_paths(args)
+    return parsed
+
+
+def apply_gpu_fast_paths(training_args) -> list[str]:
+    """What `--gpu_fast_paths` turns on when training on CUDA; returns the names of the settings it changed."""
+    if not training_args.gpu_fast_paths or training_args.device.type != "cuda":
+        return []
+    changed = []
+    if not (training_args.fp16 or training_args.bf16) and torch.cuda.is_bf16_supported():
+        training_args.bf16, training_args.mixed_precision = True, "bf16"  # mixed_precision is derived in post_init
+        changed.append("bf16")
+    if training_args.tf32 is None:
+        training_args.tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        changed.append("tf32")
+    if training_args.dataloader_num_workers > 0 and not training_args.dataloader_persistent_workers:
+        training_args.dataloader_persistent_workers = True
+        changed.append("dataloader_persistent_workers")
+    if training_args.logging_nan_inf_filter:
+        training_args.logging_nan_inf_filter = False  # its isnan test syncs every step; non-finite losses stop us
+        changed.append("logging_nan_inf_filter=False")
+    if changed:
+        logger.info(f"GPU fast paths (--gpu_fast_paths): {', '.join(changed)}")
+    return changed
 
 
 def verify_splits(datasets, column: str, data_args, training_args) -> None:

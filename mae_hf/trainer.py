@@ -1,9 +1,11 @@
 """`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn from a fixed seed,
 a stop on a non-finite loss, and reconstruction figures at each evaluation."""
 
+import contextlib
 import os
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
@@ -17,12 +19,23 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class MAETrainer(Trainer):
-    """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not)."""
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+
+class MAETrainer(Trainer):
+    """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
+    `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
+    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments)."""
+
+    def __init__(self, *args, eval_data_collator=None, image_decoder=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
+        self.eval_data_collator, self.image_decoder = eval_data_collator, image_decoder
+        self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_data_collator is None:
@@ -38,7 +51,8 @@ class MAETrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """The recipe's groups (no decay on biases, norms, tokens; layer-wise lr decay when
-        `args.layer_decay` is set), with the optimizer the arguments name, or LARS with `args.use_lars`."""
+        `args.layer_decay` is set), with the optimizer the arguments name (fused AdamW by default), or LARS with
+        `args.use_lars`."""
         if self.optimizer is None:
             layer_decay = getattr(self.args, "layer_decay", None)
             groups = param_groups(self.model, self.args.learning_rate, self.args.weight_decay, layer_decay)
@@ -51,16 +65,58 @@ class MAETrainer(Trainer):
                 self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        # Raised before the optimizer step: the weights and the last checkpoint on disk stay as they were.
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item()} at step {self.state.global_step + 1}; training stopped. "
-                f"The last checkpoint in {self.args.output_dir} is intact (resume with --resume_from_checkpoint "
-                "latest, e.g. with a lower learning rate or without fp16)."
+    def _prepare_inputs(self, inputs):
+        if "encoded_images" in inputs:  # --image_decoding gpu: decode, crop, flip, normalise on the device
+            inputs = dict(inputs)
+            inputs["pixel_values"] = self.image_decoder(
+                inputs.pop("encoded_images"), inputs.pop("crops"), inputs.pop("flips"), self.args.device
             )
+        return super()._prepare_inputs(inputs)
+
+    def _attention_kernels(self):
+        backend = getattr(self.args, "sdpa_backend", "auto")
+        return contextlib.nullcontext() if backend == "auto" else sdpa_kernel(SDPA_BACKENDS[backend])
+
+    def _check_every_step(self) -> bool:
+        mode = getattr(self.args, "finite_loss_check", "auto")
+        return mode == "step" or (mode == "auto" and self.args.device.type == "cpu")
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        with self._attention_kernels():
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._check_every_step():
+            # Raised before the optimizer step: the weights and the last checkpoint on disk stay as they were.
+            if not torch.isfinite(loss):
+                self._raise_nonfinite(f"is {loss.item()} at step {self.state.global_step + 1}")
+        else:  # accumulated on the device, read at logging and checkpoint steps (no per-step host sync)
+            bad = ~torch.isfinite(loss.detach())
+            self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
         return loss
+
+    def _check_accumulated_loss(self) -> None:
+        if self._nonfinite_loss is not None and bool(self._nonfinite_loss):
+            first, last = self._checked_step + 1, self.state.global_step
+            self._raise_nonfinite(f"became non-finite at step {last}" if first == last else
+                                  f"became non-finite between steps {first} and {last}")
+        self._checked_step = self.state.global_step
+
+    def _raise_nonfinite(self, when: str):
+        raise NonFiniteLossError(
+            f"the training loss {when}; training stopped. The last checkpoint in {self.args.output_dir} is intact "
+            "(resume with --resume_from_checkpoint latest, e.g. with a lower learning rate or without fp16)."
+        )
+
+    def log(self, logs, start_time=None):
+        self._check_accumulated_loss()
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        self._check_accumulated_loss()  # never overwrite a good checkpoint with non-finite weights
+        super()._save_checkpoint(model, trial)
+
+    def prediction_step(self, *args, **kwargs):
+        with self._attention_kernels():
+            return super().prediction_step(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         # Evaluation masks come from a fixed seed (the batch order is fixed too), so eval_loss is comparable from

@@ -31,10 +31,11 @@ class Pixels(Dataset):
 
 
 def trainer_for(tmp_path, model, train=None, evaluation=None, **overrides):
-    args = RecipeArguments(
+    settings = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, report_to="none",
-        remove_unused_columns=False, label_names=["pixel_values"], use_cpu=True, logging_steps=1, **overrides,
+        remove_unused_columns=False, label_names=["pixel_values"], use_cpu=True, logging_steps=1,
     )
+    args = RecipeArguments(**{**settings, **overrides})
     return MAETrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=collate_pixel_values)
 
@@ -86,3 +87,47 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     saved = MAEForPreTraining.from_pretrained(tmp_path / "checkpoint-2")
     assert all(torch.isfinite(p).all() for p in saved.parameters())
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no update from the bad batch
+
+
+def test_deferred_finite_check_reads_the_loss_only_at_logging_and_checkpoint_steps(tmp_path, monkeypatch):
+    model = MAEForPreTraining(tiny_config())
+    trainer = trainer_for(tmp_path, model, Pixels(24, nan_after=8), save_steps=2, logging_steps=3, max_steps=6,
+                          finite_loss_check="log", logging_nan_inf_filter=False)
+    checks, syncs, inside_step = [], [], []
+    check, step = MAETrainer._check_accumulated_loss, MAETrainer.training_step
+    item, as_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+    def spy_step(self, *args, **kwargs):
+        inside_step.append(True)
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            inside_step.pop()
+
+    monkeypatch.setattr(MAETrainer, "training_step", spy_step)
+    monkeypatch.setattr(MAETrainer, "_check_accumulated_loss",
+                        lambda self: checks.append(self.state.global_step) or check(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (inside_step and syncs.append("item"), item(self))[1])
+    monkeypatch.setattr(torch.Tensor, "__bool__",
+                        lambda self: (inside_step and syncs.append("bool"), as_bool(self))[1])
+    with pytest.raises(NonFiniteLossError, match="became non-finite at step 3"):
+        trainer.train()
+    assert syncs == []  # nothing inside the training step reads a tensor on the host
+    assert checks == [2, 3]  # a checkpoint at step 2; step 3 (bad) is caught at its logging step
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]  # and no checkpoint holds the bad weights
+
+
+def test_default_optimizer_is_fused_adamw_and_sdpa_backend_is_applied(tmp_path, monkeypatch):
+    trainer = trainer_for(tmp_path, MAEForPreTraining(tiny_config()), Pixels(8), max_steps=1, sdpa_backend="math")
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"] is True
+    backends = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        backends.append(torch._C._get_math_sdp_enabled() and not torch._C._get_flash_sdp_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    trainer.train()
+    assert backends and all(backends)  # every attention call ran with only the math kernel allowed

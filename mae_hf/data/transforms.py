@@ -94,8 +94,11 @@ class ImageTransform:
         self.transform, self.column, self.num_channels = transform, column, num_channels
         self.label_column = label_column
 
+    def prepare(self, image):
+        return to_model_mode(image, self.num_channels)
+
     def __call__(self, batch: dict) -> dict:
-        out = {"pixel_values": [self.transform(to_model_mode(im, self.num_channels)) for im in batch[self.column]]}
+        out = {"pixel_values": [self.transform(self.prepare(image)) for image in batch[self.column]]}
         if self.label_column is not None:
             out["labels"] = batch[self.label_column]
         return out
