@@ -5,8 +5,8 @@
   `mae_hf.MAEForImageClassification` against `transformers.ViTForImageClassification` on the same encoder
   config (transformers' ViTMAE has no classifier; ViT is its encoder with a head), alternated round by round in
   one process; the summary is the median of per-round ratios (mae_hf / transformers images/s).
-- `--task segmentation` (512 px, ADE20K's 150 classes, UperNet 512 wide + auxiliary FCN head, the mmseg recipe's
-  sizes): `mae_hf.MAEForSemanticSegmentation` alone (transformers has no plain-ViT UperNet to compare with).
+- `--task segmentation` (512 px, ADE20K's 150 classes, UperNet 768 wide on blocks 3/5/7/11 + auxiliary FCN head,
+  the mmseg recipe's sizes): `mae_hf.MAEForSemanticSegmentation` alone (transformers has no plain-ViT UperNet to compare with).
 
 A step is forward (loss) + backward + AdamW step + zero_grad, like `bench_pretrain_step.py` (whose timing, CPU
 peak-RSS and matmul-peak helpers this script reuses). FLOPs are COUNTED, not estimated: `torch.utils.flop_counter`
@@ -83,13 +83,10 @@ def classification_models(args, device):
 def segmentation_models(args, device):
     sizes = SMOKE if args.smoke else BASE
     image_size, classes = (64, 150) if args.smoke else (512, 150)
-    depth = sizes["num_hidden_layers"]
     torch.manual_seed(args.seed)
     encoder = MAEConfig(**sizes, image_size=image_size, drop_path_rate=0.1)
-    config = segmentation_config(encoder, num_labels=classes, out_indices=tuple(range(depth // 4 - 1, depth,
-                                                                                      depth // 4)))
-    if args.smoke:
-        config.decode_channels, config.auxiliary_channels = 32, 16
+    small_head = dict(out_indices=(0, 1, 2, 3), decode_channels=32, auxiliary_channels=16) if args.smoke else {}
+    config = segmentation_config(encoder, num_labels=classes, **small_head)  # else the recipe's: blocks 3/5/7/11, 768
     model = MAEForSemanticSegmentation(config)
     pixels = torch.randn(args.batch_size, 3, image_size, image_size)
     labels = torch.randint(0, classes, (args.batch_size, image_size, image_size))

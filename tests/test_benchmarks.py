@@ -1,6 +1,7 @@
 """The benchmark scripts run (smoke mode: tiny config, seconds) and print their summary."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,26 @@ def test_pretrain_step_benchmark_smoke(tmp_path):
     assert saved and "ratio" in json.dumps(saved)
 
 
-def test_input_pipeline_and_mean_iou_memory_benchmarks_smoke():
-    for script, expected in (("bench_input_pipeline.py", "images/s per worker process"),
-                             ("bench_mean_iou_memory.py", "stream")):
-        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"],
-                                capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert expected in result.stdout
+def run_smoke(script: str, *extra: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *extra],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_input_pipeline_benchmark_smoke_compares_plain_and_ours():
+    out = run_smoke("bench_input_pipeline.py")
+    assert "| plain: PIL decode + torchvision v2 on PIL |" in out and "| ours: " in out
+    assert re.search(r"input pipeline: ours \d+\.\d\dx the plain pipeline's images/s per worker", out)
+
+
+def test_mean_iou_memory_benchmark_smoke():
+    assert "stream" in run_smoke("bench_mean_iou_memory.py")
+
+
+def test_task_step_benchmarks_smoke():
+    classification = run_smoke("bench_task_step.py", "--task", "classification")
+    assert "| mae_hf |" in classification and "| transformers ViT |" in classification
+    assert re.search(r"classification step: mae_hf \d+\.\d\dx transformers' images/s", classification)
+    segmentation = run_smoke("bench_task_step.py", "--task", "segmentation")
+    assert re.search(r"segmentation step: mae_hf [\d.]+ images/s, MFU [\d.]+%", segmentation)

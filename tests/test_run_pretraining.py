@@ -71,10 +71,33 @@ def test_digits_end_to_end_saves_a_loadable_model(tmp_path):
     assert grid.size == (4 * 98 + 2, 2 * 98 + 2)  # 4 panels x 2 images, 16 px enlarged 6x, 2 px gaps
 
 
-def test_image_folder_with_awkward_modes(tmp_path):
+@pytest.mark.parametrize("decoding", ["fast", "pil", "gpu"])  # gpu: the device half runs on the CPU here
+def test_image_folder_with_awkward_modes(tmp_path, decoding):
     make_image_folder(tmp_path / "images")
-    metrics = run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "2", "--train_val_split", "0.25")
-    assert np.isfinite(metrics["eval_loss"])
+    batches = []
+
+    class Spy(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            batches.append(state.global_step)
+
+    metrics = run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "2", "--train_val_split",
+                  "0.25", "--image_decoding", decoding, callbacks=[Spy()])
+    assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0 and batches == [0, 1]
+
+
+def test_gpu_decoding_feeds_the_model_decoded_batches(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "images")
+    seen = []
+    forward = MAEForPreTraining.forward
+
+    def spy(self, pixel_values=None, **kwargs):
+        seen.append((pixel_values.shape, pixel_values.dtype, pixel_values.device.type))
+        return forward(self, pixel_values, **kwargs)
+
+    monkeypatch.setattr(MAEForPreTraining, "forward", spy)
+    run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "1", "--image_decoding", "gpu",
+        "--do_eval", "false")
+    assert seen[0] == (torch.Size([8, 3, 16, 16]), torch.float32, "cpu")
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):
