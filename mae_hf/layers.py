@@ -92,8 +92,8 @@ class DropPath(nn.Module):
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # one draw per sample
-        return x * mask / keep
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)  # one draw per sample
+        return x * mask  # rescaled on the (B, 1, 1) mask: one full-size product, as in timm
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
