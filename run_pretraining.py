@@ -15,13 +15,7 @@ from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
-from mae_hf.data import (
-    normalisation,
-    collate_pixel_values,
-    eval_transform,
-    find_image_column,
-    load_image_datasets,
-)
+from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
 from mae_hf.data.decoding import GPUImageDecoder, collate_encoded, pretrain_image_transform
 from mae_hf.data.transforms import ImageTransform
 from mae_hf.run_utils import (

@@ -7,7 +7,8 @@
   config (transformers' ViTMAE has no classifier; ViT is its encoder with a head), alternated round by round in
   one process; the summary is the median of per-round ratios (mae_hf / transformers images/s).
 - `--task segmentation` (512 px, ADE20K's 150 classes, UperNet 768 wide on blocks 3/5/7/11 + auxiliary FCN head,
-  the mmseg recipe's sizes): `mae_hf.MAEForSemanticSegmentation` alone (transformers has no plain-ViT UperNet to compare with).
+  the mmseg recipe's sizes): `mae_hf.MAEForSemanticSegmentation` alone (transformers has no plain-ViT UperNet
+  to compare with).
 
 A step is forward (loss) + backward + AdamW step + zero_grad, like `bench_pretrain_step.py` (whose timing, CPU
 peak-RSS and matmul-peak helpers this script reuses). FLOPs are COUNTED, not estimated: `torch.utils.flop_counter`
@@ -27,13 +28,7 @@ import statistics
 import time
 
 import torch
-from bench_pretrain_step import (
-    _malloc_trim,
-    _reset_peak_rss,
-    _status_kib,
-    environment,
-    matmul_peak_flops,
-)
+from bench_pretrain_step import _malloc_trim, _reset_peak_rss, _status_kib, environment, matmul_peak_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 from mae_hf import MAEConfig, MAEForImageClassification, MAEForSemanticSegmentation

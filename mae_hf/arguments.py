@@ -102,7 +102,8 @@ class RecipeArguments(TrainingArguments):
     gpu_fast_paths: bool = field(
         default=True,
         metadata={"help": "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 "
-                  "matmuls, persistent dataloader workers, no per-step host sync (loss checked at logging steps). "
+                  "matmuls, persistent dataloader workers, non-blocking copies from pinned memory, no per-step host "
+                  "sync (loss checked at logging steps). "
                   "Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, "
                   "--finite_loss_check); fused AdamW is the default --optim."},
     )

@@ -65,6 +65,9 @@ def apply_gpu_fast_paths(training_args) -> list[str]:
     if training_args.dataloader_num_workers > 0 and not training_args.dataloader_persistent_workers:
         training_args.dataloader_persistent_workers = True
         changed.append("dataloader_persistent_workers")
+    if training_args.dataloader_pin_memory and not training_args.accelerator_config.non_blocking:
+        training_args.accelerator_config.non_blocking = True  # batches copied from pinned memory without a wait
+        changed.append("non_blocking")
     if training_args.logging_nan_inf_filter:
         training_args.logging_nan_inf_filter = False  # its isnan test syncs every step; non-finite losses stop us
         changed.append("logging_nan_inf_filter=False")

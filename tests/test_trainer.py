@@ -131,3 +131,36 @@ def test_default_optimizer_is_fused_adamw_and_sdpa_backend_is_applied(tmp_path, 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     trainer.train()
     assert backends and all(backends)  # every attention call ran with only the math kernel allowed
+
+
+@pytest.fixture
+def tf32_flags():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_gpu_fast_paths_on_cuda_only_and_never_over_an_explicit_choice(tmp_path, monkeypatch, tf32_flags):
+    from mae_hf.run_utils import apply_gpu_fast_paths
+
+    cpu = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=2)
+    assert apply_gpu_fast_paths(cpu) == [] and not cpu.bf16 and not cpu.dataloader_persistent_workers
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(RecipeArguments, "device", property(lambda self: torch.device("cuda")))
+    gpu = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=2)
+    gpu.dataloader_pin_memory = True  # its default off the CPU
+    assert apply_gpu_fast_paths(gpu) == [
+        "bf16", "tf32", "dataloader_persistent_workers", "non_blocking", "logging_nan_inf_filter=False"
+    ]
+    assert gpu.bf16 and gpu.mixed_precision == "bf16" and gpu.tf32 and gpu.accelerator_config.non_blocking
+    assert gpu.optim == "adamw_torch_fused" and gpu.dataloader_pin_memory
+    assert torch.backends.cuda.matmul.allow_tf32
+    chosen = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, fp16=False, tf32=False, dataloader_num_workers=0,
+                             dataloader_pin_memory=False)
+    chosen.fp16 = True  # (fp16 cannot be constructed on a CPU-only machine)
+    assert apply_gpu_fast_paths(chosen) == ["logging_nan_inf_filter=False"]  # nothing the user chose is changed
+    assert not chosen.bf16 and chosen.tf32 is False
+    off = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, gpu_fast_paths=False)
+    assert apply_gpu_fast_paths(off) == [] and not off.bf16
