@@ -1,5 +1,6 @@
 """`torch.compile(fullgraph=True)` traces every task model's forward with no graph break (checked with the eager
-backend: dynamo's tracing is what breaks graphs, and it runs in seconds on a CPU)."""
+backend: dynamo's tracing is what breaks graphs, and it runs in seconds on a CPU); bf16 autocast keeps losses in
+float32."""
 
 import pytest
 import torch
@@ -49,3 +50,21 @@ def test_segmentation_forward_compiles_without_graph_breaks(training):
     assert out.logits.shape == (2, 5, 32, 32) and torch.isfinite(out.loss)
     if not training:  # BatchNorm in eval: deterministic, equal to the uncompiled model
         torch.testing.assert_close(out.logits, model(pixels, labels=labels).logits)
+
+
+@pytest.mark.parametrize("task", ["pretraining", "classification"])
+def test_bf16_autocast_keeps_the_loss_in_float32_and_close(task):
+    """The `--bf16` fast path: matmuls in bf16, loss reduced in float32."""
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 32, 32)
+    if task == "pretraining":
+        model, kwargs = MAEForPreTraining(tiny_config()), {"noise": torch.rand(2, 16)}
+    else:
+        model, kwargs = MAEForImageClassification(tiny_config(num_labels=3)), {"labels": torch.tensor([0, 2])}
+    reference = model(pixels, **kwargs).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(pixels, **kwargs)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, reference, rtol=1e-2, atol=0)
+    out.loss.backward()
+    assert model.vit.patch_embed.proj.weight.grad.dtype == torch.float32
