@@ -18,6 +18,7 @@ only read the encoded bytes and draw the crop and flip.
 """
 
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,12 +39,11 @@ def _open(value) -> tuple[PILImage.Image, bytes | None]:
     if isinstance(value, PILImage.Image):
         return value, None
     if isinstance(value, dict):
-        data = value.get("bytes")
-        if data is None:
-            with open(value["path"], "rb") as file:
-                data = file.read()
-    elif isinstance(value, (str, bytes, bytearray)):
-        data = value if not isinstance(value, str) else open(value, "rb").read()  # noqa: SIM115
+        data = value.get("bytes") or Path(value["path"]).read_bytes()
+    elif isinstance(value, (str, Path)):
+        data = Path(value).read_bytes()
+    elif isinstance(value, (bytes, bytearray)):
+        data = value
     else:
         raise TypeError(f"expected encoded image bytes, a path, a {{'bytes', 'path'}} dict or a PIL image, got "
                         f"{type(value).__name__}")
