@@ -33,6 +33,7 @@ from mae_hf.data import (
 )
 from mae_hf.metrics import load_accuracy, top_k_predictions
 from mae_hf.run_utils import (
+    apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
@@ -194,6 +195,7 @@ def main(argv=None, callbacks=()):
         (ModelArguments, ClassificationDataArguments, FinetuningArguments), argv, preset=linear_probe_preset
     )
     setup_logging(training_args)
+    apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
     training_args.use_lars = training_args.use_lars or training_args.linear_probe

@@ -16,9 +16,11 @@ from transformers.image_utils import PILImageResampling
 from mae_hf import MAEConfig, MAEForPreTraining
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
-from mae_hf.data.decoding import GPUImageDecoder, collate_encoded, pretrain_image_transform
+from mae_hf.data.decoding import pretrain_image_transform
+from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.transforms import ImageTransform
 from mae_hf.run_utils import (
+    apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
@@ -42,7 +44,7 @@ class PretrainDataArguments(DataArguments):
     image_decoding: str = field(
         default="fast",
         metadata={"help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
-                  "crop/flip/normalise on uint8 tensors; same output distribution as 'pil', about 2x its images/s "
+                  "crop/flip/normalise on uint8 tensors; same output distribution as 'pil', 1.6-2x its images/s "
                   "per worker), 'pil' (torchvision v2 on PIL images), 'gpu' (workers read bytes; nvJPEG decodes the "
                   "batch and crop/flip/normalise run on the device).", "choices": ["fast", "pil", "gpu"]},
     )
@@ -92,8 +94,8 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
     mean, std = normalisation(channels)
     transforms = {
         "train": pretrain_image_transform(
-            data_args.image_decoding, column, size, mean, std, data_args.crop_min_scale,
-            data_args.flip_probability, channels,
+            data_args.image_decoding, column, size, mean, std, min_scale=data_args.crop_min_scale,
+            flip=data_args.flip_probability, num_channels=channels,
         ),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
@@ -107,6 +109,22 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
             for split in raw
         }
     return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation")}
+
+
+def gpu_decoding_arguments(data_args, config: MAEConfig, training_args) -> dict:
+    """MAETrainer arguments: training batches of encoded images, decoded on the device (`--image_decoding gpu`)."""
+    if data_args.image_decoding != "gpu":
+        return {"data_collator": collate_pixel_values}
+    if data_args.streaming:
+        # accelerate dispatches streamed batches from process 0 by slicing tensors; encoded batches hold numpy
+        # arrays, so each process reads its own share of the stream instead.
+        training_args.accelerator_config.dispatch_batches = False
+    mean, std = normalisation(config.num_channels)
+    return {
+        "data_collator": collate_encoded,
+        "eval_data_collator": collate_pixel_values,
+        "image_decoder": GPUImageDecoder(config.image_hw, mean, std, config.num_channels),
+    }
 
 
 def image_processor(config: MAEConfig) -> ViTImageProcessor:
@@ -131,6 +149,7 @@ def main(argv=None, callbacks=()):
         (PretrainModelArguments, PretrainDataArguments, PretrainingArguments), argv
     )
     setup_logging(training_args)
+    apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
     check_output_dir(training_args)
@@ -152,9 +171,7 @@ def main(argv=None, callbacks=()):
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
-        data_collator=collate_encoded if data_args.image_decoding == "gpu" else collate_pixel_values,
-        eval_data_collator=collate_pixel_values,
-        image_decoder=GPUImageDecoder(config.image_hw, mean, std, config.num_channels),
+        **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
         callbacks=[figures, *callbacks],
     )

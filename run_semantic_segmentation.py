@@ -27,6 +27,7 @@ from mae_hf.data import (
 )
 from mae_hf.metrics import StreamingMeanIoU
 from mae_hf.run_utils import (
+    apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
@@ -165,6 +166,7 @@ def main(argv=None, callbacks=()):
         (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments), argv
     )
     setup_logging(training_args)
+    apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
     if training_args.layer_decay == 1.0:

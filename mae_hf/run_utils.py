@@ -43,19 +43,17 @@ def parse_arguments(dataclass_types, argv=None, preset=None):
         argv = file_to_argv(argv[0]) + argv[1:]
     if preset is not None:
         argv = preset(argv) + argv
-    parsed = HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
-    for args in parsed:
-        if hasattr(args, "gpu_fast_paths"):
-            apply_gpu_fast_paths(args)
-    return parsed
+    return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
 
 
 def apply_gpu_fast_paths(training_args) -> list[str]:
-    """What `--gpu_fast_paths` turns on when training on CUDA; returns the names of the settings it changed."""
+    """What `--gpu_fast_paths` turns on when training on CUDA; returns the names of the settings it changed.
+    Precision is left alone when anything chose it: --fp16/--bf16, `accelerate launch --mixed_precision`, DeepSpeed."""
     if not training_args.gpu_fast_paths or training_args.device.type != "cuda":
         return []
     changed = []
-    if not (training_args.fp16 or training_args.bf16) and torch.cuda.is_bf16_supported():
+    precision_chosen = training_args.fp16 or training_args.bf16 or training_args.mixed_precision != "no"
+    if not precision_chosen and not training_args.deepspeed and torch.cuda.is_bf16_supported():
         training_args.bf16, training_args.mixed_precision = True, "bf16"  # mixed_precision is derived in post_init
         changed.append("bf16")
     if training_args.tf32 is None:

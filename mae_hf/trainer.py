@@ -94,7 +94,14 @@ class MAETrainer(Trainer):
         return loss
 
     def _check_accumulated_loss(self) -> None:
-        if self._nonfinite_loss is not None and bool(self._nonfinite_loss):
+        """Called on every process at logging and checkpoint steps: all stop together if any saw a bad loss."""
+        if self._check_every_step():
+            return
+        bad = self._nonfinite_loss if self._nonfinite_loss is not None else torch.zeros((), dtype=torch.bool)
+        bad = bad.to(self.args.device, torch.int32)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bool(bad):
             first, last = self._checked_step + 1, self.state.global_step
             self._raise_nonfinite(f"became non-finite at step {last}" if first == last else
                                   f"became non-finite between steps {first} and {last}")

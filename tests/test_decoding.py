@@ -2,22 +2,22 @@
 draws, same output distribution, reduced-scale JPEG decoding only where the crop allows it."""
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from datasets import Image
+from PIL import Image as PILImage
 
 from mae_hf.data.decoding import (
     DCT_HEADROOM,
-    EncodedCropFlip,
     EncodedImageTransform,
     FastRandomResizedCrop,
-    GPUImageDecoder,
     _dct_scale,
-    collate_encoded,
     pretrain_image_transform,
 )
+from mae_hf.data.gpu_decoding import EncodedCropFlip, GPUImageDecoder, collate_encoded
 from mae_hf.data.images import to_model_mode
 from mae_hf.data.transforms import IMAGENET_STD, ImageTransform, normalisation, pretrain_transform
 
@@ -25,7 +25,7 @@ LEVEL = 1 / 255 / IMAGENET_STD[1]  # one uint8 level in normalised units (green 
 
 
 def encode(pixels: np.ndarray, fmt: str = "JPEG", mode: str | None = None) -> bytes:
-    image = Image.fromarray(pixels)
+    image = PILImage.fromarray(pixels)
     if mode:
         image = image.convert(mode)
     buffer = io.BytesIO()
@@ -37,14 +37,19 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Smooth random content (a bicubic-enlarged coarse grid), like the benchmark's."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 255, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
+    return np.asarray(PILImage.fromarray(coarse).resize((width, height), PILImage.BICUBIC))
+
+
+def datasets_decode(data: bytes) -> PILImage.Image:
+    """What `datasets.Image` hands the plain pipeline: the decoded image, turned upright by its EXIF orientation."""
+    return Image(decode=True).decode_example({"bytes": data, "path": None})
 
 
 def both(data: bytes, size: int, seed: int, num_channels: int = 3):
     """(plain, fast) outputs for the same random draws."""
     mean, std = normalisation(num_channels)
     torch.manual_seed(seed)
-    plain = pretrain_transform(size, mean, std)(to_model_mode(Image.open(io.BytesIO(data)), num_channels))
+    plain = pretrain_transform(size, mean, std)(to_model_mode(datasets_decode(data), num_channels))
     torch.manual_seed(seed)
     fast = FastRandomResizedCrop(size, mean, std, num_channels=num_channels)({"bytes": data, "path": None})
     return plain, fast
@@ -88,7 +93,7 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_distribution(monkeypa
     ],
 )
 def test_dct_scale_keeps_headroom_over_the_output(crop_hw, size_hw, fmt, expected):
-    image = Image.open(io.BytesIO(encode(photo(1000, 1000), fmt)))
+    image = PILImage.open(io.BytesIO(encode(photo(1000, 1000), fmt)))
     assert DCT_HEADROOM == 3
     assert _dct_scale(image, crop_hw, size_hw) == expected
 
@@ -107,16 +112,47 @@ def test_modes_and_formats_match_the_plain_pipeline(fmt, mode, num_channels):
 def test_paths_and_decoded_images_are_accepted(tmp_path):
     data = encode(photo(60, 80))
     (tmp_path / "a.jpg").write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:  # how streamed archives name their files
+        archive.writestr("inner/a.jpg", data)
     transform = FastRandomResizedCrop(32)
     outputs = []
     for value in ({"bytes": None, "path": str(tmp_path / "a.jpg")}, str(tmp_path / "a.jpg"), data,
-                  Image.open(io.BytesIO(data)).convert("RGB")):
+                  f"zip://inner/a.jpg::{tmp_path / 'images.zip'}", PILImage.open(io.BytesIO(data)).convert("RGB")):
         torch.manual_seed(0)
         outputs.append(transform(value))
     for output in outputs[1:]:
         assert (output - outputs[0]).abs().mean() < 0.5 * LEVEL  # PIL-decoded input: same result, other decoder
     with pytest.raises(TypeError, match="got int"):
         transform(3)
+
+
+def test_an_already_decoded_large_jpeg_is_cropped_where_the_plain_pipeline_crops():
+    data = encode(photo(1024, 1024))
+    decoded = datasets_decode(data)
+    assert decoded.format == "JPEG"  # still looks like a JPEG, but reduced-scale decoding no longer applies
+    for seed in range(4):
+        plain, _ = both(data, 32, seed)
+        torch.manual_seed(seed)
+        fast = FastRandomResizedCrop(32)(decoded)
+        assert (fast - plain).abs().mean() < 0.5 * LEVEL
+
+
+@pytest.mark.parametrize("decoding", ["fast", "gpu"])
+def test_exif_orientation_is_applied_like_datasets_does(decoding):
+    image = PILImage.fromarray(photo(40, 80))  # landscape pixels, tagged "rotate 90 CW" -> portrait upright
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif)
+    data = buffer.getvalue()
+    assert datasets_decode(data).size == (40, 80)
+    plain, fast = both(data, 16, 0)
+    if decoding == "gpu":
+        torch.manual_seed(0)
+        batch = collate_encoded([{"pixel_values": EncodedCropFlip(16)({"bytes": data})}])
+        assert batch["encoded_images"][0].shape == (3, 80, 40)  # decoded upright in the worker
+        fast = GPUImageDecoder(16)(batch["encoded_images"], batch["crops"], batch["flips"], "cpu")[0]
+    assert (fast - plain).abs().mean() < 0.5 * LEVEL
 
 
 def test_gpu_decoder_halves_equal_the_fast_pipeline_on_cpu():
@@ -135,11 +171,12 @@ def test_gpu_decoder_halves_equal_the_fast_pipeline_on_cpu():
 
 
 def test_pretrain_image_transform_choices():
-    assert type(pretrain_image_transform("pil", "image", 32, (0.5,), (0.5,), 0.2, 0.5, 1)) is ImageTransform
-    fast = pretrain_image_transform("fast", "img", 32, (0.5,), (0.5,), 0.3, 0.0, 1)
+    settings = {"min_scale": 0.3, "flip": 0.0, "num_channels": 1}
+    assert type(pretrain_image_transform("pil", "image", 32, (0.5,), (0.5,), **settings)) is ImageTransform
+    fast = pretrain_image_transform("fast", "img", 32, (0.5,), (0.5,), **settings)
     assert isinstance(fast, EncodedImageTransform) and fast.column == "img"
-    assert fast.transform.crop.scale == (0.3, 1.0) and fast.transform.flip == 0.0
-    assert isinstance(pretrain_image_transform("gpu", "image", 32, (0.5,), (0.5,), 0.2, 0.5, 1).transform,
-                      EncodedCropFlip)
+    assert fast.transform.draw.crop.scale == (0.3, 1.0) and fast.transform.draw.flip == 0.0
+    gpu = pretrain_image_transform("gpu", "image", 32, (0.5,), (0.5,), **settings).transform
+    assert isinstance(gpu, EncodedCropFlip) and gpu.num_channels == 1
     with pytest.raises(ValueError, match="--image_decoding must be pil, fast or gpu, got 'nvjpeg'"):
-        pretrain_image_transform("nvjpeg", "image", 32, (0.5,), (0.5,), 0.2, 0.5, 1)
+        pretrain_image_transform("nvjpeg", "image", 32, (0.5,), (0.5,), **settings)

@@ -187,7 +187,7 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
-         "--per_device_train_batch_size", "8"],
+         "--per_device_train_batch_size", "8", "--finite_loss_check", "log"],  # its check all-reduces across ranks
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
@@ -237,7 +237,8 @@ def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
     assert list(runs[0].rglob("eval/reconstruction_*.png"))  # the figure went to wandb as an image
 
 
-def test_local_parquet_folder_streamed(tmp_path):
+@pytest.mark.parametrize("decoding", ["fast", "gpu"])
+def test_local_parquet_folder_streamed(tmp_path, decoding):
     from mae_hf.data import load_digits_dataset
 
     digits = load_digits_dataset()
@@ -246,7 +247,7 @@ def test_local_parquet_folder_streamed(tmp_path):
     digits["train"].select(range(64)).to_parquet(str(folder / "train.parquet"))
     digits["validation"].select(range(16)).to_parquet(str(folder / "validation.parquet"))
     metrics = run(tmp_path, "--dataset_name", str(folder), "--streaming", "--max_steps", "2",
-                  "--warmup_steps", "1")
+                  "--warmup_steps", "1", "--image_decoding", decoding)
     assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         run(tmp_path, "--dataset_name", str(folder), "--streaming", "--overwrite_output_dir")

@@ -141,7 +141,7 @@ def tf32_flags():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def test_gpu_fast_paths_on_cuda_only_and_never_over_an_explicit_choice(tmp_path, monkeypatch, tf32_flags):
+def test_gpu_fast_paths_on_cuda_only_and_never_over_a_chosen_precision(tmp_path, monkeypatch, tf32_flags):
     from mae_hf.run_utils import apply_gpu_fast_paths
 
     cpu = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=2)
@@ -160,7 +160,10 @@ def test_gpu_fast_paths_on_cuda_only_and_never_over_an_explicit_choice(tmp_path,
     chosen = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, fp16=False, tf32=False, dataloader_num_workers=0,
                              dataloader_pin_memory=False)
     chosen.fp16 = True  # (fp16 cannot be constructed on a CPU-only machine)
-    assert apply_gpu_fast_paths(chosen) == ["logging_nan_inf_filter=False"]  # nothing the user chose is changed
+    assert apply_gpu_fast_paths(chosen) == ["logging_nan_inf_filter=False"]
     assert not chosen.bf16 and chosen.tf32 is False
+    launched = RecipeArguments(output_dir=str(tmp_path), use_cpu=True)
+    launched.mixed_precision = "fp16"  # what `accelerate launch --mixed_precision fp16` leaves in the arguments
+    assert "bf16" not in apply_gpu_fast_paths(launched) and not launched.bf16
     off = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, gpu_fast_paths=False)
     assert apply_gpu_fast_paths(off) == [] and not off.bf16

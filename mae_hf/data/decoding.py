@@ -1,5 +1,5 @@
 """A faster pretraining input pipeline: encoded image -> RandomResizedCrop + flip + normalise, with the same output
-distribution as `pretrain_transform` on PIL images, in 0.5-0.6x the time per worker.
+distribution as `pretrain_transform` on PIL images, at 1.6-2x its images/s per worker (BENCHMARKS.md).
 
 Where the time goes in the plain pipeline (`datasets` decodes to PIL, torchvision v2 on PIL, 500x375 JPEG of
 ~90 KB, 224 px, one thread): decode 1.4-2.3 ms (entropy decoding dominates; libjpeg's 1/2-scale decode saves only
@@ -13,7 +13,7 @@ Where the time goes in the plain pipeline (`datasets` decodes to PIL, torchvisio
   conversion and normalisation are one pass over the 224x224 output instead of three.
 The crop parameters come from torchvision's own `RandomResizedCrop.make_params` on the same random generator, so
 a seeded run crops exactly where the plain pipeline would.
-`GPUImageDecoder` is the option that moves decoding, crop, flip and normalisation onto the GPU: workers then
+`gpu_decoding.py` holds the option that moves decoding, crop, flip and normalisation onto the GPU: workers then
 only read the encoded bytes and draw the crop and flip.
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from datasets.utils.file_utils import xopen
+from PIL import ExifTags, ImageOps
 from PIL import Image as PILImage
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
@@ -34,20 +36,32 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, pretrain_tr
 BICUBIC = v2.InterpolationMode.BICUBIC
 
 
-def _open(value) -> tuple[PILImage.Image, bytes | None]:
-    """A lazily opened image (header only) from a `datasets.Image(decode=False)` value, a path or a PIL image."""
+def open_encoded(value) -> tuple[PILImage.Image, bytes | None]:
+    """A lazily opened image (header read, nothing decoded) and its encoded bytes, from a
+    `datasets.Image(decode=False)` value, a path (local or remote, as `datasets` opens it), bytes or a PIL image.
+
+    Images with an EXIF orientation are turned upright as `datasets.Image` does, which decodes them here (bytes
+    then None: the crop is drawn on the upright size and no reduced-scale decode applies)."""
     if isinstance(value, PILImage.Image):
         return value, None
     if isinstance(value, dict):
-        data = value.get("bytes") or Path(value["path"]).read_bytes()
+        data = value.get("bytes") or _read(value["path"])
     elif isinstance(value, (str, Path)):
-        data = Path(value).read_bytes()
+        data = _read(str(value))
     elif isinstance(value, (bytes, bytearray)):
         data = value
     else:
         raise TypeError(f"expected encoded image bytes, a path, a {{'bytes', 'path'}} dict or a PIL image, got "
                         f"{type(value).__name__}")
-    return PILImage.open(io.BytesIO(data)), data
+    image = PILImage.open(io.BytesIO(data))
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        return ImageOps.exif_transpose(image), None
+    return image, data
+
+
+def _read(path: str) -> bytes:
+    with xopen(path, "rb") as file:  # local files, hf://, zip:// and URLs, like datasets' own decoding
+        return file.read()
 
 
 # libjpeg's 1/s decode is a weaker low-pass than bicubic antialiasing (and slightly softer near the output's
@@ -68,7 +82,7 @@ def _dct_scale(image: PILImage.Image, crop_hw: tuple[int, int], size_hw: tuple[i
     return 1
 
 
-def _as_uint8_tensor(image: PILImage.Image, num_channels: int) -> torch.Tensor:
+def as_uint8_tensor(image: PILImage.Image, num_channels: int) -> torch.Tensor:
     """(C, H, W) uint8, one copy out of PIL."""
     return torch.from_numpy(np.array(to_model_mode(image, num_channels), copy=True)).view(
         image.height, image.width, num_channels
@@ -78,7 +92,7 @@ def _as_uint8_tensor(image: PILImage.Image, num_channels: int) -> torch.Tensor:
 def decode_crop(image: PILImage.Image, data: bytes | None, crop: dict, size_hw: tuple, num_channels: int = 3):
     """The (C, *size_hw) uint8 crop (top/left/height/width in full-size pixels, bicubic, antialiased) of a lazily
     opened `image` (its encoded `data` when known), decoded at the smallest DCT scale the crop allows."""
-    scale = _dct_scale(image, (crop["height"], crop["width"]), size_hw)
+    scale = _dct_scale(image, (crop["height"], crop["width"]), size_hw) if data is not None else 1  # else decoded
     if scale > 1:
         image.draft("L" if num_channels == 1 else "RGB", (image.width // scale, image.height // scale))
         # The crop in reduced pixels is fractional: PIL resamples a float box exactly (torch needs whole pixels).
@@ -86,12 +100,12 @@ def decode_crop(image: PILImage.Image, data: bytes | None, crop: dict, size_hw: 
         image = to_model_mode(image, num_channels).resize(
             size_hw[::-1], PILImage.Resampling.BICUBIC, box=[edge / scale for edge in box]
         )
-        return _as_uint8_tensor(image, num_channels)
+        return as_uint8_tensor(image, num_channels)
     if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
         read_mode = ImageReadMode.GRAY if num_channels == 1 else ImageReadMode.RGB
         pixels = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
     else:
-        pixels = _as_uint8_tensor(image, num_channels)
+        pixels = as_uint8_tensor(image, num_channels)
     return F.resized_crop(pixels, **crop, size=list(size_hw), interpolation=BICUBIC, antialias=True)
 
 
@@ -99,12 +113,27 @@ class Normalize:
     """uint8 (..., C, H, W) -> float32 (x / 255 - mean) / std in one pass over the output."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
-        self.scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
+        mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
+        scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
+        self.constants = {torch.device("cpu"): (mean, scale)}  # copied once per device: a copy per call would sync
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        mean, scale = self.mean.to(pixels.device), self.scale.to(pixels.device)
+        if pixels.device not in self.constants:
+            self.constants[pixels.device] = tuple(t.to(pixels.device) for t in self.constants[torch.device("cpu")])
+        mean, scale = self.constants[pixels.device]
         return pixels.float().sub_(mean).mul_(scale)
+
+
+class CropFlipDraw:
+    """RandomResizedCrop's box (torchvision's own draw, same random stream) and a flip decision (as
+    v2.RandomHorizontalFlip), from the image size alone."""
+
+    def __init__(self, size_hw: tuple, min_scale: float = 0.2, flip: float = 0.5):
+        self.crop = v2.RandomResizedCrop(size_hw, scale=(min_scale, 1.0), interpolation=BICUBIC)
+        self.flip = flip
+
+    def __call__(self, image: PILImage.Image) -> tuple[dict, bool]:
+        return self.crop.make_params([image]), bool(torch.rand(1) < self.flip)
 
 
 class FastRandomResizedCrop:
@@ -113,17 +142,12 @@ class FastRandomResizedCrop:
     def __init__(self, size, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_scale: float = 0.2, flip: float = 0.5,
                  num_channels: int = 3):
         self.size_hw = (size, size) if isinstance(size, int) else tuple(size)
-        self.crop = v2.RandomResizedCrop(self.size_hw, scale=(min_scale, 1.0), interpolation=BICUBIC)
-        self.flip, self.num_channels = flip, num_channels
+        self.draw = CropFlipDraw(self.size_hw, min_scale, flip)
+        self.num_channels = num_channels
         self.normalize = Normalize(mean, std)
 
-    def draw(self, image: PILImage.Image) -> tuple[dict, bool]:
-        """The crop (torchvision's draw, same random stream) and whether to flip (as v2.RandomHorizontalFlip)."""
-        crop = self.crop.make_params([image])
-        return crop, bool(torch.rand(1) < self.flip)
-
     def __call__(self, value) -> torch.Tensor:
-        image, data = _open(value)
+        image, data = open_encoded(value)
         crop, flip = self.draw(image)
         pixels = decode_crop(image, data, crop, self.size_hw, self.num_channels)
         return self.normalize(pixels.flip(-1) if flip else pixels)
@@ -136,70 +160,17 @@ class EncodedImageTransform(ImageTransform):
         return value
 
 
-def pretrain_image_transform(decoding: str, column: str, size, mean, std, min_scale, flip, num_channels):
+def pretrain_image_transform(decoding: str, column: str, size, mean, std, *, min_scale: float, flip: float,
+                             num_channels: int) -> ImageTransform:
     """The training batch transform for `--image_decoding` pil | fast | gpu (see the module docstring)."""
     if decoding == "pil":
         return ImageTransform(pretrain_transform(size, mean, std, min_scale, flip), column, num_channels)
-    if decoding not in ("fast", "gpu"):
+    if decoding == "fast":
+        transform = FastRandomResizedCrop(size, mean, std, min_scale, flip, num_channels)
+    elif decoding == "gpu":
+        from .gpu_decoding import EncodedCropFlip
+
+        transform = EncodedCropFlip(size, min_scale, flip, num_channels)
+    else:
         raise ValueError(f"--image_decoding must be pil, fast or gpu, got {decoding!r}")
-    crop_cls = FastRandomResizedCrop if decoding == "fast" else EncodedCropFlip
-    return EncodedImageTransform(crop_cls(size, mean, std, min_scale, flip, num_channels), column, num_channels)
-
-
-class EncodedCropFlip(FastRandomResizedCrop):
-    """The worker half of the GPU pipeline: reads the encoded bytes and draws crop and flip, decodes nothing that
-    the GPU can decode (non-JPEG or CMYK files are decoded here, to uint8)."""
-
-    def __call__(self, value) -> dict:
-        image, data = _open(value)
-        crop, flip = self.draw(image)
-        if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
-            encoded = np.frombuffer(data, dtype=np.uint8)  # 1-D: decoded on the device
-        else:
-            encoded = _as_uint8_tensor(image, self.num_channels).numpy()  # (C, H, W)
-        box = np.array([crop["top"], crop["left"], crop["height"], crop["width"]])
-        return {"encoded_image": encoded, "crop": box, "flip": flip}
-
-
-def collate_encoded(examples: list[dict]) -> dict:
-    """Batch of `EncodedCropFlip` outputs. Bytes and boxes stay numpy arrays: accelerate moves tensors to the GPU,
-    and nvJPEG reads encoded bytes from host memory; the boxes are read on the host (no device sync)."""
-    batch = {
-        "encoded_images": [example["pixel_values"]["encoded_image"] for example in examples],
-        "crops": np.stack([example["pixel_values"]["crop"] for example in examples]),
-        "flips": torch.tensor([example["pixel_values"]["flip"] for example in examples]),
-    }
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([example["labels"] for example in examples])
-    return batch
-
-
-class GPUImageDecoder:
-    """The device half: nvJPEG decodes the whole batch at once (`torchvision.io.decode_jpeg(list, device=...)`),
-    then crop + bicubic resize, flip and normalise run on the device. Works on the CPU as well (tests)."""
-
-    def __init__(self, size, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_channels: int = 3):
-        self.size = [size, size] if isinstance(size, int) else list(size)
-        self.read_mode = ImageReadMode.GRAY if num_channels == 1 else ImageReadMode.RGB
-        self.normalize = Normalize(mean, std)
-
-    def decode(self, encoded: list[np.ndarray], device) -> list[torch.Tensor]:
-        jpegs = [i for i, array in enumerate(encoded) if array.ndim == 1]
-        images = [torch.from_numpy(array).to(device) if array.ndim == 3 else None for array in encoded]
-        if jpegs:
-            data = [torch.frombuffer(bytearray(encoded[i]), dtype=torch.uint8) for i in jpegs]
-            decoded = torchvision.io.decode_jpeg(data, mode=self.read_mode, device=device)
-            for i, image in zip(jpegs, decoded):
-                images[i] = image
-        return images
-
-    def __call__(self, encoded: list[np.ndarray], crops: np.ndarray, flips: torch.Tensor, device) -> torch.Tensor:
-        """(B, C, H, W) normalised float32 on `device`."""
-        images = self.decode(encoded, device)
-        crops = crops.tolist()  # boxes differ per image: one resize each (small kernels on the GPU)
-        pixels = torch.stack([
-            F.resized_crop(image, top, left, height, width, self.size, interpolation=BICUBIC, antialias=True)
-            for image, (top, left, height, width) in zip(images, crops)
-        ])
-        flips = flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
-        return self.normalize(torch.where(flips, pixels.flip(-1), pixels))
+    return EncodedImageTransform(transform, column, num_channels)
