@@ -73,6 +73,13 @@ class MAETrainer(Trainer):
             )
         return super()._prepare_inputs(inputs)
 
+    def floating_point_ops(self, inputs) -> int:
+        if "encoded_images" in inputs:  # count as the decoded batch that the model will see
+            config = self.model.config
+            shape = (len(inputs["encoded_images"]), config.num_channels, *config.image_hw)
+            inputs = {"pixel_values": torch.empty(shape, device="meta")}
+        return super().floating_point_ops(inputs)
+
     def _attention_kernels(self):
         backend = getattr(self.args, "sdpa_backend", "auto")
         return contextlib.nullcontext() if backend == "auto" else sdpa_kernel(SDPA_BACKENDS[backend])

@@ -98,6 +98,9 @@ def test_gpu_decoding_feeds_the_model_decoded_batches(tmp_path, monkeypatch):
     run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "1", "--image_decoding", "gpu",
         "--do_eval", "false")
     assert seen[0] == (torch.Size([8, 3, 16, 16]), torch.float32, "cpu")
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    parameters = sum(p.numel() for p in MAEForPreTraining.from_pretrained(tmp_path / "out").parameters())
+    assert state["total_flos"] == 6 * parameters * 8 * 3 * 16 * 16  # transformers' estimate, on the decoded batch
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):
