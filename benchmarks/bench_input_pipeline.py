@@ -78,6 +78,11 @@ def rate(files, pipeline) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def gpu_rate(files, image_size: int, batch_size: int, device: str, rounds: int) -> float:
     """Images/s of the device half of `--image_decoding gpu` (the worker half is `EncodedCropFlip`)."""
     worker, decoder = EncodedCropFlip(image_size), GPUImageDecoder(image_size)
@@ -87,11 +92,11 @@ def gpu_rate(files, image_size: int, batch_size: int, device: str, rounds: int) 
     ]
     rates = []
     for _ in range(rounds + 1):  # the first round warms nvJPEG up
-        torch.cuda.synchronize() if device == "cuda" else None
+        synchronize(device)
         start = time.perf_counter()
         for batch in batches:
             decoder(batch["encoded_images"], batch["crops"], batch["flips"], device)
-        torch.cuda.synchronize() if device == "cuda" else None
+        synchronize(device)
         rates.append(len(batches) * batch_size / (time.perf_counter() - start))
     return statistics.median(rates[1:])
 

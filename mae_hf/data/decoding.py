@@ -89,6 +89,12 @@ def as_uint8_tensor(image: PILImage.Image, num_channels: int) -> torch.Tensor:
     ).permute(2, 0, 1)
 
 
+def libjpeg_decodable(image: PILImage.Image, data: bytes | None) -> bool:
+    """Encoded YCbCr or grayscale JPEG bytes, which torchvision's decoder (CPU or nvJPEG) takes as they are; CMYK and
+    other formats go through PIL."""
+    return data is not None and image.format == "JPEG" and image.mode in ("RGB", "L")
+
+
 def decode_crop(image: PILImage.Image, data: bytes | None, crop: dict, size_hw: tuple, num_channels: int = 3):
     """The (C, *size_hw) uint8 crop (top/left/height/width in full-size pixels, bicubic, antialiased) of a lazily
     opened `image` (its encoded `data` when known), decoded at the smallest DCT scale the crop allows."""
@@ -101,7 +107,7 @@ def decode_crop(image: PILImage.Image, data: bytes | None, crop: dict, size_hw: 
             size_hw[::-1], PILImage.Resampling.BICUBIC, box=[edge / scale for edge in box]
         )
         return as_uint8_tensor(image, num_channels)
-    if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+    if libjpeg_decodable(image, data):
         read_mode = ImageReadMode.GRAY if num_channels == 1 else ImageReadMode.RGB
         pixels = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
     else:

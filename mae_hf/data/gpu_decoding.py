@@ -9,7 +9,7 @@ import torchvision
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
-from .decoding import BICUBIC, CropFlipDraw, Normalize, as_uint8_tensor, open_encoded
+from .decoding import BICUBIC, CropFlipDraw, Normalize, as_uint8_tensor, libjpeg_decodable, open_encoded
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -24,7 +24,7 @@ class EncodedCropFlip:
     def __call__(self, value) -> dict:
         image, data = open_encoded(value)
         crop, flip = self.draw(image)
-        if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+        if libjpeg_decodable(image, data):
             encoded = np.frombuffer(data, dtype=np.uint8)
         else:
             encoded = as_uint8_tensor(image, self.num_channels).numpy()
