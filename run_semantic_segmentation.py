@@ -22,6 +22,7 @@ from mae_hf.data import (
     SegmentationTrainTransform,
     check_annotations,
     collate_segmentation,
+    collate_segmentation_with_sizes,
     load_segmentation_datasets,
     normalisation,
 )
@@ -36,11 +37,11 @@ from mae_hf.run_utils import (
     setup_logging,
     train_evaluate_save,
 )
-from mae_hf.trainer import MAETrainer, SegmentationFigureCallback
+from mae_hf.trainer import SegmentationFigureCallback, SegmentationTrainer
 
 SEGMENTATION_FIELDS = (
     "out_indices neck_rescales decode_channels auxiliary_channels use_auxiliary_head auxiliary_loss_weight "
-    "inference_mode test_crop_size test_stride"
+    "classifier_dropout_prob classifier_init_std avg_non_ignore inference_mode test_crop_size test_stride"
 ).split()
 
 
@@ -52,6 +53,13 @@ class SegmentationModelArguments(ModelArguments):
     auxiliary_channels: int | None = None
     use_auxiliary_head: bool | None = None
     auxiliary_loss_weight: float | None = None
+    classifier_dropout_prob: float | None = field(
+        default=None, metadata={"help": "Dropout2d before both heads' classifiers (mmseg's dropout_ratio: 0.1)."})
+    classifier_init_std: float | None = field(
+        default=None, metadata={"help": "Std of the classifiers' normal init (mmseg: 0.01); 0: kaiming-normal."})
+    avg_non_ignore: bool | None = field(
+        default=None, metadata={"help": "Average the loss over non-ignored pixels only (mmseg's default: False, "
+                                "over all pixels)."})
     inference_mode: str | None = field(default=None, metadata={"help": "'whole' or 'slide' (sliding window)."})
     test_crop_size: int | None = None
     test_stride: int | None = None
@@ -126,9 +134,9 @@ def attach_transforms(datasets, columns, data_args, config):
     common = dict(mean=mean, std=std, reduce_labels=data_args.reduce_labels)
     train = SegmentationTrainTransform(
         data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
-        cat_max_ratio=data_args.cat_max_ratio, **common,
+        cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
     )
-    evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), crop_size=data_args.crop_size, **common)
+    evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), **common)
     return {
         "train": datasets["train"].with_transform(SegmentationBatchTransform(train, *columns)),
         "validation": datasets["validation"].with_transform(SegmentationBatchTransform(evaluation, *columns)),
@@ -188,17 +196,17 @@ def main(argv=None, callbacks=()):
 
     mean, std = normalisation(config.num_channels)
     shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]
-    trainer = MAETrainer(
+    trainer = SegmentationTrainer(  # scores at each annotation's original size, as mmsegmentation
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         data_collator=collate_segmentation,
+        eval_data_collator=collate_segmentation_with_sizes,
         processing_class=image_processor(config, data_args),
         compute_metrics=metrics_function(config),
-        # full-resolution logits are (B, classes, H, W): keep only the predicted class per pixel
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=1),
-        callbacks=[SegmentationFigureCallback(shown, mean, std, training_args.output_dir), *callbacks],
+        callbacks=[*([SegmentationFigureCallback(shown, mean, std, training_args.output_dir)] if shown else []),
+                   *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

@@ -26,7 +26,7 @@ def check_image_dir(path: str, flag: str) -> None:
 def _load_named(args: DataArguments):
     name = args.dataset_name
     if name in BUILTIN:
-        return BUILTIN[name]()
+        return BUILTIN[name](args.dataset_config_name)
     if os.path.isdir(name) and (
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
     ):
