@@ -171,3 +171,30 @@ def test_flip_probability_reaches_the_training_transform(tmp_path, flip):
         labels = train[0]["labels"]
         steps = labels[:, 1:] - labels[:, :-1]
         assert (steps <= 0).all() if flip == "1" else (steps >= 0).all()
+
+
+def test_two_processes_score_odd_sizes_like_one(tmp_path):
+    """Maps of different widths on the two processes: the Trainer pads only the height before gathering."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = odd_size_ade_folder(tmp_path / "ADEChallengeData2016")
+    data = ["--dataset_name", str(root), "--reduce_labels", "--num_visualized_images", "0"]
+    run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
+    repo = Path(__file__).resolve().parent.parent
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+         str(repo / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path / "two"), *TINY, *data,
+         "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false", "--use_cpu",
+         "--per_device_eval_batch_size", "2"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo)), cwd=repo,
+        timeout=600, check=False,
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    metrics = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    expected = direct_scores(tmp_path / "model", root)
+    ours = {k.removeprefix("eval_iou_"): v for k, v in metrics.items() if k.startswith("eval_iou_") and not np.isnan(v)}
+    assert ours.keys() == expected.keys()
+    assert all(ours[name] == pytest.approx(value, abs=1e-9) for name, value in expected.items())
