@@ -470,9 +470,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> t
     """The loss of transformers' ViTForImageClassification (`ForSequenceClassificationLoss`) for
     `config.problem_type`, computed in float32: "regression" MSE, "single_label_classification" cross-entropy,
     "multi_label_classification" BCE-with-logits. Unset, it is inferred as ViT does (one label: regression;
-    integer labels: single-label), except that float labels shaped like the logits (B, num_labels) are soft targets
-    of one class (mixup / cutmix / label smoothing: cross-entropy against the distribution), not multi-label;
-    unlike ViT, the inferred type is not written into the config. Single-label cross-entropy also takes soft targets.
+    integer labels: single-label), except that float (B, num_labels) labels are soft targets of one class (mixup /
+    cutmix / label smoothing: cross-entropy against the distribution), not multi-label; unlike ViT, the inferred
+    type is not written into the config. Single-label cross-entropy also takes soft targets.
+
+    logits (B, num_labels); labels (B,) class ids, (B, num_labels) soft targets / multi-hot / regression targets.
+    Raises ValueError for soft targets of another shape and for an unknown problem_type.
     """
     problem_type = config.problem_type or infer_problem_type(logits, labels)
     logits = logits.float()

@@ -2,6 +2,8 @@
 or model work, naming the flag; training-length checks run before the images and the model, and never for
 evaluation-only runs; evaluation arguments that the metrics depend on work both ways."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,8 @@ def test_training_length_checks_come_before_images_and_model(tmp_path, monkeypat
 def classifier(tmp_path):
     run("classification", tmp_path, "--max_steps", "1", "--warmup_epochs", "0", "--eval_strategy", "no",
         out="classifier")
+    saved = json.loads((tmp_path / "classifier" / "config.json").read_text())
+    assert saved["problem_type"] == "single_label_classification"  # what the script trained, whatever it started from
     return tmp_path / "classifier"
 
 
