@@ -118,8 +118,6 @@ def test_training_length_checks_come_before_images_and_model(tmp_path, monkeypat
 def classifier(tmp_path):
     run("classification", tmp_path, "--max_steps", "1", "--warmup_epochs", "0", "--eval_strategy", "no",
         out="classifier")
-    saved = json.loads((tmp_path / "classifier" / "config.json").read_text())
-    assert saved["problem_type"] == "single_label_classification"  # what the script trained, whatever it started from
     return tmp_path / "classifier"
 
 
@@ -133,6 +131,8 @@ def test_evaluation_alone_is_not_refused_for_training_reasons(tmp_path, classifi
                           ("segmentation", ["--max_steps", "5", "--warmup_steps", "1500"])):
         metrics = run(script, tmp_path, "--do_train", "false", *flags, out=f"eval_{script}")
         assert np.isfinite(metrics["eval_loss"])
+    saved = json.loads((classifier / "config.json").read_text())
+    assert saved["problem_type"] == "single_label_classification"  # what the script trained, whatever it started from
 
 
 @pytest.mark.parametrize("flags", [["--batch_eval_metrics", "true"], ["--eval_do_concat_batches", "false"],
