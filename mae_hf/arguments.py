@@ -122,14 +122,12 @@ class RecipeArguments(TrainingArguments):
 
     IGNORED: ClassVar[dict[str, str]] = {
         "do_predict": "there is no prediction stage; --do_eval evaluates the validation split",
-        "label_smoothing_factor": "Trainer's label smoother would replace the model's loss "
-        "(run_image_classification.py has --label_smoothing)",
-        "remove_unused_columns": "the image column is read by the transforms, not by the model",
-        "label_names": "the script sets it (evaluation reports eval_loss with it)",
         **{name: "for text models" for name in (
             "neftune_noise_alpha", "use_liger_kernel", "liger_kernel_config", "use_cache",
             "include_num_input_tokens_seen", "length_column_name", "average_tokens_across_devices")},
     }
+    # Not for users of these scripts; other values are refused by argument_checks.check_trainer_arguments.
+    HIDDEN: ClassVar[tuple[str, ...]] = ("remove_unused_columns", "label_names", "label_smoothing_factor")
 
     learning_rate: float | None = field(
         default=5e-5, metadata={"help": "Peak learning rate; --base_learning_rate replaces it when set."}

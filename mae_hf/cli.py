@@ -7,7 +7,7 @@ spellings of the same setting (`ALTERNATIVES`): `--train_dir` on the command lin
 same layer are refused, naming both.
 
 Argument dataclasses may declare, as class variables: `PRESETS` ({flag: words put under the layer that switches the
-flag on}), and `IGNORED` ({flag: why}: hidden from --help and refused when given).
+flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from --help only).
 """
 
 import argparse
@@ -88,9 +88,10 @@ def class_settings(dataclass_types, name: str) -> dict:
 def build_parser(dataclass_types) -> HfArgumentParser:
     """transformers' parser with our help: negated flags described as such, ignored flags hidden."""
     parser = HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, usage=USAGE)
-    ignored = class_settings(dataclass_types, "IGNORED")
+    hidden = {*class_settings(dataclass_types, "IGNORED")}
+    hidden.update(name for kind in dataclass_types for name in getattr(kind, "HIDDEN", ()))
     for action in parser._actions:
-        if action.dest in ignored:
+        if action.dest in hidden:
             action.help = argparse.SUPPRESS
         elif isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_x of a bool x
             action.help = f"Same as --{action.dest} false."
