@@ -17,7 +17,11 @@ from transformers.image_utils import PILImageResampling
 from transformers.training_args import OptimizerNames
 
 from mae_hf import MAEConfig, MAEForImageClassification
-from mae_hf.argument_checks import CLASSIFICATION_METRICS, check_trainer_arguments, check_training_plan
+from mae_hf.argument_checks import (
+    CLASSIFICATION_METRICS,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import (
     ImageDataArguments,
     ModelArguments,
@@ -108,7 +112,9 @@ class FinetuningArguments(RecipeArguments):
         5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.", FINETUNE_MD)
     layer_decay: float | None = recipe(0.65, "Layer-wise lr decay (0.75 for ViT-L; 1.0: off).", FINETUNE_MD)
     optim: OptimizerNames | str = field(
-        default=RecipeArguments.default_optim, metadata={"help": "The optimizer, unless --use_lars (default: %(default)s)"})
+        default=RecipeArguments.default_optim,
+        metadata={"help": "The optimizer, unless --use_lars (default: %(default)s)"},
+    )
     weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", FINETUNE_MD)
     adam_beta1: float = recipe(0.9, "AdamW beta1.", MAIN_FINETUNE + " (torch's default)")
     adam_beta2: float = recipe(0.999, "AdamW beta2.", MAIN_FINETUNE + " (torch's default)")

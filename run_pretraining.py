@@ -14,7 +14,11 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
-from mae_hf.argument_checks import PRETRAINING_METRICS, check_trainer_arguments, check_training_plan
+from mae_hf.argument_checks import (
+    PRETRAINING_METRICS,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import (
     DecoderModelArguments,
     ImageDataArguments,
@@ -86,7 +90,8 @@ class PretrainingArguments(RecipeArguments):
     warmup_epochs: float | None = recipe(
         40, "Linear warmup epochs; --warmup_steps given instead replaces it.", "paper Tab. 8")
     lr_scheduler_type: str = recipe("cosine", "Learning-rate decay after warmup.", "paper Tab. 8")
-    max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none (the seed used 1.0).", "official main_pretrain.py")
+    max_grad_norm: float = recipe(
+        0.0, "Gradient clipping norm, 0: none (the seed used 1.0).", "official main_pretrain.py")
     per_device_train_batch_size: int = recipe(
         64, "Images per device and step.", "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096")
     label_names: list[str] = field(default_factory=lambda: ["pixel_values"])  # so evaluation reports eval_loss

@@ -14,7 +14,11 @@ from torch import nn
 from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
-from mae_hf.argument_checks import SEGMENTATION_METRICS, check_trainer_arguments, check_training_plan
+from mae_hf.argument_checks import (
+    SEGMENTATION_METRICS,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import (
     DataArguments,
     ModelArguments,

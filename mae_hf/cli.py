@@ -7,7 +7,8 @@ spellings of the same setting (`ALTERNATIVES`): `--train_dir` on the command lin
 same layer are refused, naming both.
 
 Argument dataclasses may declare, as class variables: `PRESETS` ({flag: words put under the layer that switches the
-flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from --help only).
+flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from
+--help only).
 """
 
 import argparse

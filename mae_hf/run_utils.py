@@ -47,7 +47,8 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
     """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped."""
     from .data import verify_images
 
-    if not data_args.verify_images or getattr(data_args, "streaming", False) or data_args.dataset_name in ("digits", "digits_seg"):
+    streaming = getattr(data_args, "streaming", False)  # only pretraining streams
+    if not data_args.verify_images or streaming or data_args.dataset_name in ("digits", "digits_seg"):
         return
     for split in used_splits(datasets, training_args):
         num_proc = max(1, training_args.dataloader_num_workers) if len(datasets[split]) > 10_000 else None

@@ -57,8 +57,8 @@ def reconstruction_title(config, step: int | None = None) -> str:
 
 def reconstruction_notes(config) -> list[str]:
     """What the figure cannot show by itself: the grey patches, and the norm_pix_loss de-normalisation."""
-    notes = ["Grey: not shown (removed patches in the masked input; visible patches in the reconstruction, "
-             "which the loss does not cover)."]
+    notes = [("Grey: not shown (removed patches in the masked input; visible patches in the reconstruction, "
+              "which the loss does not cover).")]
     if config.norm_pix_loss:
         notes.append("norm_pix_loss: the model predicts per-patch normalised pixels; each predicted patch is shown "
                      "with the mean and variance of the original patch.")

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_experiment():
-    spec = importlib.util.spec_from_file_location("digits_label_efficiency", ROOT / "experiments" / "digits_label_efficiency.py")
+    path = ROOT / "experiments" / "digits_label_efficiency.py"
+    spec = importlib.util.spec_from_file_location("digits_label_efficiency", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

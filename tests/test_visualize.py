@@ -57,7 +57,8 @@ def test_visible_patches_of_the_reconstruction_are_not_the_untrained_outputs():
 
 def test_titles_say_step_mask_ratio_and_norm_pix_denormalisation():
     config = tiny_config(mask_ratio=0.75, norm_pix_loss=True)
-    assert reconstruction_title(config, 1440) == "MAE reconstructions at step 1,440: mask ratio 0.75, 12 of 16 patches removed"
+    expected = "MAE reconstructions at step 1,440: mask ratio 0.75, 12 of 16 patches removed"
+    assert reconstruction_title(config, 1440) == expected
     assert "mean and variance of the original patch" in " ".join(reconstruction_notes(config))
     assert "norm_pix_loss" not in " ".join(reconstruction_notes(tiny_config(norm_pix_loss=False)))
     assert tiny_config(mask_ratio=0.9).num_masked_patches == 16 - int(16 * (1 - 0.9))  # as the model keeps them
