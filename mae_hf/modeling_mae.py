@@ -93,6 +93,8 @@ class MAEPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _no_split_modules = ["Block"]
     _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
+    # Sized by config.num_labels: new with `ignore_mismatched_sizes` when a checkpoint has other classes.
+    _label_layers = ("head.",)
 
     def __init__(self, config: MAEConfig, *args, **kwargs):
         config.check()  # again: from_pretrained overrides and plain attribute writes bypass __post_init__

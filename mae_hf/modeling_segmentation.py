@@ -64,6 +64,7 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
     _auto_classes = {"MAEForSemanticSegmentation": "AutoModelForSemanticSegmentation"}
     # An MAE pretraining or classification checkpoint brings parts that segmentation does not use.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\.", r"^fc_norm\.", r"^head\."]
+    _label_layers = ("decode_head.classifier.", "auxiliary_head.classifier.")
 
     def __init__(self, config: MAESegmentationConfig):
         super().__init__(config)

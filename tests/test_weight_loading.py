@@ -139,3 +139,21 @@ def test_classifier_folder_as_a_bare_encoder(tmp_path, caplog, pooling):
     torch.testing.assert_close(encoder.eval()(pixels).last_hidden_state, classifier.vit(pixels).last_hidden_state)
     encoder.save_pretrained(tmp_path / "again")  # and the bare encoder round-trips as it is
     assert not AutoModel.from_pretrained(tmp_path / "again", output_loading_info=True)[1]["missing_keys"]
+
+
+@pytest.mark.parametrize("how", ["num_labels", "config"])  # config=: what run_semantic_segmentation.py passes
+def test_segmenter_to_other_classes_reinitialises_only_its_classifiers(tmp_path, how):
+    """As transformers' UperNetForSemanticSegmentation: with ignore_mismatched_sizes the decode and auxiliary
+    classifiers of another class count are new, every other tensor is loaded."""
+    saved = learned_looking(MAEForSemanticSegmentation(seg_config(num_labels=5)))
+    saved.save_pretrained(tmp_path)
+    kwargs = {"num_labels": 3} if how == "num_labels" else {"config": seg_config(num_labels=3)}
+    loaded, info = MAEForSemanticSegmentation.from_pretrained(
+        tmp_path, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+    )
+    classifiers = {f"{head}.classifier.{p}" for head in ("decode_head", "auxiliary_head") for p in ("weight", "bias")}
+    assert {key for key, *_ in info["mismatched_keys"]} == classifiers
+    assert loaded.decode_head.classifier.out_channels == loaded.auxiliary_head.classifier.out_channels == 3
+    for key, tensor in saved.state_dict().items():
+        if key not in classifiers:
+            assert torch.equal(loaded.state_dict()[key], tensor), key
