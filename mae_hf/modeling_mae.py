@@ -419,8 +419,9 @@ class MAEForImageClassification(MAEPreTrainedModel):
     final norm is unused, as in the official fine-tuning); `"cls"`: final norm, then the class token. With
     `head_batchnorm` the head is BatchNorm1d(affine=False) + Linear (the paper's linear probe)."""
 
-    # A pretraining checkpoint brings its decoder (and, with mean pooling, a final norm that is not used).
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\."]
+    # A pretraining checkpoint brings its decoder; with mean pooling, its final norm (`vit.norm`, or `norm` from a
+    # bare encoder) is not used.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^(vit\.)?norm\."]
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)

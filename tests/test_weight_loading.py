@@ -157,3 +157,22 @@ def test_segmenter_to_other_classes_reinitialises_only_its_classifiers(tmp_path,
     for key, tensor in saved.state_dict().items():
         if key not in classifiers:
             assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("model_class", [MAEForImageClassification, MAEForSemanticSegmentation])
+def test_bare_encoder_into_a_task_model_reports_only_the_new_parts(tmp_path, caplog, model_class):
+    """A bare encoder folder (official mae_pretrain_vit_*.pth or timm *.mae, converted) brings a final norm that
+    mean pooling and the segmenter do not use: silently ignored, as the pretraining checkpoint's `vit.norm`."""
+    config = config_for(model_class)
+    MAEModel(config_for(MAEModel, **{k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
+                                                                     "num_attention_heads", "intermediate_size")})
+             ).save_pretrained(tmp_path)
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        _, info = model_class.from_pretrained(tmp_path, config=config, output_loading_info=True)
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    assert not info["unexpected_keys"] and "UNEXPECTED" not in caplog.text
+    new = {"fc_norm", "head"} if model_class is MAEForImageClassification else {"neck", "decode_head", "auxiliary_head"}
+    assert {key.split(".")[0] for key in info["missing_keys"]} == new
