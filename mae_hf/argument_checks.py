@@ -95,3 +95,27 @@ def check_steps_per_epoch(training_args, train_size: int | None) -> None:
             f"the {train_size} training examples are fewer than one batch ({batch} over "
             f"{training_args.world_size} process(es)) and --dataloader_drop_last drops it: no training step per epoch"
         )
+
+
+def check_batchnorm_batches(training_args, train_size: int | None, batchnorm: str | None) -> None:
+    """A BatchNorm that normalises over the batch in training (`batchnorm` names it; None: the model has none) fails
+    on a batch of one example ("Expected more than 1 value per channel"), after all the set-up work or at the end
+    of the first epoch. Refused: --per_device_train_batch_size 1, and, in one process (accelerate completes the last
+    batches of several), a training split that leaves one example in the last batch of an epoch the run reaches."""
+    if batchnorm is None or not training_args.do_train:
+        return
+    batch = training_args.per_device_train_batch_size
+    if batch == 1:
+        raise ValueError(
+            f"--per_device_train_batch_size 1: {batchnorm} normalises over the batch and cannot train on one example"
+        )
+    if train_size is None or training_args.world_size > 1 or training_args.dataloader_drop_last:
+        return
+    batches = -(-train_size // batch)
+    steps_per_epoch = -(-batches // training_args.gradient_accumulation_steps)
+    if train_size % batch == 1 and not 0 < training_args.max_steps < steps_per_epoch:
+        raise ValueError(
+            f"the {train_size} training examples leave a last batch of 1 example in each epoch (--per_device_train_"
+            f"batch_size {batch}), on which {batchnorm} cannot train: pass --dataloader_drop_last true, or another "
+            "batch size"
+        )

@@ -331,9 +331,9 @@ def check_recorded_grid(config_dict, overrides):
     grids = [tuple(side // c["patch_size"] for side in to_pair(c["image_size"])) for c in (saved, wanted)]
     if grids[0] != grids[1]:
         raise ValueError(
-            f"image_size {wanted['image_size']} gives a {grids[1][0]}x{grids[1][1]} patch grid, but the position tables "
-            f"of this checkpoint are for {grids[0][0]}x{grids[0][1]} (image_size {saved['image_size']} in config.json); "
-            "convert at the checkpoint's size and load with from_pretrained(folder, image_size=...)"
+            f"image_size {wanted['image_size']} gives a {grids[1][0]}x{grids[1][1]} patch grid, but the position "
+            f"tables of this checkpoint are for {grids[0][0]}x{grids[0][1]} (image_size {saved['image_size']} in "
+            "config.json); convert at the checkpoint's size and load with from_pretrained(folder, image_size=...)"
         )
 
 
