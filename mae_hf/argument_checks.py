@@ -18,7 +18,8 @@ SAMPLERS_BY_LENGTH = ("group_by_length", "batch_rebalance")
 
 def check_trainer_arguments(training_args, label_names: list[str], metrics: tuple[str, ...], smoothing_hint: str = ""):
     """Refuse the Trainer arguments that break these scripts' image pipeline late (a KeyError in the DataLoader,
-    a loss or metric computed on the wrong axis, a metric that never exists), naming each flag.
+    a loss or metric computed on the wrong axis, a metric that never exists), naming each flag; the training
+    sampler and the best-model metric only when training.
 
     label_names: what the script's model takes as labels (Trainer computes eval_loss from them); metrics: the
     evaluation's metric names (fnmatch patterns); smoothing_hint: what to use instead of --label_smoothing_factor.
@@ -35,7 +36,7 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
             f"--label_names {training_args.label_names}: this script's model takes its labels as {list(label_names)} "
             "(the Trainer computes eval_loss from them); leave --label_names unset"
         )
-    if training_args.train_sampling_strategy in SAMPLERS_BY_LENGTH:
+    if training_args.do_train and training_args.train_sampling_strategy in SAMPLERS_BY_LENGTH:
         problems.append(
             f"--train_sampling_strategy {training_args.train_sampling_strategy} groups examples by token count, which "
             "images do not have (it would run the image transform on every example to measure it); use random or "
@@ -54,7 +55,7 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
 
 def _best_model_metric_problems(training_args, metrics) -> list[str]:
     wanted = training_args.metric_for_best_model
-    if wanted is None:
+    if wanted is None or not training_args.do_train:  # the best model is chosen among training's evaluations
         return []
     name = wanted.removeprefix("eval_")
     reported = ("loss",) if training_args.prediction_loss_only else metrics

@@ -160,10 +160,12 @@ def classifier(tmp_path):
 
 
 def test_evaluation_alone_is_not_refused_for_training_reasons(tmp_path, classifier):
-    # A warmup longer than the (unused) --max_steps, a label share that leaves classes empty: training matters only.
+    # A warmup longer than the (unused) --max_steps, a label share that leaves classes empty, a training sampler, a
+    # best-model metric (chosen among training's evaluations): training matters only.
     metrics = run("classification", tmp_path, "--model_name_or_path", str(classifier), "--do_train", "false",
                   "--max_steps", "2", "--warmup_epochs", "5", "--label_fraction", "0.001", "--dataloader_drop_last",
-                  "true", "--per_device_train_batch_size", "64", out="eval")
+                  "true", "--per_device_train_batch_size", "64", "--train_sampling_strategy", "group_by_length",
+                  "--metric_for_best_model", "bleu", out="eval")
     assert np.isfinite(metrics["eval_loss"])
     for script, flags in (("pretraining", ["--max_steps", "2"]),  # against the default 40 warmup epochs
                           ("segmentation", ["--max_steps", "5", "--warmup_steps", "1500"])):
