@@ -140,7 +140,7 @@ def test_batches_of_one_example_are_refused_where_batchnorm_trains(tmp_path, mon
 @pytest.mark.parametrize(
     "script, flags",
     [
-        ("segmentation", ["--max_steps", "2"]),  # 3 batches an epoch: the run stops before the batch of one
+        ("segmentation", ["--max_steps", "2"]),  # 3 batches an epoch: it stops before the batch of one
         ("segmentation", ["--max_steps", "3", "--dataloader_drop_last", "true"]),
         ("classification", ["--max_steps", "3", "--warmup_epochs", "0"]),  # fine-tuning has no BatchNorm
     ],
@@ -149,7 +149,8 @@ def test_batches_of_one_example_train_where_no_batchnorm_sees_them(tmp_path, scr
     metrics = run(script, tmp_path, "--max_train_samples", "9", "--do_eval", "false", *flags)
     assert np.isfinite(metrics["train_loss"])
     config = seg_config(pool_scales=(2, 3))  # 2x2 maps: four values per channel even for one image
-    assert run_semantic_segmentation.per_device_batchnorm(config, SimpleNamespace(sync_batchnorm=True)) is None
+    one_process = SimpleNamespace(sync_batchnorm=True, world_size=1)
+    assert run_semantic_segmentation.per_device_batchnorm(config, one_process) is None
 
 
 @pytest.fixture
