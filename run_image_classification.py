@@ -19,6 +19,7 @@ from transformers.training_args import OptimizerNames
 from mae_hf import MAEConfig, MAEForImageClassification
 from mae_hf.argument_checks import (
     CLASSIFICATION_METRICS,
+    check_batchnorm_batches,
     check_trainer_arguments,
     check_training_plan,
 )
@@ -73,6 +74,9 @@ LINEAR_PROBE_PRESET = [
 ]
 FINETUNE_MD = "FINETUNE.md (ViT-B), paper Tab. 9"
 MAIN_FINETUNE = "official main_finetune.py"
+
+
+LINEAR_PROBE_BATCHNORM = "the linear probe's BatchNorm head"
 
 
 @dataclass
@@ -265,6 +269,8 @@ def main(argv=None, callbacks=()):
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
     apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
+    batchnorm = LINEAR_PROBE_BATCHNORM if training_args.linear_probe else None
+    check_batchnorm_batches(training_args, len(datasets["train"]), batchnorm)
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
     model = build_model(model_args, training_args, names)
     for split in used_splits(datasets, training_args):
