@@ -32,14 +32,15 @@ from mae_hf.data import (
     load_image_datasets,
 )
 from mae_hf.metrics import load_accuracy, top_k_predictions
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
+    check_model_path,
     check_output_dir,
     logger,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     verify_splits,
@@ -203,7 +204,8 @@ def main(argv=None, callbacks=()):
         training_args.layer_decay = None
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
@@ -227,7 +229,7 @@ def main(argv=None, callbacks=()):
         callbacks=list(callbacks),
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,16 @@ from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, con
 from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
 from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
+from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
+    check_model_path,
     check_output_dir,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     verify_splits,
@@ -154,7 +156,8 @@ def main(argv=None, callbacks=()):
         training_args.eval_strategy = "no"
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
     config = build_config(model_args)
 
     datasets = prepare_datasets(data_args, config, training_args)
@@ -173,10 +176,11 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
+        sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
         callbacks=[figures, *callbacks],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,15 @@ from mae_hf.data import (
     normalisation,
 )
 from mae_hf.metrics import StreamingMeanIoU
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
+    check_model_path,
     check_output_dir,
+    logger,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
 )
@@ -173,14 +175,21 @@ def main(argv=None, callbacks=()):
         training_args.layer_decay = None
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
     for split in ("train", "validation"):
-        check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
+        datasets[split], skipped = check_annotations(
+            datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split,
+            skip_corrupt=data_args.skip_corrupt_images,
+        )
+        if skipped:
+            logger.warning(f"skipped {skipped} {split} image/annotation pair(s) that cannot be read "
+                           "(--skip_corrupt_images)")
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
     datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
@@ -201,7 +210,7 @@ def main(argv=None, callbacks=()):
         callbacks=[SegmentationFigureCallback(shown, mean, std, training_args.output_dir), *callbacks],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

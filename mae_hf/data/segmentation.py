@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
-from .images import to_model_mode
+from .images import load_reduced, to_model_mode
 from .loading import IMAGE_SUFFIXES
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -236,6 +236,7 @@ def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_
         try:
             with _open(image_value) as image:
                 image_size = _size(image)
+                load_reduced(image)  # a truncated image fails here, not in the first training step
             with _open(annotation_value) as annotation:
                 annotation_size = _size(annotation)
                 array = annotation_array(annotation)
@@ -266,10 +267,13 @@ def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: st
 
 
 def check_annotations(dataset: Dataset, image_column: str, annotation_column: str, num_labels: int,
-                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None) -> None:
-    """Before training: every annotation opens, is a class map the size of its image, and holds only class ids in
-    [0, num_labels) or 255 (ignored), after `reduce_labels` when set. A ValueError counts the bad rows and names the
-    first three files (rows when there is no file) with both sizes or the offending value."""
+                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None,
+                      skip_corrupt: bool = False) -> tuple[Dataset, int]:
+    """Before training: every image decodes, every annotation opens, is a class map the size of its image, and
+    holds only class ids in [0, num_labels) or 255 (ignored), after `reduce_labels` when set. A ValueError counts
+    the bad rows and names the first three files (rows when there is no file) with both sizes or the offending
+    value. With `skip_corrupt`, rows whose image or annotation cannot be read are left out instead (other faults
+    still raise). Returns (the dataset, the number of rows left out)."""
     stats = _annotation_stats(dataset, image_column, annotation_column, reduce_labels, num_proc, split)
     files = dataset.select_columns([image_column, annotation_column])
     files = files.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
@@ -277,13 +281,15 @@ def check_annotations(dataset: Dataset, image_column: str, annotation_column: st
     def name(index: int, column: str) -> str:
         return files[index][column].get("path") or f"row {index}"
 
-    problems = []
+    problems, unreadable = [], []
     for index, (image_size, annotation_size, labels, error) in enumerate(
         zip(stats["image_size"], stats["annotation_size"], stats["labels"], stats["error"])
     ):
         if error:
-            problems.append(f"annotation {name(index, annotation_column)} or its image {name(index, image_column)} "
-                            f"cannot be read ({error})")
+            unreadable.append(index)
+            if not skip_corrupt:
+                problems.append(f"annotation {name(index, annotation_column)} or its image "
+                                f"{name(index, image_column)} cannot be read ({error})")
         elif image_size != annotation_size:
             problems.append(f"annotation {name(index, annotation_column)} has size {tuple(annotation_size)} but its "
                             f"image {name(index, image_column)} has size {tuple(image_size)} (width, height)")
@@ -293,7 +299,11 @@ def check_annotations(dataset: Dataset, image_column: str, annotation_column: st
                             f"num_labels={num_labels} (ids must be 0..{num_labels - 1}, or 255 = ignored)")
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ValueError(f"{len(problems)} bad {split} annotation(s): {'; '.join(problems[:3])}{more}")
+        hint = "" if skip_corrupt or not unreadable else " (--skip_corrupt_images leaves unreadable pairs out)"
+        raise ValueError(f"{len(problems)} bad {split} annotation(s): {'; '.join(problems[:3])}{more}{hint}")
+    if unreadable:
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(unreadable)))
+    return dataset, len(unreadable)
 
 
 # ---------------------------------------------------------------------------------------------------- transforms
