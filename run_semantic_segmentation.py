@@ -185,7 +185,7 @@ def main(argv=None, callbacks=()):
     for split in ("train", "validation"):
         datasets[split], skipped = check_annotations(
             datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split,
-            skip_corrupt=data_args.skip_corrupt_images,
+            skip_corrupt=data_args.skip_corrupt_images, decode_images=data_args.verify_images,
         )
         if skipped:
             logger.warning(f"skipped {skipped} {split} image/annotation pair(s) that cannot be read "

@@ -175,9 +175,10 @@ def _weight_shapes(folder: str) -> dict[str, tuple] | None:
     return shapes
 
 
-def _describe(config: dict, other: dict) -> str:
-    return "; ".join(f"{name} {config.get(name)!r} there, {other.get(name)!r} here"
-                     for name in SIZE_FIELDS if config.get(name) != other.get(name) and name in config | other)
+def _describe(saved, current) -> str:
+    """'field X there, Y here' for the size fields in which two configs differ."""
+    return "; ".join(f"{name} {getattr(saved, name, None)!r} there, {getattr(current, name, None)!r} here"
+                     for name in SIZE_FIELDS if getattr(saved, name, None) != getattr(current, name, None))
 
 
 def check_checkpoint_fits(checkpoint: str | None, model) -> None:
@@ -189,8 +190,7 @@ def check_checkpoint_fits(checkpoint: str | None, model) -> None:
     wrong = [name for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]]
     if not wrong:
         return
-    with open(os.path.join(checkpoint, "config.json")) as file:
-        sizes = _describe(json.load(file), model.config.to_dict())
+    sizes = _describe(type(model.config).from_pretrained(checkpoint), model.config)
     raise ValueError(
         f"--resume_from_checkpoint {checkpoint} holds a model of another size than this run's: {sizes or 'see below'} "
         f"({len(wrong)} tensor(s) differ, e.g. {wrong[0]} {saved[wrong[0]]} there, {current[wrong[0]]} here). Resume "

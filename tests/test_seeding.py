@@ -2,6 +2,8 @@
 training pipeline: the same with 0 or 2 dataloader workers, in any order of access (as another process would load
 it), whatever the global RNG state, and the global RNG state is left as it was."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -34,25 +36,34 @@ from mae_hf.data.seeding import (
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
+@functools.cache
+def digits():
+    return load_digits_dataset()["train"].select(range(24))
+
+
 def pretraining(decoding):
-    digits = load_digits_dataset()["train"].select(range(24))
+    digits_ = digits()
     if decoding != "pil":
-        digits = digits.cast_column("image", Image(decode=False))
+        digits_ = digits_.cast_column("image", Image(decode=False))
     transform = pretrain_image_transform(decoding, "image", 16, MEAN, STD, min_scale=0.2, flip=0.5, num_channels=3)
     collator = collate_encoded if decoding == "gpu" else collate_pixel_values
-    return digits.with_transform(transform), collator, {"noise": MaskNoise(16)}
+    return digits_.with_transform(transform), collator, {"noise": MaskNoise(16)}
 
 
 def finetuning():
-    digits = load_digits_dataset()["train"].select(range(24))
     transform = ImageTransform(finetune_transform(16, MEAN, STD), "image", 3, "label")
-    return digits.with_transform(transform), MixupCollator(10), {}
+    return digits().with_transform(transform), MixupCollator(10), {}
+
+
+@functools.cache
+def canvases():
+    return load_digits_seg_dataset()["train"].select(range(24))
 
 
 def segmentation():
-    canvases = load_digits_seg_dataset()["train"].select(range(24))
+    canvases_ = canvases()
     transform = SegmentationBatchTransform(SegmentationTrainTransform(32, scale=(128, 32), mean=MEAN, std=STD))
-    return canvases.with_transform(transform), collate_segmentation, {}
+    return canvases_.with_transform(transform), collate_segmentation, {}
 
 
 PIPELINES = {
