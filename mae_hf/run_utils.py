@@ -102,22 +102,26 @@ def setup_logging(training_args) -> None:
 
 
 def check_output_dir(training_args) -> None:
-    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. With
-    --overwrite_output_dir (and no resume) a previous run's checkpoints are moved aside (see resume.py)."""
-    from .resume import move_aside_previous_checkpoints, resume_request
+    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. (With
+    --overwrite_output_dir, a previous run's checkpoints are moved aside once all checks have passed: `_train`.)"""
+    from .resume import resume_request
 
     out = training_args.output_dir
     if out is None:
         raise ValueError("--output_dir is required")
     if os.path.isfile(out):
         raise ValueError(f"--output_dir {out} is a file")
-    if os.path.isdir(out) and os.listdir(out) and training_args.do_train and not resume_request(training_args):
-        if not training_args.overwrite_output_dir:
-            raise ValueError(
-                f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
-                "or --resume_from_checkpoint latest to continue its training"
-            )
-        move_aside_previous_checkpoints(training_args)
+    if (
+        os.path.isdir(out)
+        and os.listdir(out)
+        and training_args.do_train
+        and not training_args.overwrite_output_dir
+        and not resume_request(training_args)
+    ):
+        raise ValueError(
+            f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
+            "or --resume_from_checkpoint latest to continue its training"
+        )
 
 
 def check_model_path(path: str | None) -> None:
@@ -221,15 +225,16 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import check_checkpoint_fits, checkpoint_step, choose_checkpoint, run_identity
+    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, move_aside_previous_checkpoints,
+                         run_identity)
 
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
     checkpoint = choose_checkpoint(training_args, trainer.run_identity)
     check_checkpoint_fits(checkpoint, model)
-    # Trainer itself would run one more step on a checkpoint at max_steps that is not at an epoch's end.
-    planned = trainer.set_initial_training_values(training_args, trainer.get_train_dataloader())[-1]
-    if checkpoint is not None and checkpoint_step(checkpoint) >= planned:
+    if checkpoint is None and training_args.overwrite_output_dir:
+        move_aside_previous_checkpoints(training_args)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
         return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # with the image processor passed as processing_class
@@ -237,6 +242,12 @@ def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     return result.metrics
+
+
+def _planned_steps(trainer) -> int:
+    """The run's number of optimizer steps, as Trainer computes it. (Trainer itself, resumed from a checkpoint at
+    that step that is not at an epoch's end, would run one step more.)"""
+    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
 def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
@@ -253,7 +264,7 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
                     f"results in {output_dir} are kept as they are")
         return None
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
-    trainer._load_from_checkpoint(checkpoint)
+    trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     trainer.save_model()
     trainer.save_state()

@@ -16,6 +16,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 
+import datasets
 import torch
 from accelerate.data_loader import SeedableRandomSampler
 from torch.utils.data import Dataset, RandomSampler, Sampler
@@ -79,22 +80,41 @@ def sample_key_sampler(sampler: Sampler | None, dataset, seed: int) -> SampleKey
 class SeededSamples(Dataset):
     """`dataset[(epoch, index)]`: example `index` with its transform's draws seeded from (seed, epoch, index), plus
     `draws` (name -> function of nothing, e.g. the mask noise) drawn after it from the same stream, and its key
-    under `SAMPLE_KEY`."""
+    under `SAMPLE_KEY`.
+
+    A `datasets.Dataset` with a `with_transform` batch transform is read a batch of rows at a time (as `datasets`
+    itself would) and the transform applied row by row, each in its own seeded block."""
 
     def __init__(self, dataset, seed: int, draws: dict[str, Callable[[], torch.Tensor]] | None = None):
         self.dataset, self.seed, self.draws = dataset, seed, dict(draws or {})
+        self.rows, self.transform, self.columns = None, None, None
+        if isinstance(dataset, datasets.Dataset) and dataset.format["type"] == "custom":
+            form = dataset.format
+            if not form["output_all_columns"]:
+                self.rows, self.transform = dataset.with_format(None), form["format_kwargs"]["transform"]
+                self.columns = form["columns"] or dataset.column_names
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key) -> dict:
-        epoch, index = key
-        with seeded_rng(self.seed, epoch, index):
-            example = dict(self.dataset[index])
-            for name, draw in self.draws.items():
-                example[name] = draw()
-        example[SAMPLE_KEY] = (epoch, index)
-        return example
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        rows = None if self.transform is None else self.rows[[index for _epoch, index in keys]]
+        examples = []
+        for position, (epoch, index) in enumerate(keys):
+            with seeded_rng(self.seed, epoch, index):
+                if rows is None:
+                    example = dict(self.dataset[index])
+                else:  # a batch of one row, as the transform takes it, and its one example
+                    batch = self.transform({column: rows[column][position : position + 1] for column in self.columns})
+                    example = {column: values[0] for column, values in batch.items()}
+                for name, draw in self.draws.items():
+                    example[name] = draw()
+            example[SAMPLE_KEY] = (epoch, index)
+            examples.append(example)
+        return examples
 
 
 class SeededCollator:
