@@ -104,6 +104,7 @@ def test_rotation_counts_only_complete_checkpoints_of_this_run(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- kills
 
+builtins_open = builtins.open
 RUN = ["--dataset_name", "digits", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2",
        "--save_total_limit", "1", "--eval_strategy", "no", "--do_eval", "false", *TINY]
 
@@ -114,15 +115,15 @@ class Killer:
     file, the folder made, the rename not done, half of the tree deleted."""
 
     def __init__(self, root: str, target: int | None, record: str | None = None):
-        self.root, self.target, self.record, self.count = str(root), target, record, 0
+        self.root, self.target, self.record, self.count = os.path.abspath(root), target, record, 0
 
     def event(self, kind: str, path, half) -> None:
-        path = os.fspath(path)
-        if not os.path.abspath(path).startswith(self.root):
+        path = os.path.abspath(os.fspath(path))
+        if path != self.root and not path.startswith(self.root + os.sep):
             return
         if self.record:
             with builtins_open(self.record, "a") as file:
-                file.write(f"{kind} {os.path.relpath(os.path.abspath(path), self.root)}\n")
+                file.write(f"{kind} {os.path.relpath(path, self.root)}\n")
         if self.count == self.target:
             half()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -174,9 +175,6 @@ class Killer:
 
         torch.save, modeling_utils.safe_save_file, builtins.open = torch_save, safetensors_save, open_
         os.makedirs, os.rename, os.replace, shutil.rmtree = makedirs_, renamer(rename), renamer(replace), rmtree_
-
-
-builtins_open = builtins.open
 
 
 def _child(out: str, argv: list[str], target: int | None, record: str | None) -> None:
