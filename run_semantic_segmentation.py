@@ -14,6 +14,12 @@ from torch import nn
 from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
+from mae_hf.argument_checks import (
+    SEGMENTATION_METRICS,
+    check_batchnorm_batches,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
 from mae_hf.data import (
@@ -25,7 +31,7 @@ from mae_hf.data import (
     load_segmentation_datasets,
     normalisation,
 )
-from mae_hf.metrics import StreamingMeanIoU
+from mae_hf.metrics import StreamingMeanIoU, eval_batches
 from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
@@ -37,6 +43,7 @@ from mae_hf.run_utils import (
     parse_arguments,
     setup_logging,
     train_evaluate_save,
+    used_splits,
 )
 from mae_hf.trainer import MAETrainer, SegmentationFigureCallback
 
@@ -118,9 +125,21 @@ def build_model(model_args, config, training_args) -> nn.Module:
         )
     else:
         model = MAEForSemanticSegmentation(config)
-    if training_args.sync_batchnorm and training_args.world_size > 1 and torch.cuda.is_available():
+    if uses_sync_batchnorm(training_args):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def uses_sync_batchnorm(training_args) -> bool:
+    return training_args.sync_batchnorm and training_args.world_size > 1 and torch.cuda.is_available()
+
+
+def per_device_batchnorm(config, training_args) -> str | None:
+    """The layer that normalises over each device's batch alone in training, if any: UperNet's pooling module at
+    scale 1 has one value per channel and image (SyncBatchNorm normalises over every GPU's batch)."""
+    if 1 in config.pool_scales and not uses_sync_batchnorm(training_args):
+        return "UperNet's pooling module (pool scale 1: a 1x1 map per image)"
+    return None
 
 
 def attach_transforms(datasets, columns, data_args, config):
@@ -149,11 +168,12 @@ def image_processor(config, data_args) -> SegformerImageProcessor:
 def metrics_function(config):
     stream = StreamingMeanIoU(config.num_labels, ignore_index=config.ignore_index, id2label=config.id2label)
 
-    def compute_metrics(eval_pred, compute_result: bool):
-        labels = eval_pred.label_ids
-        # Trainer pads maps of different sizes across processes with -100: those pixels are not labels.
-        labels = torch.where(labels == -100, config.ignore_index, labels) if torch.is_tensor(labels) else labels
-        stream.update(eval_pred.predictions, labels)
+    def compute_metrics(eval_pred, compute_result: bool = True):
+        # One batch at a time with --batch_eval_metrics (the default), else everything at once.
+        for predictions, labels in eval_batches(eval_pred):
+            # Trainer pads maps of different sizes (across processes, or batches) with -100: not labels.
+            labels = torch.as_tensor(labels)
+            stream.update(torch.as_tensor(predictions), labels.masked_fill(labels == -100, config.ignore_index))
         if not compute_result:
             return {}
         result = {k: v for k, v in stream.compute().items() if not isinstance(v, list)}  # scalars for the logs
@@ -173,16 +193,20 @@ def main(argv=None, callbacks=()):
         training_args.eval_strategy = "no"
     if training_args.layer_decay == 1.0:
         training_args.layer_decay = None
+    check_trainer_arguments(training_args, ["labels"], SEGMENTATION_METRICS)
+    check_training_plan(training_args)
     check_output_dir(training_args)
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
     check_resume_argument(training_args)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
+    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
-    for split in ("train", "validation"):
+    check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
+    for split in used_splits(datasets, training_args):
         datasets[split], skipped = check_annotations(
             datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split,
             skip_corrupt=data_args.skip_corrupt_images, decode_images=data_args.verify_images,
@@ -193,7 +217,6 @@ def main(argv=None, callbacks=()):
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
     datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
-    apply_recipe_schedule(training_args, len(datasets["train"]))
 
     mean, std = normalisation(config.num_channels)
     shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]
