@@ -14,18 +14,41 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
-from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
-from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
+from mae_hf.argument_checks import (
+    PRETRAINING_METRICS,
+    check_trainer_arguments,
+    check_training_plan,
+)
+from mae_hf.arguments import (
+    DecoderModelArguments,
+    ImageDataArguments,
+    RecipeArguments,
+    config_overrides,
+    each_epoch,
+    recipe,
+    scaled_learning_rate,
+)
+from mae_hf.banner import StartBanner
+from mae_hf.data import (
+    collate_pixel_values,
+    eval_transform,
+    find_image_column,
+    load_image_datasets,
+    normalisation,
+)
 from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
+from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
+    apply_runtime_defaults,
     check_hub_access,
+    check_model_path,
     check_output_dir,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     verify_splits,
@@ -34,13 +57,17 @@ from mae_hf.trainer import MAETrainer, ReconstructionCallback
 
 
 @dataclass
-class PretrainModelArguments(ModelArguments):
-    norm_pix_loss: bool | None = field(default=True, metadata={"help": "Regress per-patch normalised pixels."})
+class PretrainModelArguments(DecoderModelArguments):
+    mask_ratio: float | None = recipe(0.75, "Share of the patches removed.", "paper Sec. 4.1, Fig. 5")
+    norm_pix_loss: bool | None = recipe(True, "Regress per-patch normalised pixels.", "PRETRAIN.md, paper Tab. 8")
     num_visualized_images: int = field(default=8, metadata={"help": "Images in each reconstruction figure."})
 
 
 @dataclass
-class PretrainDataArguments(DataArguments):
+class PretrainDataArguments(ImageDataArguments):
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset instead of downloading it first (needs --max_steps)."}
+    )
     image_decoding: str = field(
         default="fast",
         metadata={"help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
@@ -54,22 +81,27 @@ class PretrainDataArguments(DataArguments):
 class PretrainingArguments(RecipeArguments):
     """The official pretraining defaults (PRETRAIN.md / paper Tab. 8)."""
 
-    base_learning_rate: float | None = 1.5e-4
-    weight_decay: float = 0.05
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    num_train_epochs: float = 800
-    warmup_epochs: float | None = 40
-    lr_scheduler_type: str = "cosine"
-    max_grad_norm: float = 0.0  # the official pretraining does not clip (the seed used 1.0)
-    per_device_train_batch_size: int = 64
-    remove_unused_columns: bool = False  # the image column is consumed by our transform, not the model
+    learning_rate: float | None = scaled_learning_rate()
+    base_learning_rate: float | None = recipe(
+        1.5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.",
+        "paper Tab. 8")
+    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", "paper Tab. 8")
+    adam_beta1: float = recipe(0.9, "AdamW beta1.", "paper Tab. 8")
+    adam_beta2: float = recipe(0.95, "AdamW beta2.", "paper Tab. 8")
+    num_train_epochs: float = recipe(800, "Training epochs.", "PRETRAIN.md")
+    warmup_epochs: float | None = recipe(
+        40, "Linear warmup epochs; --warmup_steps given instead replaces it.", "paper Tab. 8")
+    lr_scheduler_type: str = recipe("cosine", "Learning-rate decay after warmup.", "paper Tab. 8")
+    max_grad_norm: float = recipe(
+        0.0, "Gradient clipping norm, 0: none (the seed used 1.0).", "official main_pretrain.py")
+    per_device_train_batch_size: int = recipe(
+        64, "Images per device and step.", "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096")
     label_names: list[str] = field(default_factory=lambda: ["pixel_values"])  # so evaluation reports eval_loss
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    logging_steps: float = 50
-    do_train: bool = True
-    do_eval: bool = True
+    eval_strategy: str = each_epoch("evaluate")
+    save_strategy: str = each_epoch("checkpoint")
+
+
+ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments)
 
 
 def build_config(model_args) -> MAEConfig:
@@ -85,9 +117,12 @@ def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
     return MAEForPreTraining(config)
 
 
-def prepare_datasets(data_args, config: MAEConfig, training_args):
+def split_size(split) -> int | None:
+    return len(split) if hasattr(split, "__len__") else None  # a streamed split has no length
+
+
+def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
-    raw = load_image_datasets(data_args, seed=training_args.seed)
     column = find_image_column(raw["train"], data_args.image_column_name)
     verify_splits(raw, column, data_args, training_args)
     size, channels = config.image_hw, config.num_channels
@@ -102,8 +137,6 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
     if data_args.image_decoding != "pil":  # the fast pipelines read the encoded bytes themselves
         raw["train"] = raw["train"].cast_column(column, Image(decode=False))
     if data_args.streaming:
-        if training_args.max_steps <= 0:
-            raise ValueError("--streaming needs --max_steps (a streamed dataset has no length)")
         return {
             split: raw[split].map(transforms[split], batched=True, remove_columns=raw[split].column_names)
             for split in raw
@@ -144,24 +177,33 @@ def visualized_images(eval_dataset, count: int) -> torch.Tensor:
     return torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
 
 
+def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
+    masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
+               f"the encoder sees {config.num_patches - config.num_masked_patches}")
+    evaluated = datasets["validation"] if training_args.do_eval else None
+    return StartBanner("Running MAE pretraining", datasets["train"], evaluated, {"Masked patches": masking})
+
+
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(
-        (PretrainModelArguments, PretrainDataArguments, PretrainingArguments), argv
-    )
+    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
+    check_trainer_arguments(training_args, ["pixel_values"], PRETRAINING_METRICS)
+    check_training_plan(training_args, data_args.streaming)
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
     config = build_config(model_args)
+    apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
 
-    datasets = prepare_datasets(data_args, config, training_args)
+    raw = load_image_datasets(data_args, seed=training_args.seed)
+    apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
+    datasets = prepare_datasets(raw, data_args, config, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)
-    train_size = len(datasets["train"]) if hasattr(datasets["train"], "__len__") else None
-    apply_recipe_schedule(training_args, train_size)
     mean, std = normalisation(config.num_channels)
     figures = ReconstructionCallback(
         visualized_images(datasets["validation"], model_args.num_visualized_images), mean, std, training_args.output_dir
@@ -173,10 +215,11 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
-        callbacks=[figures, *callbacks],
+        sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
+        callbacks=[figures, start_banner(config, datasets, training_args), *callbacks],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ def load_source(path, format=None, **kwargs):
         if format not in (None, "transformers"):
             raise ValueError(f"{path} is a folder: only the 'transformers' format is read from folders")
         state_dict, config_dict = read_transformers_folder(path)
+        check_recorded_grid(config_dict, kwargs)
         return convert_transformers(state_dict, {**config_dict, **kwargs})
     state_dict = read_state_dict(path)
     format = format or detect_file_format(path, state_dict)
@@ -319,6 +320,23 @@ def transformers_config(config_dict):
     return config
 
 
+def check_recorded_grid(config_dict, overrides):
+    """A transformers folder records the patch grid of its position tables; an image_size override for another grid
+    is refused, even with as many patches (32 -> (16, 64) at patch 8: 4x4 and 2x8), whose tables would load onto
+    the wrong cells. Conversion keeps tensors as they are; `from_pretrained(..., image_size=...)` resamples them."""
+    if "image_size" not in overrides:
+        return
+    saved = transformers_config(config_dict)
+    wanted = {**saved, **overrides}
+    grids = [tuple(side // c["patch_size"] for side in to_pair(c["image_size"])) for c in (saved, wanted)]
+    if grids[0] != grids[1]:
+        raise ValueError(
+            f"image_size {wanted['image_size']} gives a {grids[1][0]}x{grids[1][1]} patch grid, but the position "
+            f"tables of this checkpoint are for {grids[0][0]}x{grids[0][1]} (image_size {saved['image_size']} in "
+            "config.json); convert at the checkpoint's size and load with from_pretrained(folder, image_size=...)"
+        )
+
+
 def infer_config(state_dict, num_attention_heads, decoder_num_attention_heads, image_size=None):
     """MAEConfig fields read off official/timm-layout tensor shapes: `cls_token` (1, 1, D), `pos_embed`
     (1, 1 + N, D) (a square grid unless `image_size` is given), `patch_embed.proj.weight` (D, C, p, p),
@@ -462,22 +480,28 @@ def load_strict(model, state_dict, encoder_prefix):
 
 
 def main(argv=None):
+    from .cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="python -m mae_hf.conversion",
         description="Convert an official MAE, transformers ViTMAE or timm ViT checkpoint into a mae_hf model folder.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("source", help="checkpoint file (.pth, .bin, .safetensors) or transformers folder")
     parser.add_argument("output_dir", help="folder to save_pretrained into (must be empty unless --overwrite)")
-    parser.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
-    parser.add_argument("--num_attention_heads", type=int, help="encoder heads, for non-standard widths")
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="decoder heads, for non-standard widths")
-    parser.add_argument(
-        "--norm_pix_loss",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="official: default off for mae_visualize_* files, else on",
-    )
-    parser.add_argument("--image_size", type=int, nargs="+", help="H [W], for a non-square position table")
+    parser.add_argument("--format", choices=FORMATS, help="source format (default: detected from the keys)")
+    parser.add_argument("--num_attention_heads", type=int, help="encoder heads (default: from the width, "
+                        f"{ENCODER_HEADS}; ViT Ti/S/B/L/H); needed for other widths")
+    parser.add_argument("--decoder_num_attention_heads", type=int, help="decoder heads (default: from the width, "
+                        f"{DECODER_HEADS}; official models_mae.py); needed for other widths")
+    # One spelling for negated flags across the project: HfArgumentParser's --no_x.
+    parser.add_argument("--norm_pix_loss", action="store_true", default=None, help="record norm_pix_loss=True "
+                        "(default: official files: off for mae_visualize_*, else on (official PRETRAIN.md and demo "
+                        "notebook); transformers folders: their config.json's; timm files: off)")
+    parser.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss",
+                        help="record norm_pix_loss=False")
+    parser.add_argument("--image_size", type=int, nargs="+",
+                        help="H [W], for a non-square position table (default: the square its length implies)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
     image_size = None

@@ -1,5 +1,6 @@
 """`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn from a fixed seed,
-a stop on a non-finite loss, and reconstruction figures at each evaluation."""
+a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, and reconstruction figures at
+each evaluation."""
 
 import contextlib
 import os
@@ -7,8 +8,12 @@ import os
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import BatchRebalanceSampler
+from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
+from .checkpointing import CrashSafeCheckpoints
+from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
 from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
 from .visualize import fixed_noise, reconstruction_grid, segmentation_figure, to_uint8
@@ -28,24 +33,55 @@ SDPA_BACKENDS = {
 }
 
 
-class MAETrainer(Trainer):
+class MAETrainer(CrashSafeCheckpoints, Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
-    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments)."""
+    `sample_draws`: name -> function drawing a per-example model input (the pretraining mask noise).
+    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments).
 
-    def __init__(self, *args, eval_data_collator=None, image_decoder=None, **kwargs):
+    Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
+    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
+
+    def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator, self.image_decoder = eval_data_collator, image_decoder
+        self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
 
+    @property
+    def data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def get_train_dataloader(self):
+        if not has_length(self.train_dataset):  # a stream: no example indices to key the draws on
+            return super().get_train_dataloader()
+        dataset, collator = self.train_dataset, self.data_collator
+        self.train_dataset = SeededSamples(dataset, self.data_seed, self.sample_draws)
+        self.data_collator = SeededCollator(collator, self.data_seed, self.sample_draws)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset, self.data_collator = dataset, collator
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(train_dataset, SeededSamples):
+            return sampler
+        if isinstance(sampler, BatchRebalanceSampler):
+            raise ValueError("--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
+                             "to images (use random or sequential)")
+        return sample_key_sampler(sampler, train_dataset, self.data_seed)
+
     def get_eval_dataloader(self, eval_dataset=None):
-        if self.eval_data_collator is None:
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to
+        # evaluation too, which leaves the last images unscored, or all of them when the split is one small batch.
+        saved = self.data_collator, self.args.dataloader_drop_last
+        self.data_collator = self.eval_data_collator or self.data_collator
+        self.args.dataloader_drop_last = False
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
-            self.data_collator = train_collator
+            self.data_collator, self.args.dataloader_drop_last = saved
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return decay_parameter_names(model)
@@ -177,21 +213,21 @@ class SegmentationTrainer(MAETrainer):
 
 class FigureCallback(TrainerCallback):
     """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), on the
-    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model)`."""
+    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`."""
 
     folder, final, wandb_key = "figures", "figure.png", "eval/figure"
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    def draw(self, model):
+    def draw(self, model, step: int):
         raise NotImplementedError
 
     def _save(self, model, name: str, step: int) -> None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            grid = self.draw(model)
+            grid = self.draw(model, step)
         model.train(was_training)
         path = os.path.join(self.output_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -223,10 +259,10 @@ class ReconstructionCallback(FigureCallback):
         super().__init__(output_dir)
         self.pixel_values, self.mean, self.std = pixel_values, mean, std
 
-    def draw(self, model):
+    def draw(self, model, step: int):
         device = next(model.parameters()).device
         noise = fixed_noise(len(self.pixel_values), model.config.num_patches).to(device)
-        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise)
+        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise, step)
 
 
 class SegmentationFigureCallback(FigureCallback):
@@ -238,17 +274,8 @@ class SegmentationFigureCallback(FigureCallback):
     def __init__(self, examples: list[dict], mean, std, output_dir: str):
         super().__init__(output_dir)
         self.examples, self.mean, self.std = examples, mean, std
-        self.step = 0
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        self.step = state.global_step
-        super().on_evaluate(args, state, control, model=model, **kwargs)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.step = state.global_step
-        super().on_train_end(args, state, control, model=model, **kwargs)
-
-    def draw(self, model):
+    def draw(self, model, step: int):
         device = next(model.parameters()).device
         images, labels, predictions = [], [], []
         for example in self.examples:
@@ -261,4 +288,4 @@ class SegmentationFigureCallback(FigureCallback):
             labels.append(truth.numpy())
             predictions.append(logits.argmax(dim=0).cpu().numpy())
         return segmentation_figure(images, labels, predictions, model.config.id2label, model.config.ignore_index,
-                                   title=f"step {self.step}")
+                                   title=f"step {step}")

@@ -220,6 +220,18 @@ def test_transformers_model_gives_mae_model(tmp_path, layout):
     assert torch.equal(ours.ids_restore, expected.ids_restore)
 
 
+@pytest.mark.parametrize("image_size", [["16", "64"], ["64"]])
+def test_transformers_folder_at_another_grid_is_refused(tmp_path, capsys, image_size):
+    """The folder's config.json records a 4x4 grid: --image_size 16 64 (2x8, as many tokens) would put every position
+    code on another cell; 64 (8x8) has other shapes. Both are refused, naming the way that resamples."""
+    save_transformers(randomize(ViTMAEForPreTraining(transformers_config())), tmp_path / "hf", "v5")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "hf"), str(tmp_path / "out"), "--image_size", *image_size])
+    assert "from_pretrained(folder, image_size=...)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    main([str(tmp_path / "hf"), str(tmp_path / "out"), "--image_size", "32"])  # the recorded size is fine
+
+
 def test_transformers_zero_decoder_table_is_kept_with_a_warning(caplog):
     reference = ViTMAEForPreTraining(transformers_config())
     with torch.no_grad():
@@ -228,6 +240,23 @@ def test_transformers_zero_decoder_table_is_kept_with_a_warning(caplog):
         model = convert_transformers(reference.state_dict(), reference.config.to_dict())
     assert not model.decoder.pos_embed.any()
     assert "all zeros" in caplog.text
+
+
+def test_recorded_norm_pix_loss_of_each_format_is_the_default_help_gives(tmp_path, capsys):
+    """--help said "off for mae_visualize_* files, else on": transformers folders keep their config.json's value
+    and timm files are recorded off (the official files: test_official_pretraining_matches_reference)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "transformers folders: their config.json's; timm files: off" in " ".join(capsys.readouterr().out.split())
+    for recorded in (True, False):
+        config = transformers_config()
+        config.norm_pix_loss = recorded
+        save_transformers(ViTMAEForPreTraining(config), tmp_path / f"hf_{recorded}", "v5")
+        main([str(tmp_path / f"hf_{recorded}"), str(tmp_path / f"out_{recorded}")])
+        assert MAEForPreTraining.from_pretrained(tmp_path / f"out_{recorded}").config.norm_pix_loss is recorded
+    save_file(timm_vit(num_classes=0).state_dict(), tmp_path / "vit.safetensors")
+    main([str(tmp_path / "vit.safetensors"), str(tmp_path / "timm"), "--num_attention_heads", "4"])
+    assert MAEModel.from_pretrained(tmp_path / "timm").config.norm_pix_loss is False
 
 
 # ---- timm VisionTransformer state dicts --------------------------------------------------------------------------

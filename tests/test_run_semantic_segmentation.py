@@ -2,6 +2,7 @@
 checkpoint as encoder, sliding-window evaluation, the pipeline, and input errors."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 
 import run_semantic_segmentation
-from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation
+from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation, MAESegmentationConfig
 
 TINY = [
     "--image_size", "32", "--crop_size", "32", "--resize_scale", "128", "32", "--patch_size", "8",
@@ -198,3 +199,32 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
     ours = {k.removeprefix("eval_iou_"): v for k, v in metrics.items() if k.startswith("eval_iou_") and not np.isnan(v)}
     assert ours.keys() == expected.keys()
     assert all(ours[name] == pytest.approx(value, abs=1e-9) for name, value in expected.items())
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (0, 1, 1, 1)])
+def test_unused_parameters_rule_matches_the_gradients(out_indices):
+    """The script asks DDP to search for parameters without gradients exactly when some exist (the search costs a
+    graph traversal per step, and transformers' default search warns on every process when there are none)."""
+    config = MAESegmentationConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                   num_attention_heads=2, intermediate_size=64, out_indices=out_indices,
+                                   decode_channels=16, auxiliary_channels=8, num_labels=3)
+    model = MAEForSemanticSegmentation(config).train()
+    model(torch.randn(2, 3, 16, 16), labels=torch.randint(0, 3, (2, 16, 16))).loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert run_semantic_segmentation.has_unused_parameters(config) == bool(unused)
+
+
+@pytest.mark.parametrize("split", ["training", "validation"])
+def test_truncated_image_is_named_before_training_or_skipped(tmp_path, split, caplog):
+    root = make_ade_folder(tmp_path / "ADEChallengeData2016")
+    image = root / "images" / split / f"ADE_{split}_00000001.jpg"
+    image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])  # headers intact, pixels cut off
+    with pytest.raises(ValueError, match=rf"its image .*ADE_{split}_00000001\.jpg cannot be read .*--skip_corrupt_images"):
+        run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151")
+    assert not (tmp_path / "out").exists()
+    with caplog.at_level(logging.WARNING, logger="mae_hf"):
+        metrics = run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151",
+                      "--skip_corrupt_images", "--eval_strategy", "steps", "--eval_steps", "1")
+    assert metrics["train_loss"] > 0 and "eval_mean_iou" in metrics
+    name = {"training": "train", "validation": "validation"}[split]
+    assert f"skipped 1 {name} image/annotation pair(s) that cannot be read (--skip_corrupt_images)" in caplog.text
