@@ -178,6 +178,7 @@ class Killer:
 
 
 def _child(out: str, argv: list[str], target: int | None, record: str | None) -> None:
+    _one_thread()
     try:
         Killer(out, target, record).install()
         run_pretraining.main(["--output_dir", out, *argv])
@@ -187,6 +188,13 @@ def _child(out: str, argv: list[str], target: int | None, record: str | None) ->
         traceback.print_exc()
         os._exit(1)
     os._exit(0)
+
+
+def _one_thread() -> None:
+    """A forked process must not enter the OpenMP pool its parent started: GNU libgomp does not rebuild it after
+    fork, and the child waits on threads that do not exist (seen as a CI hang once earlier tests had run torch ops
+    on 2 threads). With one thread torch never enters an OpenMP region; DataLoader workers do the same."""
+    torch.set_num_threads(1)
 
 
 def _in_child(out, argv, target=None, record=None) -> int:
@@ -241,7 +249,7 @@ def test_sigkill_at_every_file_of_a_save_then_latest_resumes_to_the_same_weights
     events = (tmp_path / "events.txt").read_text().splitlines()
     targets = kill_points(events)
     assert len(targets) >= 20, events
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread) as pool:
         results = list(pool.map(_kill_and_resume, [str(tmp_path / f"kill_{t}") for t in targets], targets))
     expected = load_file(reference / "model.safetensors")
     lost = {}
