@@ -265,11 +265,12 @@ def _planned_steps(trainer) -> int:
 
 def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
     """A resume at the end of training: None when the output dir holds this run's finished model and results (kept
-    as they are); else the run stopped during its final save: save the checkpoint's model and state (no train
-    metrics, as no step is trained) and return {}."""
+    as they are); else the run stopped during its final save: save the checkpoint's model, state and end-of-training
+    figure (no train metrics, as no step is trained) and return {}."""
     from transformers import TrainerState
 
     from .resume import checkpoint_step, finished_run
+    from .trainer import FigureCallback
 
     step = checkpoint_step(checkpoint)
     if finished_run(output_dir, trainer.run_identity, step):
@@ -279,6 +280,9 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
     trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    for callback in trainer.callback_handler.callbacks:  # the end-of-training figure, which the kill may have cut
+        if isinstance(callback, FigureCallback):
+            callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
     trainer.save_model()
     trainer.save_state()
     return {}
