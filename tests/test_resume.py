@@ -60,6 +60,19 @@ def test_resume_mid_epoch_is_bit_exact_with_0_and_2_workers(tmp_path, script):
             assert torch.equal(resumed_weights[name], tensor), (workers, name)
 
 
+def test_resume_with_persistent_workers_is_bit_exact(tmp_path):
+    # Persistent workers start the DataLoader's iterator once per process; its workers' base seed, drawn from torch's
+    # global generator, then shifted the stochastic-depth draws of a resumed run from its first full epoch on.
+    workers = ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"]
+    run("finetuning", tmp_path / "straight", *workers)
+    run("finetuning", tmp_path / "resumed", *workers, callbacks=[StopAfter(5)])  # checkpoint-3: mid-epoch
+    run("finetuning", tmp_path / "resumed", *workers, "--resume_from_checkpoint", "latest")
+    (losses, weights), (resumed_losses, resumed_weights) = map(losses_and_weights, (tmp_path / "straight",
+                                                                                    tmp_path / "resumed"))
+    assert resumed_losses == losses
+    assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in weights.items())
+
+
 def pretrain(tmp_path, *extra, callbacks=(), out="out"):
     return run("pretraining", tmp_path / out, *extra, callbacks=callbacks)
 
