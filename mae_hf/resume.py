@@ -201,24 +201,31 @@ def check_checkpoint_fits(checkpoint: str | None, model) -> None:
 # ---------------------------------------------------------------------------------------------------- output dir
 
 
+# A run's results and per-evaluation figures (the FigureCallback folders), which a new run would merge into
+# (all_results.json) or add to.
+PREVIOUS_RESULTS = ("all_results.json", "train_results.json", "eval_results.json", "reconstructions", "segmentations")
+
+
 def move_aside_previous_checkpoints(training_args) -> str | None:
-    """--overwrite_output_dir without a resume: a previous run's checkpoint-N folders (and leftovers of killed
-    saves) go to `overwritten-<time>/` in the output dir, so that the new run never resumes, rotates or mixes them.
-    Done by the process that writes the output dir; the others wait. Returns the folder they went to."""
+    """--overwrite_output_dir without a resume: a previous run's checkpoint-N folders, results and per-evaluation
+    figures (and leftovers of killed saves) go to `overwritten-<time>/` in the output dir, so that the new run never
+    resumes, rotates or mixes them. Done by the process that writes the output dir; the others wait. Returns the
+    folder they went to."""
     out = training_args.output_dir
     moved_to = None
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="moving old checkpoints"):
         if not training_args.should_save or not os.path.isdir(out):
             return None
         old = [path for _step, path in checkpoint_folders(out)]  # and the previous run's "finished" manifest
-        old += [os.path.join(out, n) for n in os.listdir(out) if is_leftover(n) or n == MANIFEST_NAME]
+        old += [os.path.join(out, n) for n in os.listdir(out)
+                if is_leftover(n) or n == MANIFEST_NAME or n in PREVIOUS_RESULTS]
         if old:
             moved_to = os.path.join(out, time.strftime("overwritten-%Y%m%d-%H%M%S"))
             os.makedirs(moved_to)
             for path in old:
                 os.rename(path, os.path.join(moved_to, os.path.basename(path)))
-            logger.warning(f"--overwrite_output_dir: moved the checkpoints of a previous run ({len(old)} entries) "
-                           f"to {moved_to}; delete it if you do not need them")
+            logger.warning(f"--overwrite_output_dir: moved the checkpoints and results of a previous run ({len(old)} "
+                           f"entries) to {moved_to}; delete it if you do not need them")
     return moved_to
 
 

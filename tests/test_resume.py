@@ -104,13 +104,27 @@ def test_overwrite_output_dir_moves_the_previous_runs_checkpoints_aside(tmp_path
     pretrain(tmp_path, "--overwrite_output_dir", callbacks=[StopAfter(7)])
     aside = list(out.glob("overwritten-*"))
     assert len(aside) == 1
-    assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint-12", "checkpoint-4", "checkpoint-8",
-                                                          "mae_hf_manifest.json"]
+    assert sorted(p.name for p in aside[0].iterdir()) == ["all_results.json", "checkpoint-12", "checkpoint-4",
+                                                          "checkpoint-8", "mae_hf_manifest.json", "train_results.json"]
     assert torch.equal(load_file(aside[0] / "checkpoint-12" / "model.safetensors")["vit.cls_token"], old["vit.cls_token"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     pretrain(tmp_path, "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
     pretrain(tmp_path, out="straight")
     assert losses_and_weights(out)[0] == losses_and_weights(tmp_path / "straight")[0]
+
+
+def test_overwrite_output_dir_does_not_mix_the_previous_runs_results(tmp_path):
+    # The previous run evaluated, the new one does not: its all_results.json merged the old eval_loss into the new
+    # run's results, and the old eval_results.json and reconstructions/step_N.png stayed beside them.
+    pretrain(tmp_path, "--max_steps", "4", "--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "4",
+             "--max_eval_samples", "8", "--seed", "1")
+    out = tmp_path / "out"
+    assert "eval_loss" in json.loads((out / "all_results.json").read_text())
+    pretrain(tmp_path, "--max_steps", "3", "--overwrite_output_dir")
+    assert "eval_loss" not in json.loads((out / "all_results.json").read_text())
+    assert not (out / "eval_results.json").exists() and not (out / "reconstructions").exists()
+    (aside,) = out.glob("overwritten-*")
+    assert (aside / "eval_results.json").exists() and (aside / "reconstructions" / "step_4.png").exists()
 
 
 def test_resuming_a_finished_run_keeps_its_results(tmp_path, caplog):
