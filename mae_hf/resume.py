@@ -230,7 +230,9 @@ def move_aside_previous_checkpoints(training_args) -> str | None:
 
 
 def finished_run(output_dir: str, identity: dict, step: int) -> bool:
-    """The output dir holds this run's final model and results at `step`, complete (its manifest written last)."""
+    """The output dir holds this run's final model and results, complete (its manifest written last), of `step` or
+    later: a run can end after its newest checkpoint (--save_total_limit 1 with --load_best_model_at_end keeps only
+    the best one; early stopping)."""
     manifest = read_manifest(output_dir)
-    return (manifest is not None and manifest.get("run_identity") == identity and manifest.get("global_step") == step
-            and not folder_problems(output_dir))
+    return (manifest is not None and manifest.get("run_identity") == identity
+            and manifest.get("global_step", -1) >= step and not folder_problems(output_dir))

@@ -133,8 +133,22 @@ def test_resuming_a_finished_run_keeps_its_results(tmp_path, caplog):
     kept = {name: (out / name).read_bytes() for name in ("train_results.json", "README.md", "model.safetensors")}
     with caplog.at_level(logging.INFO, logger="mae_hf"):
         metrics = pretrain(tmp_path, "--max_steps", "6", "--resume_from_checkpoint", "latest")
-    assert "is the end of this run, which is finished: nothing to train" in caplog.text
+    assert "this run is finished (its newest checkpoint: " in caplog.text
     assert metrics["train_loss"] > 0
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+
+
+def test_resuming_a_finished_run_that_kept_only_its_best_checkpoint_keeps_its_results(tmp_path):
+    # --save_total_limit 1 with --load_best_model_at_end deletes the last checkpoint at the end; `latest` is then the
+    # best one (here the worst loss: greater_is_better), from which the resume trained again and rewrote the results.
+    best = ["--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval", "true",
+            "--max_eval_samples", "8", "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
+            "--greater_is_better", "true", "--save_total_limit", "1"]
+    pretrain(tmp_path, "--max_steps", "6", *best)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    kept = {name: (out / name).read_bytes() for name in ("train_results.json", "README.md", "trainer_state.json")}
+    pretrain(tmp_path, "--max_steps", "6", *best, "--resume_from_checkpoint", "latest")
     assert {name: (out / name).read_bytes() for name in kept} == kept
 
 
