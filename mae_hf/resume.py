@@ -181,10 +181,28 @@ def _describe(saved, current) -> str:
                      for name in SIZE_FIELDS if getattr(saved, name, None) != getattr(current, name, None))
 
 
+def _architecture(folder: str) -> str | None:
+    """The model class a saved config names (`architectures`, written by save_pretrained), or None."""
+    try:
+        with open(os.path.join(folder, "config.json")) as file:
+            return (json.load(file).get("architectures") or [None])[0]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_checkpoint_fits(checkpoint: str | None, model) -> None:
-    """Before training: the checkpoint's weights have this model's shapes. A ValueError names the checkpoint's and
-    this run's sizes (the config fields that differ) and the first tensor that does not fit."""
-    if checkpoint is None or (saved := _weight_shapes(checkpoint)) is None:
+    """Before training: the checkpoint holds a model of this run's class (a pretraining checkpoint given to the
+    fine-tuning script fails with the flag to use instead, not with the optimizer's group count) and of its shapes.
+    A ValueError names the checkpoint's and this run's sizes (the config fields that differ) and the first tensor
+    that does not fit."""
+    if checkpoint is None:
+        return
+    if (saved_class := _architecture(checkpoint)) not in (None, type(model).__name__):
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} holds a {saved_class}, this run trains a {type(model).__name__}: "
+            "a checkpoint resumes the run that wrote it. To start from its weights, pass it as --model_name_or_path"
+        )
+    if (saved := _weight_shapes(checkpoint)) is None:
         return
     current = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     wrong = [name for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]]

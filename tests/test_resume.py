@@ -168,6 +168,18 @@ def test_checkpoint_of_another_model_size_fails_before_training(tmp_path):
     assert steps == []
 
 
+def test_checkpoint_of_another_task_fails_before_training_naming_model_name_or_path(tmp_path):
+    # A pretraining checkpoint given to the fine-tuning script to start from: the weights loaded in part, then the
+    # optimizer's state failed with "loaded state dict has a different number of parameter groups".
+    pretrain(tmp_path, "--max_steps", "2", "--save_steps", "2", "--hidden_size", "32", "--num_hidden_layers", "2",
+             "--num_attention_heads", "2", "--intermediate_size", "64")
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    message = (rf"--resume_from_checkpoint {checkpoint} holds a MAEForPreTraining, this run trains a "
+               r"MAEForImageClassification: .* pass it as --model_name_or_path")
+    with pytest.raises(ValueError, match=message):
+        run("finetuning", tmp_path / "finetuned", "--resume_from_checkpoint", str(checkpoint))
+
+
 @pytest.mark.parametrize("main", [run_pretraining.main, run_image_classification.main, run_semantic_segmentation.main])
 def test_missing_model_folder_is_named(tmp_path, main):
     (tmp_path / "outputs").mkdir()
