@@ -58,9 +58,16 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         self.train_dataset = SeededSamples(dataset, self.data_seed, self.sample_draws)
         self.data_collator = SeededCollator(collator, self.data_seed, self.sample_draws)
         try:
-            return super().get_train_dataloader()
+            loader = super().get_train_dataloader()
         finally:
             self.train_dataset, self.data_collator = dataset, collator
+        # A DataLoader draws its workers' base seed from its generator each time it starts an iterator, from torch's
+        # global one when it has none. With persistent workers that is once per process, so a resumed run drew once
+        # more than the uninterrupted one (at its first full epoch) and shifted the model's own draws (stochastic
+        # depth). The examples' draws are seeded per example and do not use the workers' seeds. (accelerate's
+        # loaders iterate the DataLoader they wrap.)
+        getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(self.data_seed)
+        return loader
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

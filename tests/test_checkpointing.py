@@ -264,3 +264,22 @@ def test_sigkill_at_every_file_of_a_save_then_latest_resumes_to_the_same_weights
     assert set(lost.values()) == {0, 2}  # 2: killed before checkpoint-4 was renamed into place
     print(f"\n{len(targets)} kills, {len(targets)} resumes, all to the uninterrupted run's weights (max abs "
           f"difference 0); steps lost per kill: " + ", ".join(f"{e}: {n}" for e, n in lost.items()))
+
+
+def test_sigkill_while_the_final_figure_or_results_are_written_then_resumes_finish_them(tmp_path, small_digits):
+    """A kill while `reconstruction.png` or `all_results.json` is written: the resume draws the figure again, and
+    the results stay readable (a resume of the finished run reads them back)."""
+    from PIL import Image
+
+    assert _in_child(tmp_path / "reference", RUN, record=str(tmp_path / "events.txt")) == 0
+    events = (tmp_path / "events.txt").read_text().splitlines()
+    for name in ("reconstruction.png", "all_results.json"):
+        out = str(tmp_path / name)
+        target = next(i for i, event in enumerate(events) if event.startswith("write") and event.endswith(name))
+        assert _in_child(out, RUN, target) == -signal.SIGKILL
+        for _ in range(2):  # the resume of the killed run, then that of the finished run
+            assert _in_child(out, [*RUN, "--resume_from_checkpoint", "latest"]) == 0, name
+        Image.open(os.path.join(out, "reconstruction.png")).verify()
+        if os.path.exists(os.path.join(out, "all_results.json")):
+            with open(os.path.join(out, "all_results.json")) as file:
+                assert "train_loss" in json.load(file)
