@@ -17,6 +17,7 @@ from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForImageClassification
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
     normalisation,
     ImageTransform,
@@ -190,6 +191,11 @@ def metrics_function():
     return compute_metrics
 
 
+def training_curves(output_dir: str) -> TrainingCurvesCallback:
+    accuracy = percent_panel("evaluation top-1", "top-1 accuracy", {"eval_accuracy": "top-1"})
+    return TrainingCurvesCallback([*loss_panels("cross-entropy"), accuracy], output_dir)
+
+
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(
         (ModelArguments, ClassificationDataArguments, FinetuningArguments), argv, preset=linear_probe_preset
@@ -224,7 +230,7 @@ def main(argv=None, callbacks=()):
         processing_class=image_processor(model.config, training_args),
         compute_metrics=metrics_function(),
         preprocess_logits_for_metrics=lambda logits, labels: top_k_predictions(logits),
-        callbacks=list(callbacks),
+        callbacks=[training_curves(training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

@@ -15,15 +15,18 @@ from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
 from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
 from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     check_hub_access,
     check_output_dir,
+    logger,
     parse_arguments,
     resolve_checkpoint,
     setup_logging,
@@ -144,9 +147,26 @@ def visualized_images(eval_dataset, count: int) -> torch.Tensor:
     return torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
 
 
+def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> FeatureMonitor | None:
+    """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one."""
+    if monitor_args.enabled and not training_args.do_eval:
+        logger.warning("--monitor_dataset is scored at evaluations, and this run has none (--do_eval false)")
+        return None
+    return FeatureMonitor.from_arguments(
+        monitor_args, config, training_args.per_device_eval_batch_size, training_args.dataloader_num_workers,
+        data_args.cache_dir,
+    )
+
+
+def training_curves(config: MAEConfig, monitor, output_dir: str) -> TrainingCurvesCallback:
+    target = "per-patch normalised pixels" if config.norm_pix_loss else "normalised pixels"
+    panels = loss_panels(f"MSE on masked patches\n({target})")
+    return TrainingCurvesCallback(panels + (monitor_panels() if monitor is not None else []), output_dir)
+
+
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(
-        (PretrainModelArguments, PretrainDataArguments, PretrainingArguments), argv
+    model_args, data_args, training_args, monitor_args = parse_arguments(
+        (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments), argv
     )
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
@@ -158,6 +178,7 @@ def main(argv=None, callbacks=()):
     config = build_config(model_args)
 
     datasets = prepare_datasets(data_args, config, training_args)
+    monitor = build_monitor(monitor_args, config, data_args, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)
     train_size = len(datasets["train"]) if hasattr(datasets["train"], "__len__") else None
@@ -173,7 +194,8 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
-        callbacks=[figures, *callbacks],
+        monitor=monitor,
+        callbacks=[figures, training_curves(config, monitor, training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

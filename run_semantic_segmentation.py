@@ -16,6 +16,7 @@ from transformers import SegformerImageProcessor, set_seed
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
     SegmentationBatchTransform,
     SegmentationEvalTransform,
@@ -161,6 +162,11 @@ def metrics_function(config):
     return compute_metrics
 
 
+def training_curves(output_dir: str) -> TrainingCurvesCallback:
+    miou = percent_panel("evaluation mIoU", "mean IoU", {"eval_mean_iou": "mIoU"})
+    return TrainingCurvesCallback([*loss_panels("cross-entropy\n(decode + weighted auxiliary head)"), miou], output_dir)
+
+
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(
         (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments), argv
@@ -198,7 +204,11 @@ def main(argv=None, callbacks=()):
         compute_metrics=metrics_function(config),
         # full-resolution logits are (B, classes, H, W): keep only the predicted class per pixel
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=1),
-        callbacks=[SegmentationFigureCallback(shown, mean, std, training_args.output_dir), *callbacks],
+        callbacks=[
+            SegmentationFigureCallback(shown, mean, std, training_args.output_dir),
+            training_curves(training_args.output_dir),
+            *callbacks,
+        ],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

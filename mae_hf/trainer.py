@@ -30,11 +30,12 @@ SDPA_BACKENDS = {
 class MAETrainer(Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
+    `monitor`: a `FeatureMonitor` whose k-NN / linear-probe metrics join every evaluation's metrics.
     Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments)."""
 
-    def __init__(self, *args, eval_data_collator=None, image_decoder=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, image_decoder=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_data_collator, self.image_decoder = eval_data_collator, image_decoder
+        self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -131,6 +132,16 @@ class MAETrainer(Trainer):
     def prediction_step(self, *args, **kwargs):
         with self._attention_kernels():
             return super().prediction_step(*args, **kwargs)
+
+    def evaluation_loop(self, dataloader, description, *args, metric_key_prefix: str = "eval", **kwargs):
+        output = super().evaluation_loop(dataloader, description, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+        if self.monitor is not None and description == "Evaluation":  # not predict(); logged with the eval metrics
+            model = self.accelerator.unwrap_model(self.model)
+            encoder = getattr(model, "vit", model)
+            output.metrics.update(
+                self.monitor(encoder, self.args.device, self.autocast_smart_context_manager, metric_key_prefix)
+            )
+        return output
 
     def evaluate(self, *args, **kwargs):
         # Evaluation masks come from a fixed seed (the batch order is fixed too), so eval_loss is comparable from
