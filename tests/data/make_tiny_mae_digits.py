@@ -6,6 +6,7 @@ encoder in seconds (test_monitor.py). About 10 minutes on 2 CPU cores.
     python tests/data/make_tiny_mae_digits.py
 """
 
+import json
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,9 @@ def main(target: Path = Path(__file__).parent / "tiny_mae_digits") -> None:
     for path in target.iterdir():  # the model code copied for remote loading is not needed here
         if path.suffix == ".py":
             path.unlink()
+    config = json.loads((target / "config.json").read_text())
+    config.pop("auto_map")
+    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
