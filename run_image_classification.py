@@ -11,11 +11,11 @@ Without --model_name_or_path the encoder starts from random init (the from-scrat
 
 from dataclasses import dataclass, field
 
-import numpy as np
 from transformers import ConvNextImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForImageClassification
+from mae_hf.argument_checks import CLASSIFICATION_METRICS, check_trainer_arguments, check_training_plan
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
@@ -32,7 +32,7 @@ from mae_hf.data import (
     label_names,
     load_image_datasets,
 )
-from mae_hf.metrics import load_accuracy, top_k_predictions
+from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
@@ -43,6 +43,7 @@ from mae_hf.run_utils import (
     resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
+    used_splits,
     verify_splits,
 )
 from mae_hf.trainer import MAETrainer
@@ -108,7 +109,7 @@ def prepare_data(data_args, training_args):
     image_column = find_image_column(datasets["train"], data_args.image_column_name)
     label_column = find_label_column(datasets["train"], data_args.label_column_name)
     names = label_names(datasets["train"], label_column)
-    if data_args.label_fraction is not None and data_args.label_fraction < 1:
+    if training_args.do_train and data_args.label_fraction is not None and data_args.label_fraction < 1:
         datasets["train"] = class_balanced_subset(
             datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
         )
@@ -122,9 +123,10 @@ def build_model(model_args, training_args, names: list[str]) -> MAEForImageClass
     overrides = config_overrides(model_args)
     if training_args.linear_probe:
         overrides.update(head_batchnorm=True, pooling="cls")
-    if training_args.do_train:
+    if training_args.do_train:  # the dataset's classes, one per example: ViT's single-label cross-entropy
         overrides.update(
-            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            problem_type="single_label_classification",
         )
     path = model_args.model_name_or_path
     if path:
@@ -185,8 +187,11 @@ def train_collator(config, training_args):
 def metrics_function():
     accuracy = load_accuracy()  # a local evaluate module: no Hub needed
 
-    def compute_metrics(eval_pred):
-        return accuracy.compute(predictions=np.asarray(eval_pred.predictions), references=eval_pred.label_ids)
+    def compute_metrics(eval_pred, compute_result: bool = True):
+        # One batch at a time with --batch_eval_metrics (the result at the last), else everything at once.
+        for predictions, references in eval_batches(eval_pred):
+            accuracy.add_batch(predictions=to_numpy(predictions), references=to_numpy(references))
+        return accuracy.compute() if compute_result else {}
 
     return compute_metrics
 
@@ -207,18 +212,23 @@ def main(argv=None, callbacks=()):
     training_args.use_lars = training_args.use_lars or training_args.linear_probe
     if training_args.layer_decay == 1.0:
         training_args.layer_decay = None
+    check_trainer_arguments(
+        training_args, ["labels"], CLASSIFICATION_METRICS,
+        "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too",
+    )
+    check_training_plan(training_args)
     check_output_dir(training_args)
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
+    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
     model = build_model(model_args, training_args, names)
-    for split in ("train", "validation"):
+    for split in used_splits(datasets, training_args):
         check_labels(datasets[split], label_column, model.config.num_labels, split)
     verify_splits(datasets, image_column, data_args, training_args)
     datasets = attach_transforms(datasets, image_column, label_column, model.config, data_args, training_args)
-    apply_recipe_schedule(training_args, len(datasets["train"]))
 
     trainer = MAETrainer(
         model=model,

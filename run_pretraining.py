@@ -14,6 +14,7 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
+from mae_hf.argument_checks import PRETRAINING_METRICS, check_trainer_arguments, check_training_plan
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
 from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
@@ -88,9 +89,12 @@ def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
     return MAEForPreTraining(config)
 
 
-def prepare_datasets(data_args, config: MAEConfig, training_args):
+def split_size(split) -> int | None:
+    return len(split) if hasattr(split, "__len__") else None  # a streamed split has no length
+
+
+def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
-    raw = load_image_datasets(data_args, seed=training_args.seed)
     column = find_image_column(raw["train"], data_args.image_column_name)
     verify_splits(raw, column, data_args, training_args)
     size, channels = config.image_hw, config.num_channels
@@ -105,8 +109,6 @@ def prepare_datasets(data_args, config: MAEConfig, training_args):
     if data_args.image_decoding != "pil":  # the fast pipelines read the encoded bytes themselves
         raw["train"] = raw["train"].cast_column(column, Image(decode=False))
     if data_args.streaming:
-        if training_args.max_steps <= 0:
-            raise ValueError("--streaming needs --max_steps (a streamed dataset has no length)")
         return {
             split: raw[split].map(transforms[split], batched=True, remove_columns=raw[split].column_names)
             for split in raw
@@ -172,17 +174,19 @@ def main(argv=None, callbacks=()):
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
+    check_trainer_arguments(training_args, ["pixel_values"], PRETRAINING_METRICS + monitor_args.metric_names())
+    check_training_plan(training_args, data_args.streaming)
     check_output_dir(training_args)
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
     config = build_config(model_args)
 
-    datasets = prepare_datasets(data_args, config, training_args)
+    raw = load_image_datasets(data_args, seed=training_args.seed)
+    apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
+    datasets = prepare_datasets(raw, data_args, config, training_args)
     monitor = build_monitor(monitor_args, config, data_args, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)
-    train_size = len(datasets["train"]) if hasattr(datasets["train"], "__len__") else None
-    apply_recipe_schedule(training_args, train_size)
     mean, std = normalisation(config.num_channels)
     figures = ReconstructionCallback(
         visualized_images(datasets["validation"], model_args.num_visualized_images), mean, std, training_args.output_dir

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
+from mae_hf.argument_checks import SEGMENTATION_METRICS, check_trainer_arguments, check_training_plan
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
@@ -26,7 +27,7 @@ from mae_hf.data import (
     load_segmentation_datasets,
     normalisation,
 )
-from mae_hf.metrics import StreamingMeanIoU
+from mae_hf.metrics import StreamingMeanIoU, eval_batches
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
@@ -36,6 +37,7 @@ from mae_hf.run_utils import (
     resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
+    used_splits,
 )
 from mae_hf.trainer import MAETrainer, SegmentationFigureCallback
 
@@ -148,11 +150,12 @@ def image_processor(config, data_args) -> SegformerImageProcessor:
 def metrics_function(config):
     stream = StreamingMeanIoU(config.num_labels, ignore_index=config.ignore_index, id2label=config.id2label)
 
-    def compute_metrics(eval_pred, compute_result: bool):
-        labels = eval_pred.label_ids
-        # Trainer pads maps of different sizes across processes with -100: those pixels are not labels.
-        labels = torch.where(labels == -100, config.ignore_index, labels) if torch.is_tensor(labels) else labels
-        stream.update(eval_pred.predictions, labels)
+    def compute_metrics(eval_pred, compute_result: bool = True):
+        # One batch at a time with --batch_eval_metrics (the default), else everything at once.
+        for predictions, labels in eval_batches(eval_pred):
+            # Trainer pads maps of different sizes (across processes, or batches) with -100: not labels.
+            labels = torch.as_tensor(labels)
+            stream.update(torch.as_tensor(predictions), labels.masked_fill(labels == -100, config.ignore_index))
         if not compute_result:
             return {}
         result = {k: v for k, v in stream.compute().items() if not isinstance(v, list)}  # scalars for the logs
@@ -177,20 +180,22 @@ def main(argv=None, callbacks=()):
         training_args.eval_strategy = "no"
     if training_args.layer_decay == 1.0:
         training_args.layer_decay = None
+    check_trainer_arguments(training_args, ["labels"], SEGMENTATION_METRICS)
+    check_training_plan(training_args)
     check_output_dir(training_args)
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
+    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
-    for split in ("train", "validation"):
+    for split in used_splits(datasets, training_args):
         check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
     datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
-    apply_recipe_schedule(training_args, len(datasets["train"]))
 
     mean, std = normalisation(config.num_channels)
     shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]

@@ -130,7 +130,8 @@ def make_blocks(
     depth: int, hidden_size: int, num_heads: int, intermediate_size: int, config, drop_path_rate: float = 0.0
 ) -> nn.ModuleList:
     """`depth` blocks whose drop-path rate rises linearly from 0 to `drop_path_rate` (official schedule)."""
-    rates = torch.linspace(0, drop_path_rate, depth).tolist()
+    # On the CPU explicitly: under `with torch.device("meta")` (big-model loading, FSDP) a meta tensor has no values.
+    rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
     return nn.ModuleList(
         Block(hidden_size, num_heads, intermediate_size, config.qkv_bias, config.layer_norm_eps, rate, config.hidden_act)
         for rate in rates

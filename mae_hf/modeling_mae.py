@@ -6,8 +6,6 @@
 Only relative imports below: saved models copy these files so they load with `trust_remote_code=True`.
 """
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +19,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_mae import MAEConfig, to_pair
 from .layers import PatchEmbed, make_blocks
 from .pos_embed import resample_pos_embed, sincos_2d
+from .weight_loading import adapt_checkpoint, checkpoint_shapes
 
 logger = logging.get_logger(__name__)
 
@@ -146,12 +145,26 @@ class MAEPreTrainedModel(PreTrainedModel):
     @staticmethod
     def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
         """Load as transformers does, after checking shapes and resampling position tables (`adapt_checkpoint`)."""
-        resampled = adapt_checkpoint(model, state_dict, checkpoint_files)
+        shapes = checkpoint_shapes(state_dict, checkpoint_files)
+        drop_final_norm_absent_from(model, shapes)
+        resampled = adapt_checkpoint(model, state_dict, checkpoint_files, shapes)
         if resampled is not None:
             state_dict, checkpoint_files = resampled, None
         return PreTrainedModel._load_pretrained_model(
             model, state_dict, checkpoint_files, load_config, expected_keys=expected_keys
         )
+
+
+def drop_final_norm_absent_from(model, shapes) -> None:
+    """A bare encoder loaded from a checkpoint whose encoder has no final norm (a mean-pooled classifier's, a
+    segmenter's) is built without one as well: it then computes what that encoder computed, and no norm is
+    reported as newly initialised (`AutoModel.from_pretrained(classifier_dir)`)."""
+    if not isinstance(model, MAEModel) or not isinstance(model.norm, nn.LayerNorm):
+        return
+    has_encoder = bool({"patch_embed.proj.weight", "vit.patch_embed.proj.weight"} & shapes.keys())
+    if has_encoder and not {"norm.weight", "vit.norm.weight"} & shapes.keys():
+        model.norm = nn.Identity()
+        logger.info("The checkpoint's encoder has no final norm (a mean-pooled classifier or a segmenter): loaded without one.")
 
 
 def head_linear(model) -> nn.Linear | None:
@@ -166,99 +179,6 @@ def init_patch_embed(proj: nn.Conv2d) -> None:
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
     bound = 1.0 / (proj.weight[0].numel() ** 0.5)
     init.uniform_(proj.bias, -bound, bound)
-
-
-def adapt_checkpoint(model, state_dict, checkpoint_files):
-    """Check that the checkpoint fits the model and resample position tables made for another image size.
-
-    Returns the checkpoint as a full state dict with resampled tables, or None when every table already fits.
-    A tensor of another shape (other than a position table, or the classification head whose size transformers'
-    `ignore_mismatched_sizes` governs) raises a ValueError naming both shapes, before any weight is loaded.
-    """
-    shapes = _checkpoint_shapes(state_dict, checkpoint_files)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    todo, misfits = {}, []
-    for key, shape in shapes.items():
-        target = _matching_key(key, expected, model.base_model_prefix)
-        if target is None or tuple(shape) == expected[target]:
-            continue
-        if key.endswith("pos_embed") and shape[-1] == expected[target][-1]:
-            todo[key] = target
-        elif not target.startswith("head."):
-            misfits.append(f"{key} is {tuple(shape)} in the checkpoint but {expected[target]} in the model")
-    if misfits:
-        raise ValueError(
-            f"the checkpoint does not fit {type(model).__name__} ({model.config.hidden_size} wide, patch "
-            f"{model.config.patch_size}): " + "; ".join(misfits[:4]) + (f" (+{len(misfits) - 4} more)" if len(misfits) > 4 else "")
-        )
-    if not todo:
-        return None
-    full = dict(state_dict) if state_dict is not None else _load_checkpoint_files(checkpoint_files)
-    old_grid = _checkpoint_grid(checkpoint_files)
-    new_grid = model.config.grid_size
-    for key in todo:
-        table = full[key]
-        grid = old_grid if old_grid and old_grid[0] * old_grid[1] == table.shape[1] - 1 else _square_grid(key, table)
-        full[key] = resample_pos_embed(table, grid, new_grid)
-        logger.warning(
-            f"Resampled {key} from a {grid[0]}x{grid[1]} to a {new_grid[0]}x{new_grid[1]} patch grid (bicubic): the "
-            f"checkpoint was made for another image size than {model.config.image_size}."
-        )
-    return full
-
-
-def _matching_key(key, expected, prefix):
-    for candidate in (key, key.removeprefix(prefix + "."), f"{prefix}.{key}"):
-        if candidate in expected:
-            return candidate
-    return None
-
-
-def _checkpoint_shapes(state_dict, checkpoint_files):
-    if state_dict is not None:
-        return {k: tuple(v.shape) for k, v in state_dict.items()}
-    shapes = {}
-    for file in checkpoint_files or []:
-        if file.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(file, framework="pt") as f:  # reads the header only
-                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-        else:
-            sd = torch.load(file, map_location="cpu", weights_only=True)
-            shapes.update({k: tuple(v.shape) for k, v in sd.items()})
-    return shapes
-
-
-def _load_checkpoint_files(checkpoint_files):
-    from safetensors.torch import load_file
-
-    full = {}
-    for file in checkpoint_files:
-        full.update(load_file(file) if file.endswith(".safetensors") else torch.load(file, map_location="cpu", weights_only=True))
-    return full
-
-
-def _checkpoint_grid(checkpoint_files):
-    """The patch grid the checkpoint was made for, read from the config.json saved beside it."""
-    if not checkpoint_files:
-        return None
-    path = os.path.join(os.path.dirname(checkpoint_files[0]), "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        saved = json.load(f)
-    if "image_size" not in saved or "patch_size" not in saved:
-        return None
-    height, width = to_pair(saved["image_size"])
-    return height // saved["patch_size"], width // saved["patch_size"]
-
-
-def _square_grid(key, table):
-    side = round((table.shape[1] - 1) ** 0.5)
-    if side * side != table.shape[1] - 1:
-        raise ValueError(f"cannot tell the patch grid of {key} with {table.shape[1] - 1} patch rows; save a config.json")
-    return side, side
 
 
 class MAEModel(MAEPreTrainedModel):
@@ -313,7 +233,8 @@ class MAEModel(MAEPreTrainedModel):
         if mask_ratio is None and noise is not None:
             mask_ratio = self.config.mask_ratio
 
-        x = self.patch_embed(pixel_values)  # (B, L, D)
+        # Image processors and users give float32 pixels; a bf16/fp16 model takes them in its own dtype, as ViT does.
+        x = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # (B, L, D)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         pos_embed = self.pos_embed_for(grid, interpolate_pos_encoding)  # (1, 1 + L, D)
         x = x + pos_embed[:, 1:]
@@ -337,13 +258,20 @@ class MAEModel(MAEPreTrainedModel):
         self, pixel_values: torch.Tensor, indices: tuple[int, ...], interpolate_pos_encoding: bool = False
     ) -> list[torch.Tensor]:
         """Channels-first feature maps (B, D, H/p, W/p) after the blocks numbered `indices` (0-based), for dense heads."""
-        outputs = self(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=True)
-        batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
-        grid_h, grid_w = height // self.config.patch_size, width // self.config.patch_size
+        outputs = self(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=True, return_dict=True
+        )
+        return self.feature_maps(outputs.hidden_states, indices, tuple(pixel_values.shape[-2:]))
+
+    def feature_maps(
+        self, hidden_states: tuple[torch.Tensor, ...], indices: tuple[int, ...], image_hw: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """`hidden_states` of an unmasked forward on (H, W) images -> (B, D, H/p, W/p) maps after blocks `indices`."""
+        grid_h, grid_w = image_hw[0] // self.config.patch_size, image_hw[1] // self.config.patch_size
         maps = []
         for index in indices:
-            tokens = outputs.hidden_states[index + 1][:, 1:]  # (B, N, D) without the class token
-            maps.append(tokens.transpose(1, 2).reshape(batch, -1, grid_h, grid_w))  # (B, N, D) -> (B, D, h, w)
+            tokens = hidden_states[index + 1][:, 1:]  # (B, N, D) without the class token
+            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid_h, grid_w))  # -> (B, D, h, w)
         return maps
 
 
@@ -441,12 +369,12 @@ class MAEForPreTraining(MAEPreTrainedModel):
     def forward_loss(self, pixel_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the removed patches only; with norm_pix_loss the target is each patch's pixels
         normalised by that patch's own mean and variance."""
-        target = self.patchify(pixel_values)
+        target = self.patchify(pixel_values.float())  # float32 statistics and loss, whatever the model's dtype
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
-        loss = ((logits.float() - target.float()) ** 2).mean(dim=-1)  # (B, L): per-patch error
+        loss = ((logits.float() - target) ** 2).mean(dim=-1)  # (B, L): per-patch error
         return (loss * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(
@@ -520,7 +448,8 @@ class MAEForImageClassification(MAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple:
-        """labels: class ids (B,) or soft targets (B, num_labels), e.g. from mixup/cutmix."""
+        """labels: as `config.problem_type` says (see `classification_loss`): class ids (B,) or soft targets
+        (B, num_labels), e.g. from mixup/cutmix; multi-hot (B, num_labels); regression targets."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = self.vit(
             pixel_values,
@@ -530,22 +459,53 @@ class MAEForImageClassification(MAEPreTrainedModel):
             return_dict=True,
         )
         logits = self.head(self.pool(encoded.last_hidden_state))
-        loss = None if labels is None else classification_loss(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
         )
         return output if return_dict else output.to_tuple()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against class ids (B,) or against soft targets (B, C) (mixup / cutmix / label smoothing)."""
-    if labels.ndim == 1:
-        return F.cross_entropy(logits.float(), labels.long())
-    if labels.shape != logits.shape:
-        raise ValueError(
-            f"soft labels must have shape (batch, num_labels) = {tuple(logits.shape)}, got {tuple(labels.shape)}"
-        )
-    return torch.sum(-labels.float() * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """The loss of transformers' ViTForImageClassification (`ForSequenceClassificationLoss`) for
+    `config.problem_type`, computed in float32: "regression" MSE, "single_label_classification" cross-entropy,
+    "multi_label_classification" BCE-with-logits. Unset, it is inferred as ViT does (one label: regression;
+    integer labels: single-label), except that float (B, num_labels) labels are soft targets of one class (mixup /
+    cutmix / label smoothing: cross-entropy against the distribution), not multi-label; unlike ViT, the inferred
+    type is not written into the config. Single-label cross-entropy also takes soft targets.
+
+    logits (B, num_labels); labels (B,) class ids, (B, num_labels) soft targets / multi-hot / regression targets.
+    Raises ValueError for soft targets of another shape and for an unknown problem_type.
+    """
+    problem_type = config.problem_type or infer_problem_type(logits, labels)
+    logits = logits.float()
+    if problem_type == "regression":
+        labels = labels.to(logits)
+        if logits.shape[-1] == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        return F.mse_loss(logits, labels)
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits))
+    if problem_type != "single_label_classification":
+        raise ValueError(f"config.problem_type {problem_type!r} is not one of {PROBLEM_TYPES}")
+    if labels.is_floating_point() and labels.ndim > 1:
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"soft labels must have shape (batch, num_labels) = {tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits, labels.float())
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1).long())
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def infer_problem_type(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    if logits.shape[-1] == 1:
+        return "regression"
+    if not labels.is_floating_point() or labels.ndim == logits.ndim:  # class ids, or soft targets (B, C)
+        return "single_label_classification"
+    return "multi_label_classification"
 
 
 __all__ = [

@@ -84,27 +84,43 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
 
     def features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The neck's pyramid of (B, D, h_i, w_i) maps; other image sizes resample the position table."""
+        return self.encode(pixel_values)[0]
+
+    def encode(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """(the neck's pyramid, the encoder's `MAEModelOutput` with every hidden state)."""
         interpolate = tuple(pixel_values.shape[-2:]) != self.config.image_hw
-        maps = self.vit.get_intermediate_layers(pixel_values, self.config.out_indices, interpolate)
-        return self.neck(maps)
+        encoded = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate,
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        maps = self.vit.feature_maps(encoded.hidden_states, self.config.out_indices, tuple(pixel_values.shape[-2:]))
+        return self.neck(maps), encoded
 
     def segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(decode logits, auxiliary logits or None), each (B, num_labels, H, W) at the input's size. Sizes that
         are not multiples of the patch size are padded (bottom, right) and the logits cropped back."""
+        logits, auxiliary, _ = self.segment_and_encode(pixel_values)
+        return logits, auxiliary
+
+    def segment_and_encode(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """`segment`, plus the encoder's output on the (padded) image."""
         size = pixel_values.shape[-2:]
         patch = self.config.patch_size
         pad_h, pad_w = -size[0] % patch, -size[1] % patch
         if pad_h or pad_w:
             padded = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-            logits, auxiliary = self.segment(padded)
+            logits, auxiliary, encoded = self.segment_and_encode(padded, output_attentions)
             crop = (..., slice(0, size[0]), slice(0, size[1]))
-            return logits[crop], None if auxiliary is None else auxiliary[crop]
-        pyramid = self.features(pixel_values)
+            return logits[crop], None if auxiliary is None else auxiliary[crop], encoded
+        pyramid, encoded = self.encode(pixel_values, output_attentions)
         logits = F.interpolate(self.decode_head(pyramid), size=size, mode="bilinear", align_corners=False)
         auxiliary = None
         if self.auxiliary_head is not None and self.training:
             auxiliary = F.interpolate(self.auxiliary_head(pyramid), size=size, mode="bilinear", align_corners=False)
-        return logits, auxiliary
+        return logits, auxiliary, encoded
 
     def loss(self, logits, auxiliary, labels) -> torch.Tensor:
         loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=self.config.ignore_index)
@@ -114,15 +130,33 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
         return loss
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> SemanticSegmenterOutput | tuple:
+        """pixel_values (B, C, H, W), labels (B, H, W) -> logits (B, num_labels, H, W), as transformers'
+        UperNetForSemanticSegmentation; `hidden_states` / `attentions` are the encoder's (embeddings, then each
+        block). Sliding-window inference (`inference_mode="slide"`, eval mode) returns neither: one set per window."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        encoded = None
         if not self.training and self.config.inference_mode == "slide":
             logits, auxiliary = slide_inference(self, pixel_values), None
         else:
-            logits, auxiliary = self.segment(pixel_values)
+            logits, auxiliary, encoded = self.segment_and_encode(pixel_values, output_attentions)
         loss = None if labels is None else self.loss(logits, auxiliary, labels)
-        output = SemanticSegmenterOutput(loss=loss, logits=logits)
+        output = SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=encoded.hidden_states if encoded is not None and output_hidden_states else None,
+            attentions=encoded.attentions if encoded is not None and output_attentions else None,
+        )
         return output if return_dict else output.to_tuple()
 
 
@@ -140,8 +174,8 @@ def slide_inference(model: MAEForSemanticSegmentation, pixel_values: torch.Tenso
     smaller than a window are evaluated whole)."""
     crop, stride = model.config.test_crop_size, model.config.test_stride
     batch, _, height, width = pixel_values.shape
-    total = pixel_values.new_zeros(batch, model.config.num_labels, height, width)
-    count = pixel_values.new_zeros(1, 1, height, width)
+    total = pixel_values.new_zeros(batch, model.config.num_labels, height, width, dtype=torch.float32)
+    count = pixel_values.new_zeros(1, 1, height, width, dtype=torch.float32)
     for top in window_starts(height, crop, stride):
         for left in window_starts(width, crop, stride):
             window = pixel_values[:, :, top : top + crop, left : left + crop]
@@ -150,5 +184,17 @@ def slide_inference(model: MAEForSemanticSegmentation, pixel_values: torch.Tenso
             count[:, :, top : top + window.shape[-2], left : left + window.shape[-1]] += 1
     return total / count
 
+
+def register_with_segmentation_pipeline() -> None:
+    """transformers' image-segmentation pipeline checks the model's class name against a copy of its built-in
+    tables, a copy that leaves out the classes registered with `AutoModelForSemanticSegmentation.register`, and logs
+    "not supported" before working. The name is added to the table it copies (at import: remote code too)."""
+    from transformers.models.auto import modeling_auto
+
+    names = modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+    names.setdefault(MAESegmentationConfig.model_type, MAEForSemanticSegmentation.__name__)
+
+
+register_with_segmentation_pipeline()
 
 __all__ = ["MAEForSemanticSegmentation", "MultiScaleNeck", "slide_inference"]

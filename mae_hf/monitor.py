@@ -89,6 +89,13 @@ class MonitorArguments:
     def enabled(self) -> bool:
         return self.monitor_dataset is not None or self.monitor_train_dir is not None
 
+    def metric_names(self) -> tuple[str, ...]:
+        """What the monitor adds to each evaluation (without the "eval_" prefix), e.g. for --metric_for_best_model."""
+        if not self.enabled:
+            return ()
+        kinds = ("knn", "linear") if self.monitor_linear_probe else ("knn",)
+        return (*(f"{kind}_top1_{pooling}" for kind in kinds for pooling in POOLINGS), "monitor_runtime")
+
 
 def random_subset(dataset, count: int, seed: int = SUBSET_SEED):
     """`count` rows drawn once with a fixed seed (kept in dataset order); all rows when count is 0 or too large.

@@ -12,6 +12,8 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
+from .argument_checks import check_steps_per_epoch
+
 logger = logging.getLogger("mae_hf")
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -80,13 +82,18 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
 
     if not data_args.verify_images or data_args.streaming or data_args.dataset_name in ("digits", "digits_seg"):
         return
-    for split in list(datasets):
+    for split in used_splits(datasets, training_args):
         num_proc = max(1, training_args.dataloader_num_workers) if len(datasets[split]) > 10_000 else None
         datasets[split], skipped = verify_images(
             datasets[split], column, data_args.skip_corrupt_images, num_proc, split
         )
         if skipped:
             logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
+
+
+def used_splits(datasets, training_args) -> list[str]:
+    """The splits the run reads: an evaluation-only run does not read (so does not check) the training split."""
+    return [split for split in datasets if training_args.do_train or split != "train"]
 
 
 def setup_logging(training_args) -> None:
@@ -153,7 +160,10 @@ def check_hub_access(training_args) -> None:
 
 def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
     """lr = base_learning_rate x global batch / 256 (once the world size is known), and warmup given in epochs
-    turned into a share of training (an explicit --warmup_steps wins). Returns the global batch size."""
+    turned into a share of training (an explicit --warmup_steps wins). Returns the global batch size.
+
+    Call it as soon as the training split's size is known, before images are decoded and the model is built: its
+    checks (warmup vs length, steps per epoch) then fail in seconds. Evaluation-only runs skip them."""
     global_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
@@ -163,6 +173,9 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
             f"learning rate {training_args.learning_rate:.3e} = base {training_args.base_learning_rate:.3e} x global "
             f"batch {global_batch} / 256 ({training_args.world_size} process(es))"
         )
+    if not training_args.do_train:
+        return global_batch
+    check_steps_per_epoch(training_args, train_size)
     if training_args.warmup_epochs and not training_args.warmup_steps:
         epochs = training_args.num_train_epochs
         if training_args.max_steps > 0:

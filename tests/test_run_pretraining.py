@@ -284,7 +284,8 @@ def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli
                 logged.setdefault(state.global_step, []).append(dict(logs))
 
     metrics = run(tmp_path, "--dataset_name", "digits", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps",
-                  "2", "--eval_on_start", "--max_eval_samples", "32", *MONITOR, callbacks=[Spy()])
+                  "2", "--eval_on_start", "--max_eval_samples", "32", *MONITOR, "--metric_for_best_model",
+                  "eval_knn_top1_mean", callbacks=[Spy()])
     assert sorted(logged) == [0, 2, 4] and len(logged[4]) == 2  # step 0, during training, and the final evaluation
     for logs in itertools.chain(*logged.values()):
         assert all(0 <= logs[key] <= 1 for key in MONITOR_KEYS) and logs["eval_monitor_runtime"] >= 0
@@ -293,6 +294,8 @@ def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli
     out = tmp_path / "out"
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "eval_knn_top1_cls" in e] == [0, 2, 4]
+    state = json.loads((out / "trainer_state.json").read_text())  # the Trainer can pick checkpoints by it
+    assert state["best_metric"] == max(e["eval_knn_top1_mean"] for e in history if "eval_knn_top1_mean" in e)
     assert Image.open(out / "training_curves.png").size == (1260, 640)  # 5 panels: 3 + 2
 
     result = subprocess.run(
@@ -325,4 +328,6 @@ def test_monitor_errors_come_before_training(tmp_path):
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", *MONITOR, "--monitor_label_column_name", "digit")
     with pytest.raises(ValueError, match="monitor's data set .*--monitor_train_dir.*/no/such/folder does not exist"):
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--monitor_train_dir", "/no/such/folder")
+    with pytest.raises(ValueError, match="--metric_for_best_model eval_knn_top1_cls is not reported"):  # no monitor
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--metric_for_best_model", "eval_knn_top1_cls")
     assert not (tmp_path / "out").exists()

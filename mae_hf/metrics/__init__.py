@@ -4,6 +4,7 @@ need."""
 import os
 import uuid
 
+import numpy as np
 import torch
 
 # Holds one `evaluate` metric script per file, loaded by absolute path so nothing comes from the Hub.
@@ -17,10 +18,12 @@ __all__ = [
     "METRICS_DIR",
     "StreamingMeanIoU",
     "confusion_matrix",
+    "eval_batches",
     "import_mean_iou_module",
     "load_accuracy",
     "load_mean_iou",
     "metrics_from_confusion",
+    "to_numpy",
     "top_k_predictions",
 ]
 
@@ -91,3 +94,17 @@ def top_k_predictions(logits, k: int = 5) -> torch.Tensor:
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     return torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1, sorted=True).indices.long()
+
+
+def eval_batches(eval_pred) -> list[tuple]:
+    """The (predictions, references) pairs of a Trainer `EvalPrediction`, whatever the arguments that shaped it:
+    one batch of tensors (--batch_eval_metrics), one concatenated array each, or lists of per-batch arrays
+    (--eval_do_concat_batches false)."""
+    predictions, references = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(predictions, list):
+        return list(zip(predictions, references))
+    return [(predictions, references)]
+
+
+def to_numpy(values) -> np.ndarray:
+    return values.detach().cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
