@@ -189,7 +189,7 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
               "--do_eval", "false", "--use_cpu", "--save_strategy", "no"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
          "--per_device_train_batch_size", "8", "--finite_loss_check", "log"],  # its check all-reduces across ranks
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
@@ -313,7 +313,7 @@ def test_two_processes_gather_the_monitor_features(tmp_path):
               *MONITOR]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )
