@@ -274,11 +274,18 @@ class FeatureMonitor:
         self._batches[split] = list(loader)
         return self._batches[split]
 
+    def _unchanged(self, weights: torch.Tensor, device) -> bool:
+        """Whether the weights are those of the previous call, on every process (all take the same branch)."""
+        same = torch.tensor(int(self._last[0] is not None and torch.equal(self._last[0], weights)), device=device)
+        if _world()[1] > 1:
+            dist.all_reduce(same, op=dist.ReduceOp.MIN)
+        return bool(same)
+
     def __call__(self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval") -> dict[str, float]:
         """`{prefix}_knn_top1_cls`, `..._mean`, `{prefix}_linear_top1_*` and `{prefix}_monitor_runtime` (seconds).
         Collective under torch.distributed: every process must call it; all return the main process's numbers."""
         weights = weights_fingerprint(encoder)
-        if self._last[0] is not None and torch.equal(self._last[0], weights):
+        if self._unchanged(weights, device):
             return {f"{prefix}_{name}": value for name, value in {**self._last[1], "monitor_runtime": 0.0}.items()}
         start = time.perf_counter()
         was_training = encoder.training

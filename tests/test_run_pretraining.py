@@ -241,7 +241,6 @@ def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
     assert logged and logged[0].stat().st_size > 0
     assert list(runs[0].rglob("eval/reconstruction_*.png"))  # the figure went to wandb as an image
     assert list(runs[0].rglob("eval/training_curves_*.png"))
-    assert b"knn_top1_cls" in logged[0].read_bytes()  # the monitor's metrics went to wandb with the others
 
 
 @pytest.mark.parametrize("decoding", ["fast", "gpu"])
