@@ -15,7 +15,12 @@ from transformers import ConvNextImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForImageClassification
-from mae_hf.argument_checks import CLASSIFICATION_METRICS, check_trainer_arguments, check_training_plan
+from mae_hf.argument_checks import (
+    CLASSIFICATION_METRICS,
+    check_batchnorm_batches,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
@@ -59,6 +64,9 @@ LINEAR_PROBE_PRESET = (
 def linear_probe_preset(words: list[str]) -> list[str]:
     wanted = "--linear_probe" in words and words[words.index("--linear_probe") + 1 :][:1] not in (["false"], ["False"])
     return LINEAR_PROBE_PRESET if wanted else []
+
+
+LINEAR_PROBE_BATCHNORM = "the linear probe's BatchNorm head"
 
 
 @dataclass
@@ -223,6 +231,8 @@ def main(argv=None, callbacks=()):
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
     apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
+    batchnorm = LINEAR_PROBE_BATCHNORM if training_args.linear_probe else None
+    check_batchnorm_batches(training_args, len(datasets["train"]), batchnorm)
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
     model = build_model(model_args, training_args, names)
     for split in used_splits(datasets, training_args):

@@ -14,7 +14,12 @@ from torch import nn
 from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
-from mae_hf.argument_checks import SEGMENTATION_METRICS, check_trainer_arguments, check_training_plan
+from mae_hf.argument_checks import (
+    SEGMENTATION_METRICS,
+    check_batchnorm_batches,
+    check_trainer_arguments,
+    check_training_plan,
+)
 from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
@@ -119,9 +124,21 @@ def build_model(model_args, config, training_args) -> nn.Module:
         )
     else:
         model = MAEForSemanticSegmentation(config)
-    if training_args.sync_batchnorm and training_args.world_size > 1 and torch.cuda.is_available():
+    if uses_sync_batchnorm(training_args):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def uses_sync_batchnorm(training_args) -> bool:
+    return training_args.sync_batchnorm and training_args.world_size > 1 and torch.cuda.is_available()
+
+
+def per_device_batchnorm(config, training_args) -> str | None:
+    """The layer that normalises over each device's batch alone in training, if any: UperNet's pooling module at
+    scale 1 has one value per channel and image (SyncBatchNorm normalises over every GPU's batch)."""
+    if 1 in config.pool_scales and not uses_sync_batchnorm(training_args):
+        return "UperNet's pooling module (pool scale 1: a 1x1 map per image)"
+    return None
 
 
 def attach_transforms(datasets, columns, data_args, config):
@@ -191,6 +208,7 @@ def main(argv=None, callbacks=()):
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
+    check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
     for split in used_splits(datasets, training_args):
         check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
     set_seed(training_args.seed)

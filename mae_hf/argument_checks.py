@@ -18,7 +18,8 @@ SAMPLERS_BY_LENGTH = ("group_by_length", "batch_rebalance")
 
 def check_trainer_arguments(training_args, label_names: list[str], metrics: tuple[str, ...], smoothing_hint: str = ""):
     """Refuse the Trainer arguments that break these scripts' image pipeline late (a KeyError in the DataLoader,
-    a loss or metric computed on the wrong axis, a metric that never exists), naming each flag.
+    a loss or metric computed on the wrong axis, a metric that never exists), naming each flag; the training
+    sampler and the best-model metric only when training.
 
     label_names: what the script's model takes as labels (Trainer computes eval_loss from them); metrics: the
     evaluation's metric names (fnmatch patterns); smoothing_hint: what to use instead of --label_smoothing_factor.
@@ -35,7 +36,7 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
             f"--label_names {training_args.label_names}: this script's model takes its labels as {list(label_names)} "
             "(the Trainer computes eval_loss from them); leave --label_names unset"
         )
-    if training_args.train_sampling_strategy in SAMPLERS_BY_LENGTH:
+    if training_args.do_train and training_args.train_sampling_strategy in SAMPLERS_BY_LENGTH:
         problems.append(
             f"--train_sampling_strategy {training_args.train_sampling_strategy} groups examples by token count, which "
             "images do not have (it would run the image transform on every example to measure it); use random or "
@@ -54,7 +55,7 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
 
 def _best_model_metric_problems(training_args, metrics) -> list[str]:
     wanted = training_args.metric_for_best_model
-    if wanted is None:
+    if wanted is None or not training_args.do_train:  # the best model is chosen among training's evaluations
         return []
     name = wanted.removeprefix("eval_")
     reported = ("loss",) if training_args.prediction_loss_only else metrics
@@ -94,4 +95,28 @@ def check_steps_per_epoch(training_args, train_size: int | None) -> None:
         raise ValueError(
             f"the {train_size} training examples are fewer than one batch ({batch} over "
             f"{training_args.world_size} process(es)) and --dataloader_drop_last drops it: no training step per epoch"
+        )
+
+
+def check_batchnorm_batches(training_args, train_size: int | None, batchnorm: str | None) -> None:
+    """A BatchNorm that normalises over the batch in training (`batchnorm` names it; None: the model has none) fails
+    on a batch of one example ("Expected more than 1 value per channel"), after all the set-up work or at the end
+    of the first epoch. Refused: --per_device_train_batch_size 1, and, in one process (accelerate completes the last
+    batches of several), a training split that leaves one example in the last batch of an epoch the run reaches."""
+    if batchnorm is None or not training_args.do_train:
+        return
+    batch = training_args.per_device_train_batch_size
+    if batch == 1:
+        raise ValueError(
+            f"--per_device_train_batch_size 1: {batchnorm} normalises over the batch and cannot train on one example"
+        )
+    if train_size is None or training_args.world_size > 1 or training_args.dataloader_drop_last:
+        return
+    batches = -(-train_size // batch)
+    steps_per_epoch = -(-batches // training_args.gradient_accumulation_steps)
+    if train_size % batch == 1 and not 0 < training_args.max_steps < steps_per_epoch:
+        raise ValueError(
+            f"the {train_size} training examples leave a last batch of 1 example in each epoch (--per_device_train_"
+            f"batch_size {batch}), on which {batchnorm} cannot train: pass --dataloader_drop_last true, or another "
+            "batch size"
         )

@@ -167,6 +167,7 @@ def load_source(path, format=None, **kwargs):
         if format not in (None, "transformers"):
             raise ValueError(f"{path} is a folder: only the 'transformers' format is read from folders")
         state_dict, config_dict = read_transformers_folder(path)
+        check_recorded_grid(config_dict, kwargs)
         return convert_transformers(state_dict, {**config_dict, **kwargs})
     state_dict = read_state_dict(path)
     format = format or detect_file_format(path, state_dict)
@@ -317,6 +318,23 @@ def transformers_config(config_dict):
     if config_dict.get("hidden_dropout_prob") or config_dict.get("attention_probs_dropout_prob"):
         logger.warning("mae_hf models have no dropout: the checkpoint's dropout probabilities are dropped")
     return config
+
+
+def check_recorded_grid(config_dict, overrides):
+    """A transformers folder records the patch grid of its position tables; an image_size override for another grid
+    is refused, even with as many patches (32 -> (16, 64) at patch 8: 4x4 and 2x8), whose tables would load onto
+    the wrong cells. Conversion keeps tensors as they are; `from_pretrained(..., image_size=...)` resamples them."""
+    if "image_size" not in overrides:
+        return
+    saved = transformers_config(config_dict)
+    wanted = {**saved, **overrides}
+    grids = [tuple(side // c["patch_size"] for side in to_pair(c["image_size"])) for c in (saved, wanted)]
+    if grids[0] != grids[1]:
+        raise ValueError(
+            f"image_size {wanted['image_size']} gives a {grids[1][0]}x{grids[1][1]} patch grid, but the position "
+            f"tables of this checkpoint are for {grids[0][0]}x{grids[0][1]} (image_size {saved['image_size']} in "
+            "config.json); convert at the checkpoint's size and load with from_pretrained(folder, image_size=...)"
+        )
 
 
 def infer_config(state_dict, num_attention_heads, decoder_num_attention_heads, image_size=None):

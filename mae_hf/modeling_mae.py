@@ -93,6 +93,8 @@ class MAEPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _no_split_modules = ["Block"]
     _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
+    # Sized by config.num_labels: new with `ignore_mismatched_sizes` when a checkpoint has other classes.
+    _label_layers = ("head.",)
 
     def __init__(self, config: MAEConfig, *args, **kwargs):
         config.check()  # again: from_pretrained overrides and plain attribute writes bypass __post_init__
@@ -417,8 +419,9 @@ class MAEForImageClassification(MAEPreTrainedModel):
     final norm is unused, as in the official fine-tuning); `"cls"`: final norm, then the class token. With
     `head_batchnorm` the head is BatchNorm1d(affine=False) + Linear (the paper's linear probe)."""
 
-    # A pretraining checkpoint brings its decoder (and, with mean pooling, a final norm that is not used).
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\."]
+    # A pretraining checkpoint brings its decoder; with mean pooling, its final norm (`vit.norm`, or `norm` from a
+    # bare encoder) is not used.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^(vit\.)?norm\."]
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)

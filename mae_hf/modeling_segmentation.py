@@ -62,8 +62,9 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
     config_class = MAESegmentationConfig
     config: MAESegmentationConfig
     _auto_classes = {"MAEForSemanticSegmentation": "AutoModelForSemanticSegmentation"}
-    # An MAE pretraining or classification checkpoint brings parts that segmentation does not use.
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^vit\.norm\.", r"^fc_norm\.", r"^head\."]
+    # An MAE pretraining, bare-encoder or classification checkpoint brings parts that segmentation does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^(vit\.)?norm\.", r"^fc_norm\.", r"^head\."]
+    _label_layers = ("decode_head.classifier.", "auxiliary_head.classifier.")
 
     def __init__(self, config: MAESegmentationConfig):
         super().__init__(config)

@@ -39,13 +39,15 @@ class MAETrainer(Trainer):
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
 
     def get_eval_dataloader(self, eval_dataset=None):
-        if self.eval_data_collator is None:
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to
+        # evaluation too, which leaves the last images unscored, or all of them when the split is one small batch.
+        saved = self.data_collator, self.args.dataloader_drop_last
+        self.data_collator = self.eval_data_collator or self.data_collator
+        self.args.dataloader_drop_last = False
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
-            self.data_collator = train_collator
+            self.data_collator, self.args.dataloader_drop_last = saved
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return decay_parameter_names(model)

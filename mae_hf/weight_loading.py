@@ -24,8 +24,9 @@ def adapt_checkpoint(model, state_dict, checkpoint_files, shapes=None):
     state_dict / checkpoint_files: as `PreTrainedModel._load_pretrained_model` receives them; `shapes`: the
     checkpoint's {key: shape} when already read (`checkpoint_shapes`). Returns the checkpoint as a full state dict
     with (1, 1 + h * w, D) tables resampled bicubically to the model's grid, or None when every table already fits.
-    A tensor of another shape (other than a position table, or the classification head whose size transformers'
-    `ignore_mismatched_sizes` governs) raises a ValueError naming both shapes, before any weight is loaded.
+    A tensor of another shape (other than a position table, or a layer sized by the number of classes,
+    `model._label_layers`, which transformers' `ignore_mismatched_sizes` governs) raises a ValueError naming both
+    shapes, before any weight is loaded.
     """
     shapes = checkpoint_shapes(state_dict, checkpoint_files) if shapes is None else shapes
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -40,7 +41,7 @@ def adapt_checkpoint(model, state_dict, checkpoint_files, shapes=None):
             if grid != new_grid:
                 todo[key] = grid
                 continue
-        if tuple(shape) != expected[target] and not target.startswith("head."):
+        if tuple(shape) != expected[target] and not target.startswith(model._label_layers):
             misfits.append(f"{key} is {tuple(shape)} in the checkpoint but {expected[target]} in the model")
     if misfits:
         raise ValueError(

@@ -3,9 +3,11 @@ or model work, naming the flag; training-length checks run before the images and
 evaluation-only runs; evaluation arguments that the metrics depend on work both ways."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_modeling_segmentation import seg_config
 
 import run_image_classification
 import run_pretraining
@@ -114,6 +116,43 @@ def test_training_length_checks_come_before_images_and_model(tmp_path, monkeypat
         run(script, tmp_path, *flags)
 
 
+@pytest.mark.parametrize(
+    "script, flags, message",
+    [
+        ("segmentation", ["--per_device_train_batch_size", "1"],
+         "--per_device_train_batch_size 1: UperNet's pooling module .* cannot train on one example"),
+        # 9 = 2 x 4 + 1: the first epoch ends on a batch of one image
+        ("segmentation", ["--max_train_samples", "9"], "the 9 training examples leave a last batch of 1 example"),
+        ("segmentation", ["--max_train_samples", "9", "--max_steps", "5"], "--dataloader_drop_last true"),
+        ("classification", ["--linear_probe", "--max_train_samples", "9", "--per_device_train_batch_size", "4"],
+         "the linear probe's BatchNorm head cannot train: pass --dataloader_drop_last true"),
+    ],
+)
+def test_batches_of_one_example_are_refused_where_batchnorm_trains(tmp_path, monkeypatch, script, flags, message):
+    """BatchNorm over a batch of one raises "Expected more than 1 value per channel" mid-training, at the latest
+    at the end of the first epoch. Refused before the model is built and images are decoded."""
+    forbid(monkeypatch, SCRIPTS[script][0], "build_model", "attach_transforms")
+    arguments = ["--warmup_steps", "0", "--max_steps", "3", *flags] if script == "segmentation" else flags
+    with pytest.raises(ValueError, match=message):
+        run(script, tmp_path, *arguments)
+
+
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("segmentation", ["--max_steps", "2"]),  # 3 batches an epoch: it stops before the batch of one
+        ("segmentation", ["--max_steps", "3", "--dataloader_drop_last", "true"]),
+        ("classification", ["--max_steps", "3", "--warmup_epochs", "0"]),  # fine-tuning has no BatchNorm
+    ],
+)
+def test_batches_of_one_example_train_where_no_batchnorm_sees_them(tmp_path, script, flags):
+    metrics = run(script, tmp_path, "--max_train_samples", "9", "--do_eval", "false", *flags)
+    assert np.isfinite(metrics["train_loss"])
+    config = seg_config(pool_scales=(2, 3))  # 2x2 maps: four values per channel even for one image
+    one_process = SimpleNamespace(sync_batchnorm=True, world_size=1)
+    assert run_semantic_segmentation.per_device_batchnorm(config, one_process) is None
+
+
 @pytest.fixture
 def classifier(tmp_path):
     run("classification", tmp_path, "--max_steps", "1", "--warmup_epochs", "0", "--eval_strategy", "no",
@@ -122,10 +161,12 @@ def classifier(tmp_path):
 
 
 def test_evaluation_alone_is_not_refused_for_training_reasons(tmp_path, classifier):
-    # A warmup longer than the (unused) --max_steps, a label share that leaves classes empty: training matters only.
+    # A warmup longer than the (unused) --max_steps, a label share that leaves classes empty, a training sampler, a
+    # best-model metric (chosen among training's evaluations): training matters only.
     metrics = run("classification", tmp_path, "--model_name_or_path", str(classifier), "--do_train", "false",
                   "--max_steps", "2", "--warmup_epochs", "5", "--label_fraction", "0.001", "--dataloader_drop_last",
-                  "true", "--per_device_train_batch_size", "64", out="eval")
+                  "true", "--per_device_train_batch_size", "64", "--train_sampling_strategy", "group_by_length",
+                  "--metric_for_best_model", "bleu", out="eval")
     assert np.isfinite(metrics["eval_loss"])
     for script, flags in (("pretraining", ["--max_steps", "2"]),  # against the default 40 warmup epochs
                           ("segmentation", ["--max_steps", "5", "--warmup_steps", "1500"])):

@@ -220,6 +220,18 @@ def test_transformers_model_gives_mae_model(tmp_path, layout):
     assert torch.equal(ours.ids_restore, expected.ids_restore)
 
 
+@pytest.mark.parametrize("image_size", [["16", "64"], ["64"]])
+def test_transformers_folder_at_another_grid_is_refused(tmp_path, capsys, image_size):
+    """The folder's config.json records a 4x4 grid: --image_size 16 64 (2x8, as many tokens) would put every position
+    code on another cell; 64 (8x8) has other shapes. Both are refused, naming the way that resamples."""
+    save_transformers(randomize(ViTMAEForPreTraining(transformers_config())), tmp_path / "hf", "v5")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "hf"), str(tmp_path / "out"), "--image_size", *image_size])
+    assert "from_pretrained(folder, image_size=...)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    main([str(tmp_path / "hf"), str(tmp_path / "out"), "--image_size", "32"])  # the recorded size is fine
+
+
 def test_transformers_zero_decoder_table_is_kept_with_a_warning(caplog):
     reference = ViTMAEForPreTraining(transformers_config())
     with torch.no_grad():

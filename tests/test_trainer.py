@@ -78,6 +78,19 @@ def test_evaluation_masks_are_fixed_and_training_rng_is_untouched(tmp_path):
     assert trainer.evaluate()["eval_loss"] != first
 
 
+@pytest.mark.parametrize("eval_batch", [3, 16])
+def test_evaluation_scores_every_example_with_dataloader_drop_last(tmp_path, eval_batch):
+    """--dataloader_drop_last is for training batches; transformers applies it to evaluation too, where it left
+    10 % 3 = 1 image unscored, or all of them (no eval_loss) when the eval batch is larger than the split."""
+    model, images = MAEForPreTraining(tiny_config()), Pixels(count=10)
+    dropping = trainer_for(tmp_path, model, Pixels(count=6), images, dataloader_drop_last=True,
+                           per_device_eval_batch_size=eval_batch)
+    assert sum(len(batch["pixel_values"]) for batch in dropping.get_eval_dataloader()) == 10
+    assert len(dropping.get_train_dataloader()) == 1  # training still drops: 6 images, one batch of 4
+    keeping = trainer_for(tmp_path, model, evaluation=images, per_device_eval_batch_size=eval_batch)
+    assert dropping.evaluate()["eval_loss"] == pytest.approx(keeping.evaluate()["eval_loss"])
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     model = MAEForPreTraining(tiny_config())
     trainer = trainer_for(tmp_path, model, Pixels(16, nan_after=8), save_steps=1, max_steps=4)

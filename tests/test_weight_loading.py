@@ -139,3 +139,40 @@ def test_classifier_folder_as_a_bare_encoder(tmp_path, caplog, pooling):
     torch.testing.assert_close(encoder.eval()(pixels).last_hidden_state, classifier.vit(pixels).last_hidden_state)
     encoder.save_pretrained(tmp_path / "again")  # and the bare encoder round-trips as it is
     assert not AutoModel.from_pretrained(tmp_path / "again", output_loading_info=True)[1]["missing_keys"]
+
+
+@pytest.mark.parametrize("how", ["num_labels", "config"])  # config=: what run_semantic_segmentation.py passes
+def test_segmenter_to_other_classes_reinitialises_only_its_classifiers(tmp_path, how):
+    """As transformers' UperNetForSemanticSegmentation: with ignore_mismatched_sizes the decode and auxiliary
+    classifiers of another class count are new, every other tensor is loaded."""
+    saved = learned_looking(MAEForSemanticSegmentation(seg_config(num_labels=5)))
+    saved.save_pretrained(tmp_path)
+    kwargs = {"num_labels": 3} if how == "num_labels" else {"config": seg_config(num_labels=3)}
+    loaded, info = MAEForSemanticSegmentation.from_pretrained(
+        tmp_path, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+    )
+    classifiers = {f"{head}.classifier.{p}" for head in ("decode_head", "auxiliary_head") for p in ("weight", "bias")}
+    assert {key for key, *_ in info["mismatched_keys"]} == classifiers
+    assert loaded.decode_head.classifier.out_channels == loaded.auxiliary_head.classifier.out_channels == 3
+    for key, tensor in saved.state_dict().items():
+        if key not in classifiers:
+            assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("model_class", [MAEForImageClassification, MAEForSemanticSegmentation])
+def test_bare_encoder_into_a_task_model_reports_only_the_new_parts(tmp_path, caplog, model_class):
+    """A bare encoder folder (official mae_pretrain_vit_*.pth or timm *.mae, converted) brings a final norm that
+    mean pooling and the segmenter do not use: silently ignored, as the pretraining checkpoint's `vit.norm`."""
+    config = config_for(model_class)
+    MAEModel(config_for(MAEModel, **{k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
+                                                                     "num_attention_heads", "intermediate_size")})
+             ).save_pretrained(tmp_path)
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        _, info = model_class.from_pretrained(tmp_path, config=config, output_loading_info=True)
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    assert not info["unexpected_keys"] and "UNEXPECTED" not in caplog.text
+    new = {"fc_norm", "head"} if model_class is MAEForImageClassification else {"neck", "decode_head", "auxiliary_head"}
+    assert {key.split(".")[0] for key in info["missing_keys"]} == new
