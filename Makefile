@@ -2,6 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+# Where torch and torchvision come from: empty = PyPI (on Linux x86-64 the CUDA build). For a CPU-only machine:
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
@@ -12,6 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX_URL),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX_URL) torch torchvision)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -10,9 +10,11 @@ Without --model_name_or_path the encoder starts from random init (the from-scrat
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import ConvNextImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
+from transformers.training_args import OptimizerNames
 
 from mae_hf import MAEConfig, MAEForImageClassification
 from mae_hf.argument_checks import (
@@ -21,10 +23,18 @@ from mae_hf.argument_checks import (
     check_trainer_arguments,
     check_training_plan,
 )
-from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.arguments import (
+    ImageDataArguments,
+    ModelArguments,
+    RecipeArguments,
+    config_overrides,
+    each_epoch,
+    recipe,
+    scaled_learning_rate,
+)
+from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
-    normalisation,
     ImageTransform,
     MixupCollator,
     check_labels,
@@ -36,11 +46,13 @@ from mae_hf.data import (
     finetune_transform,
     label_names,
     load_image_datasets,
+    normalisation,
 )
 from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
+    apply_runtime_defaults,
     check_hub_access,
     check_output_dir,
     logger,
@@ -53,62 +65,87 @@ from mae_hf.run_utils import (
 )
 from mae_hf.trainer import MAETrainer
 
-# The paper's linear probe (Tab. 10, main_linprobe.py): put in front of the config file and the flags.
-LINEAR_PROBE_PRESET = (
-    "--base_learning_rate 0.1 --weight_decay 0 --num_train_epochs 90 --warmup_epochs 10 --layer_decay 1.0 "
-    "--mixup_alpha 0 --cutmix_alpha 0 --label_smoothing 0 --rand_augment_magnitude 0 --random_erasing 0 "
-    "--drop_path_rate 0 --pooling cls"
-).split()
-
-
-def linear_probe_preset(words: list[str]) -> list[str]:
-    wanted = "--linear_probe" in words and words[words.index("--linear_probe") + 1 :][:1] not in (["false"], ["False"])
-    return LINEAR_PROBE_PRESET if wanted else []
+# The paper's linear probe (Tab. 10, main_linprobe.py), put under the layer that switches --linear_probe on: the
+# flags of that layer and of the layers above still win.
+LINEAR_PROBE_PRESET = [
+    "--base_learning_rate", "0.1", "--weight_decay", "0", "--num_train_epochs", "90", "--warmup_epochs", "10",
+    "--lr_scheduler_kwargs", '{"min_lr": 0.0}', "--layer_decay", "1.0", "--use_lars", "true", "--mixup_alpha", "0",
+    "--cutmix_alpha", "0", "--label_smoothing", "0", "--rand_augment_magnitude", "0", "--random_erasing", "0",
+    "--drop_path_rate", "0", "--pooling", "cls",
+]
+FINETUNE_MD = "FINETUNE.md (ViT-B), paper Tab. 9"
+MAIN_FINETUNE = "official main_finetune.py"
 
 
 LINEAR_PROBE_BATCHNORM = "the linear probe's BatchNorm head"
 
 
 @dataclass
-class ClassificationDataArguments(DataArguments):
+class ClassificationModelArguments(ModelArguments):
+    drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate.", FINETUNE_MD)
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "'mean' (global pool + fc_norm; FINETUNE.md) or 'cls' (class token; the linear probe) "
+                  "(default: the checkpoint's; a new model or a pretraining checkpoint: mean)"},
+    )
+
+
+@dataclass
+class ClassificationDataArguments(ImageDataArguments):
     label_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
     label_fraction: float | None = field(
         default=None, metadata={"help": "Train on this fixed, class-balanced share of the labelled examples."}
     )
     label_fraction_seed: int = field(default=0, metadata={"help": "Seed of that subset (not the training seed)."})
-    crop_min_scale: float = 0.08  # fine-tuning crops down to 8 % of the area (timm's default)
+    crop_min_scale: float = recipe(0.08, "Lower bound of RandomResizedCrop's area scale.", "timm, main_finetune.py")
 
 
 @dataclass
 class FinetuningArguments(RecipeArguments):
     """The official fine-tuning defaults for ViT-B (FINETUNE.md, paper Tab. 9); --linear_probe switches to Tab. 10."""
 
-    linear_probe: bool = field(default=False, metadata={"help": "Frozen encoder, BatchNorm + linear head, LARS."})
-    base_learning_rate: float | None = 5e-4
-    layer_decay: float | None = field(default=0.65, metadata={"help": "0.65 for ViT-B, 0.75 for ViT-L; 1.0: off."})
-    weight_decay: float = 0.05
-    num_train_epochs: float = 100
-    warmup_epochs: float | None = 5
-    lr_scheduler_type: str = "cosine_with_min_lr"
-    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"min_lr": 1e-6})
-    max_grad_norm: float = 0.0  # the official fine-tuning does not clip
-    per_device_train_batch_size: int = 64
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of cutmix instead of mixup."})
-    label_smoothing: float = 0.1
-    rand_augment_magnitude: float = 9.0
-    rand_augment_std: float = 0.5
-    random_erasing: float = 0.25
-    crop_pct: float = field(default=0.875, metadata={"help": "Evaluation: resize to image_size / crop_pct, crop."})
-    use_lars: bool = False
-    remove_unused_columns: bool = False
+    PRESETS: ClassVar[dict[str, list[str]]] = {"linear_probe": LINEAR_PROBE_PRESET}
+
+    linear_probe: bool = field(
+        default=False,
+        metadata={"help": "The paper's linear probe (Tab. 10, main_linprobe.py): frozen encoder, class token, "
+                  "BatchNorm + linear head, LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/"
+                  "erasing/label smoothing/drop path/layer decay; flags given with it still win (default: False)"},
+    )
+    learning_rate: float | None = scaled_learning_rate()
+    base_learning_rate: float | None = recipe(
+        5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.", FINETUNE_MD)
+    layer_decay: float | None = recipe(0.65, "Layer-wise lr decay (0.75 for ViT-L; 1.0: off).", FINETUNE_MD)
+    optim: OptimizerNames | str = field(
+        default=RecipeArguments.default_optim,
+        metadata={"help": "The optimizer, unless --use_lars (default: %(default)s)"},
+    )
+    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", FINETUNE_MD)
+    adam_beta1: float = recipe(0.9, "AdamW beta1.", MAIN_FINETUNE + " (torch's default)")
+    adam_beta2: float = recipe(0.999, "AdamW beta2.", MAIN_FINETUNE + " (torch's default)")
+    num_train_epochs: float = recipe(100, "Training epochs.", FINETUNE_MD)
+    warmup_epochs: float | None = recipe(
+        5, "Linear warmup epochs; --warmup_steps given instead replaces it.", FINETUNE_MD)
+    lr_scheduler_type: str = recipe("cosine_with_min_lr", "Learning-rate decay after warmup.", MAIN_FINETUNE)
+    lr_scheduler_kwargs: dict | str | None = recipe({"min_lr": 1e-6}, "Scheduler settings (JSON).", MAIN_FINETUNE)
+    max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none.", MAIN_FINETUNE)
+    per_device_train_batch_size: int = recipe(
+        64, "Images per device and step.", "ours; FINETUNE.md: global batch 1024")
+    mixup_alpha: float = recipe(0.8, "Mixup alpha, 0: off.", FINETUNE_MD)
+    cutmix_alpha: float = recipe(1.0, "CutMix alpha, 0: off.", FINETUNE_MD)
+    mixup_switch_prob: float = recipe(0.5, "Probability of CutMix instead of mixup.", MAIN_FINETUNE)
+    label_smoothing: float = recipe(0.1, "Label smoothing of the (mixed) targets.", FINETUNE_MD)
+    rand_augment_magnitude: float = recipe(9.0, "RandAugment magnitude, 0: off.", FINETUNE_MD)
+    rand_augment_std: float = recipe(0.5, "RandAugment magnitude noise.", FINETUNE_MD)
+    random_erasing: float = recipe(0.25, "Random erasing probability.", FINETUNE_MD)
+    crop_pct: float = recipe(0.875, "Evaluation: resize to image_size / crop_pct, centre-crop.", MAIN_FINETUNE)
+    use_lars: bool = recipe(False, "LARS instead of --optim (the linear probe's optimizer).", "paper Tab. 10")
     label_names: list[str] = field(default_factory=lambda: ["labels"])
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    logging_steps: float = 50
-    do_train: bool = True
-    do_eval: bool = True
+    eval_strategy: str = each_epoch("evaluate")
+    save_strategy: str = each_epoch("checkpoint")
+
+
+ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, FinetuningArguments)
 
 
 def prepare_data(data_args, training_args):
@@ -130,7 +167,7 @@ def build_model(model_args, training_args, names: list[str]) -> MAEForImageClass
     scratch. Evaluation alone keeps the checkpoint's classes."""
     overrides = config_overrides(model_args)
     if training_args.linear_probe:
-        overrides.update(head_batchnorm=True, pooling="cls")
+        overrides.update(head_batchnorm=True)  # the preset's --pooling cls, unless a flag says otherwise
     if training_args.do_train:  # the dataset's classes, one per example: ViT's single-label cross-entropy
         overrides.update(
             num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
@@ -209,15 +246,21 @@ def training_curves(output_dir: str) -> TrainingCurvesCallback:
     return TrainingCurvesCallback([*loss_panels("cross-entropy"), accuracy], output_dir)
 
 
+def start_banner(model, datasets, training_args) -> StartBanner:
+    title = "Running linear probing" if training_args.linear_probe else "Running fine-tuning"
+    encoder = "frozen (linear probe)" if training_args.linear_probe else "trained"
+    task = {"Classes": f"{model.config.num_labels}", "Encoder": f"{encoder}, pooling {model.config.pooling}, "
+            f"drop path {model.config.drop_path_rate:g}"}
+    evaluated = datasets["validation"] if training_args.do_eval else None
+    return StartBanner(title, datasets["train"], evaluated, task)
+
+
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, ClassificationDataArguments, FinetuningArguments), argv, preset=linear_probe_preset
-    )
+    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
-    training_args.use_lars = training_args.use_lars or training_args.linear_probe
     if training_args.layer_decay == 1.0:
         training_args.layer_decay = None
     check_trainer_arguments(
@@ -228,6 +271,7 @@ def main(argv=None, callbacks=()):
     check_output_dir(training_args)
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
+    apply_runtime_defaults(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
     apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
@@ -250,7 +294,7 @@ def main(argv=None, callbacks=()):
         processing_class=image_processor(model.config, training_args),
         compute_metrics=metrics_function(),
         preprocess_logits_for_metrics=lambda logits, labels: top_k_predictions(logits),
-        callbacks=[training_curves(training_args.output_dir), *callbacks],
+        callbacks=[start_banner(model, datasets, training_args), training_curves(training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

@@ -14,10 +14,29 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
-from mae_hf.argument_checks import PRETRAINING_METRICS, check_trainer_arguments, check_training_plan
-from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.argument_checks import (
+    PRETRAINING_METRICS,
+    check_trainer_arguments,
+    check_training_plan,
+)
+from mae_hf.arguments import (
+    DecoderModelArguments,
+    ImageDataArguments,
+    RecipeArguments,
+    config_overrides,
+    each_epoch,
+    recipe,
+    scaled_learning_rate,
+)
+from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
-from mae_hf.data import collate_pixel_values, eval_transform, find_image_column, load_image_datasets, normalisation
+from mae_hf.data import (
+    collate_pixel_values,
+    eval_transform,
+    find_image_column,
+    load_image_datasets,
+    normalisation,
+)
 from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.transforms import ImageTransform
@@ -25,6 +44,7 @@ from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
+    apply_runtime_defaults,
     check_hub_access,
     check_output_dir,
     logger,
@@ -38,13 +58,17 @@ from mae_hf.trainer import MAETrainer, ReconstructionCallback
 
 
 @dataclass
-class PretrainModelArguments(ModelArguments):
-    norm_pix_loss: bool | None = field(default=True, metadata={"help": "Regress per-patch normalised pixels."})
+class PretrainModelArguments(DecoderModelArguments):
+    mask_ratio: float | None = recipe(0.75, "Share of the patches removed.", "paper Sec. 4.1, Fig. 5")
+    norm_pix_loss: bool | None = recipe(True, "Regress per-patch normalised pixels.", "PRETRAIN.md, paper Tab. 8")
     num_visualized_images: int = field(default=8, metadata={"help": "Images in each reconstruction figure."})
 
 
 @dataclass
-class PretrainDataArguments(DataArguments):
+class PretrainDataArguments(ImageDataArguments):
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset instead of downloading it first (needs --max_steps)."}
+    )
     image_decoding: str = field(
         default="fast",
         metadata={"help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
@@ -58,22 +82,27 @@ class PretrainDataArguments(DataArguments):
 class PretrainingArguments(RecipeArguments):
     """The official pretraining defaults (PRETRAIN.md / paper Tab. 8)."""
 
-    base_learning_rate: float | None = 1.5e-4
-    weight_decay: float = 0.05
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    num_train_epochs: float = 800
-    warmup_epochs: float | None = 40
-    lr_scheduler_type: str = "cosine"
-    max_grad_norm: float = 0.0  # the official pretraining does not clip (the seed used 1.0)
-    per_device_train_batch_size: int = 64
-    remove_unused_columns: bool = False  # the image column is consumed by our transform, not the model
+    learning_rate: float | None = scaled_learning_rate()
+    base_learning_rate: float | None = recipe(
+        1.5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.",
+        "paper Tab. 8")
+    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", "paper Tab. 8")
+    adam_beta1: float = recipe(0.9, "AdamW beta1.", "paper Tab. 8")
+    adam_beta2: float = recipe(0.95, "AdamW beta2.", "paper Tab. 8")
+    num_train_epochs: float = recipe(800, "Training epochs.", "PRETRAIN.md")
+    warmup_epochs: float | None = recipe(
+        40, "Linear warmup epochs; --warmup_steps given instead replaces it.", "paper Tab. 8")
+    lr_scheduler_type: str = recipe("cosine", "Learning-rate decay after warmup.", "paper Tab. 8")
+    max_grad_norm: float = recipe(
+        0.0, "Gradient clipping norm, 0: none (the seed used 1.0).", "official main_pretrain.py")
+    per_device_train_batch_size: int = recipe(
+        64, "Images per device and step.", "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096")
     label_names: list[str] = field(default_factory=lambda: ["pixel_values"])  # so evaluation reports eval_loss
-    eval_strategy: str = "epoch"
-    save_strategy: str = "epoch"
-    logging_steps: float = 50
-    do_train: bool = True
-    do_eval: bool = True
+    eval_strategy: str = each_epoch("evaluate")
+    save_strategy: str = each_epoch("checkpoint")
+
+
+ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments)
 
 
 def build_config(model_args) -> MAEConfig:
@@ -166,10 +195,15 @@ def training_curves(config: MAEConfig, monitor, output_dir: str) -> TrainingCurv
     return TrainingCurvesCallback(panels + (monitor_panels() if monitor is not None else []), output_dir)
 
 
+def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
+    masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
+               f"the encoder sees {config.num_patches - config.num_masked_patches}")
+    evaluated = datasets["validation"] if training_args.do_eval else None
+    return StartBanner("Running MAE pretraining", datasets["train"], evaluated, {"Masked patches": masking})
+
+
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args, monitor_args = parse_arguments(
-        (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments), argv
-    )
+    model_args, data_args, training_args, monitor_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -180,6 +214,7 @@ def main(argv=None, callbacks=()):
     check_hub_access(training_args)
     checkpoint = resolve_checkpoint(training_args)
     config = build_config(model_args)
+    apply_runtime_defaults(training_args, unused_parameters=config.mask_ratio == 0)  # 0: the mask token is unused
 
     raw = load_image_datasets(data_args, seed=training_args.seed)
     apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
@@ -199,7 +234,8 @@ def main(argv=None, callbacks=()):
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
         monitor=monitor,
-        callbacks=[figures, training_curves(config, monitor, training_args.output_dir), *callbacks],
+        callbacks=[figures, start_banner(config, datasets, training_args),
+                   training_curves(config, monitor, training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)

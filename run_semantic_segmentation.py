@@ -20,7 +20,14 @@ from mae_hf.argument_checks import (
     check_trainer_arguments,
     check_training_plan,
 )
-from mae_hf.arguments import DataArguments, ModelArguments, RecipeArguments, config_overrides
+from mae_hf.arguments import (
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    config_overrides,
+    recipe,
+)
+from mae_hf.banner import StartBanner
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
@@ -36,6 +43,7 @@ from mae_hf.metrics import StreamingMeanIoU, eval_batches
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
+    apply_runtime_defaults,
     check_hub_access,
     check_output_dir,
     parse_arguments,
@@ -52,18 +60,37 @@ SEGMENTATION_FIELDS = (
 ).split()
 
 
+MMSEG = "mmsegmentation configs/mae (ADE20K, ViT-B)"
+
+
 @dataclass
 class SegmentationModelArguments(ModelArguments):
-    out_indices: list[int] | None = field(default=None, metadata={"help": "Blocks whose outputs feed the neck."})
-    neck_rescales: list[float] | None = None
-    decode_channels: int | None = field(default=None, metadata={"help": "UperNet width (768 for ViT-B)."})
-    auxiliary_channels: int | None = None
-    use_auxiliary_head: bool | None = None
-    auxiliary_loss_weight: float | None = None
-    inference_mode: str | None = field(default=None, metadata={"help": "'whole' or 'slide' (sliding window)."})
-    test_crop_size: int | None = None
-    test_stride: int | None = None
-    num_visualized_images: int = 4
+    drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate of the encoder.", MMSEG)
+    out_indices: list[int] | None = field(
+        default=None, metadata={"help": "Blocks whose outputs feed the neck (default: the checkpoint's, else "
+                                "3 5 7 11; mmsegmentation configs/mae)"})
+    neck_rescales: list[float] | None = field(
+        default=None, metadata={"help": "Neck scale factor per level (default: the checkpoint's, else 4 2 1 0.5; "
+                                "mmsegmentation configs/mae)"})
+    decode_channels: int | None = field(
+        default=None, metadata={"help": "UperNet width (default: the checkpoint's, else 768; mmsegmentation "
+                                "configs/mae)"})
+    auxiliary_channels: int | None = field(
+        default=None, metadata={"help": "FCN auxiliary head width (default: the checkpoint's, else 256; "
+                                "mmsegmentation configs/mae)"})
+    use_auxiliary_head: bool | None = field(
+        default=None, metadata={"help": "Train with the FCN auxiliary head (default: the checkpoint's, else true)"})
+    auxiliary_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the auxiliary loss (default: the checkpoint's, else 0.4; "
+                                "mmsegmentation configs/mae)"})
+    inference_mode: str | None = field(
+        default=None, metadata={"help": "'whole' image or 'slide' (sliding window; mmsegmentation's test mode) "
+                                "(default: the checkpoint's, else whole)"})
+    test_crop_size: int | None = field(
+        default=None, metadata={"help": "Sliding-window crop (default: the checkpoint's, else 512; mmsegmentation)"})
+    test_stride: int | None = field(
+        default=None, metadata={"help": "Sliding-window stride (default: the checkpoint's, else 341; mmsegmentation)"})
+    num_visualized_images: int = field(default=4, metadata={"help": "Images in each segmentation figure."})
 
 
 @dataclass
@@ -71,10 +98,10 @@ class SegmentationDataArguments(DataArguments):
     annotation_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
     reduce_labels: bool = field(default=False, metadata={"help": "ADE20K: 0 -> 255 (ignored), 1..150 -> 0..149."})
     num_labels: int | None = field(default=None, metadata={"help": "Classes (default: from the dataset)."})
-    crop_size: int = 512
-    resize_scale: list[int] = field(default_factory=lambda: [2048, 512])
-    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    cat_max_ratio: float = 0.75
+    crop_size: int = recipe(512, "Training crop side in pixels.", MMSEG)
+    resize_scale: list[int] = recipe([2048, 512], "Random rescale around this (long, short) size.", MMSEG)
+    ratio_range: list[float] = recipe([0.5, 2.0], "Range of the random rescale ratio.", MMSEG)
+    cat_max_ratio: float = recipe(0.75, "Largest share one class may take of a random crop.", MMSEG)
 
 
 @dataclass
@@ -82,26 +109,32 @@ class SegmentationTrainingArguments(RecipeArguments):
     """mmsegmentation's MAE + UperNet ADE20K schedule: AdamW 1e-4, β (0.9, 0.999), wd 0.05, layer decay 0.65,
     1500 linear warmup iterations then polynomial decay, 160k iterations at batch 16 (8 GPUs x 2)."""
 
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    layer_decay: float | None = 0.65
-    warmup_steps: float = 1500
-    lr_scheduler_type: str = "polynomial"
-    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"power": 1.0, "lr_end": 0.0})
-    max_steps: int = 160_000
-    per_device_train_batch_size: int = 2
-    per_device_eval_batch_size: int = 1
-    max_grad_norm: float = 0.0
-    sync_batchnorm: bool = field(default=True, metadata={"help": "SyncBatchNorm in the neck on several GPUs."})
-    batch_eval_metrics: bool = True  # a streaming confusion matrix: memory does not grow with the images
-    eval_strategy: str = "steps"
-    eval_steps: float = 16_000
-    save_steps: float = 16_000
-    logging_steps: float = 50
-    remove_unused_columns: bool = False
+    learning_rate: float | None = recipe(
+        1e-4, "Peak learning rate (or give --base_learning_rate: lr = blr x global batch / 256).", MMSEG)
+    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", MMSEG)
+    adam_beta1: float = recipe(0.9, "AdamW beta1.", MMSEG)
+    adam_beta2: float = recipe(0.999, "AdamW beta2.", MMSEG)
+    layer_decay: float | None = recipe(0.65, "Layer-wise lr decay (1.0: off).", MMSEG)
+    warmup_steps: float = recipe(1500, "Linear warmup steps (or a share of training if < 1).", MMSEG)
+    lr_scheduler_type: str = recipe("polynomial", "Learning-rate decay after warmup.", MMSEG)
+    lr_scheduler_kwargs: dict | str | None = recipe(
+        {"power": 1.0, "lr_end": 0.0}, "Scheduler settings (JSON).", MMSEG)
+    max_steps: int = recipe(160_000, "Training steps; --num_train_epochs given instead replaces it.", MMSEG)
+    per_device_train_batch_size: int = recipe(2, "Images per device and step.", MMSEG + ": 8 GPUs x 2")
+    per_device_eval_batch_size: int = field(default=1, metadata={"help": "Images per device in evaluation."})
+    max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none.", MMSEG)
+    sync_batchnorm: bool = recipe(True, "SyncBatchNorm in the neck on several GPUs.", MMSEG)
+    batch_eval_metrics: bool = field(
+        default=True, metadata={"help": "Score evaluation batch by batch (a streaming confusion matrix: memory does "
+                                "not grow with the number of images)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    eval_steps: float = recipe(16_000, "Evaluate every N steps.", MMSEG)
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
+    save_steps: float = recipe(16_000, "Checkpoint every N steps.", MMSEG)
     label_names: list[str] = field(default_factory=lambda: ["labels"])
-    do_train: bool = True
-    do_eval: bool = True
+
+
+ARGUMENTS = (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments)
 
 
 def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentationConfig:
@@ -115,6 +148,11 @@ def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentati
         return segmentation_config(saved, **{k: v for k, v in saved.to_dict().items()
                                             if k in SEGMENTATION_FIELDS and k not in overrides}, **overrides)
     return MAESegmentationConfig(**overrides)
+
+
+def has_unused_parameters(config) -> bool:
+    """Encoder blocks after the last of `out_indices` feed nothing: DDP must look for parameters without gradients."""
+    return max(config.out_indices) < config.num_hidden_layers - 1
 
 
 def build_model(model_args, config, training_args) -> nn.Module:
@@ -146,7 +184,7 @@ def attach_transforms(datasets, columns, data_args, config):
     common = dict(mean=mean, std=std, reduce_labels=data_args.reduce_labels)
     train = SegmentationTrainTransform(
         data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
-        cat_max_ratio=data_args.cat_max_ratio, **common,
+        cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
     )
     evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), crop_size=data_args.crop_size, **common)
     return {
@@ -187,10 +225,15 @@ def training_curves(output_dir: str) -> TrainingCurvesCallback:
     return TrainingCurvesCallback([*loss_panels("cross-entropy\n(decode + weighted auxiliary head)"), miou], output_dir)
 
 
+def start_banner(config, datasets, data_args, training_args) -> StartBanner:
+    task = {"Classes": f"{config.num_labels}", "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
+            "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}"}
+    evaluated = datasets["validation"] if training_args.do_eval else None
+    return StartBanner("Running semantic segmentation", datasets["train"], evaluated, task)
+
+
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(
-        (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments), argv
-    )
+    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -209,6 +252,7 @@ def main(argv=None, callbacks=()):
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
     check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
+    apply_runtime_defaults(training_args, unused_parameters=has_unused_parameters(config))
     for split in used_splits(datasets, training_args):
         check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
     set_seed(training_args.seed)
@@ -229,6 +273,7 @@ def main(argv=None, callbacks=()):
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=1),
         callbacks=[
             SegmentationFigureCallback(shown, mean, std, training_args.output_dir),
+            start_banner(config, datasets, data_args, training_args),
             training_curves(training_args.output_dir),
             *callbacks,
         ],

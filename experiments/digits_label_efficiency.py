@@ -5,6 +5,8 @@ encoder of `make demo`, with 10 % and 100 % of the labels, several seeds (mean Â
     make demo                                          # the pretrained encoder: outputs/pretrain_digits
     python experiments/digits_label_efficiency.py      # 12 fine-tuning runs, about 2 minutes each on 2 cores
 
+Each run is announced with the time left, and shows its start banner and progress bar (stderr).
+
 Every run trains for the same number of optimizer steps (480 at batch 64), so both label fractions get the same
 compute; the subset of labelled examples is the same for every seed and arm (--label_fraction_seed 0).
 """
@@ -14,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,12 +27,19 @@ def run(pretrained: str | None, fraction: float, seed: int, out: Path) -> float:
     command = [
         sys.executable, str(ROOT / "run_image_classification.py"), str(ROOT / "configs" / "finetune_digits.yaml"),
         "--output_dir", str(out), "--overwrite_output_dir", "--seed", str(seed), "--label_fraction", str(fraction),
-        "--num_train_epochs", str(EPOCHS[fraction]), "--eval_strategy", "no", "--disable_tqdm", "true",
+        "--num_train_epochs", str(EPOCHS[fraction]), "--eval_strategy", "no", "--disable_tqdm", "false",
     ]
     if pretrained:
         command += ["--model_name_or_path", pretrained]
+    # stdout only repeats the metrics read below; stderr carries the run's banner, progress bar and warnings
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
+
+
+def time_left(elapsed: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    return f" (about {elapsed / done * (total - done) / 60:.0f} min left)"
 
 
 def main(argv=None):
@@ -43,15 +53,16 @@ def main(argv=None):
     if not (Path(args.pretrained) / "config.json").is_file():
         parser.error(f"no pretrained model in {args.pretrained}: run `make demo` first")
 
-    results = {}
-    for arm, pretrained in (("from scratch", None), ("MAE-pretrained", args.pretrained)):
-        for fraction in args.fractions:
-            accuracies = []
-            for seed in args.seeds:
-                out = Path(args.work_dir) / f"{arm.split()[0].lower()}_{fraction}_{seed}"
-                accuracies.append(100 * run(pretrained, fraction, seed, out))
-                print(f"{arm}, {fraction:.0%} labels, seed {seed}: {accuracies[-1]:.2f} %", flush=True)
-            results[(arm, fraction)] = accuracies
+    arms = (("from scratch", None), ("MAE-pretrained", args.pretrained))
+    runs = [(arm, path, fraction, seed) for arm, path in arms for fraction in args.fractions for seed in args.seeds]
+    results, start = {}, time.monotonic()
+    for number, (arm, pretrained, fraction, seed) in enumerate(runs, 1):
+        out = Path(args.work_dir) / f"{arm.split()[0].lower()}_{fraction}_{seed}"
+        print(f"[{number}/{len(runs)}] {arm}, {fraction:.0%} labels, seed {seed} -> {out}"
+              f"{time_left(time.monotonic() - start, number - 1, len(runs))}", flush=True)
+        accuracy = 100 * run(pretrained, fraction, seed, out)
+        results.setdefault((arm, fraction), []).append(accuracy)
+        print(f"[{number}/{len(runs)}] {arm}, {fraction:.0%} labels, seed {seed}: {accuracy:.2f} %", flush=True)
 
     print("\n| encoder | " + " | ".join(f"{f:.0%} labels" for f in args.fractions) + " |")
     print("|---|" + "---|" * len(args.fractions))

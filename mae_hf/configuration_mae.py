@@ -114,6 +114,11 @@ class MAEConfig(PreTrainedConfig):
         grid_h, grid_w = self.grid_size
         return grid_h * grid_w
 
+    @property
+    def num_masked_patches(self) -> int:
+        """Patches removed per image in pretraining: the model keeps int(num_patches x (1 - mask_ratio))."""
+        return self.num_patches - int(self.num_patches * (1 - self.mask_ratio))
+
 
 
 

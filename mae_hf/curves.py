@@ -3,7 +3,6 @@ optimizer step, one panel each, in `training_curves.png` in the output folder (r
 evaluation and at the end of training) and in wandb (`eval/training_curves`) when a run is active. One callback
 serves the three scripts; each names its panels."""
 
-import io
 from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
@@ -11,6 +10,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from .trainer import FigureCallback
+from .visualize import figure_image
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def draw_curves(log_history: list[dict], panels: list[Panel], columns: int = 3) 
     """A matplotlib Figure (no pyplot state) with one axes per panel; a panel with nothing logged yet says so."""
     columns = max(1, min(columns, len(panels)))
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), layout="constrained")
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows), dpi=100, layout="constrained")
     last_step = max((entry.get("step", 0) for entry in log_history), default=0)  # one step axis for all panels
     for position, panel in enumerate(panels, start=1):
         axes = figure.add_subplot(rows, columns, position)
@@ -82,13 +82,6 @@ def draw_curves(log_history: list[dict], panels: list[Panel], columns: int = 3) 
     return figure
 
 
-def figure_image(figure: Figure, dpi: int = 100) -> Image.Image:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
 class TrainingCurvesCallback(FigureCallback):
     """`training_curves.png` (and wandb `eval/training_curves`), redrawn from the Trainer's log history at every
     evaluation and at the end of training, on the main process."""
@@ -99,7 +92,7 @@ class TrainingCurvesCallback(FigureCallback):
         super().__init__(output_dir)
         self.panels, self.log_history = panels, []
 
-    def draw(self, model) -> Image.Image:
+    def draw(self, model, step: int) -> Image.Image:
         return figure_image(draw_curves(self.log_history, self.panels))
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):

@@ -15,7 +15,7 @@ def _rows(pairs) -> str:
 
 def write_model_card(output_dir, model, data_args, training_args, metrics: dict, state=None) -> str:
     config = model.config
-    data = data_args.dataset_name or data_args.train_dir or "unknown"
+    data = data_args.dataset_name or getattr(data_args, "train_dir", None) or "unknown"
     architecture = (
         f"ViT encoder {config.hidden_size} wide x {config.num_hidden_layers} deep ({config.num_attention_heads} heads), "
         f"patch {config.patch_size}, image {config.image_size}, {config.num_channels} channel(s)"

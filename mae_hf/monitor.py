@@ -21,7 +21,7 @@ import torch.distributed as dist
 from datasets import ClassLabel, Image
 from torch.utils.data import BatchSampler, DataLoader
 
-from .arguments import DataArguments
+from .arguments import ImageDataArguments, recipe
 from .data import ImageTransform, check_labels, eval_transform, label_names, load_image_datasets, normalisation
 from .data.columns import find_column
 from .data.images import IMAGE_COLUMN_NAMES, verify_images
@@ -58,13 +58,12 @@ class MonitorArguments:
     monitor_eval_samples: int = field(
         default=5_000, metadata={"help": "Score a fixed random subset of this many validation images (0: all)."}
     )
-    monitor_crop_pct: float = field(
-        default=0.875,
-        metadata={"help": "Resize to image_size / crop_pct, centre-crop (0.875: DINO eval_knn's 256 -> 224)."},
+    monitor_crop_pct: float = recipe(
+        0.875, "Resize to image_size / crop_pct, then centre-crop (256 -> 224).", "DINO eval_knn.py"
     )
-    monitor_knn_k: int = field(default=KNN_K, metadata={"help": "Neighbours of the k-NN vote (DINO: 20)."})
-    monitor_knn_temperature: float = field(
-        default=KNN_TEMPERATURE, metadata={"help": "Votes weigh exp(cosine similarity / T) (DINO: 0.07)."}
+    monitor_knn_k: int = recipe(KNN_K, "Neighbours in the k-NN vote.", "DINO eval_knn.py")
+    monitor_knn_temperature: float = recipe(
+        KNN_TEMPERATURE, "Votes weigh exp(cosine similarity / T).", "DINO eval_knn.py"
     )
     monitor_linear_probe: bool = field(
         default=True, metadata={"help": "Also fit a logistic-regression probe on the frozen features."}
@@ -73,8 +72,6 @@ class MonitorArguments:
     def __post_init__(self):
         if self.monitor_dataset in ("", "none", "None"):
             self.monitor_dataset = None
-        if self.monitor_dataset is not None and self.monitor_train_dir is not None:
-            raise ValueError("give --monitor_dataset or --monitor_train_dir, not both")
         for name in ("monitor_train_samples", "monitor_eval_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0 (0: all images), got {getattr(self, name)}")
@@ -118,7 +115,9 @@ def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = No
     """train / validation splits with a deterministic evaluation transform and their label column, checked here
     (missing columns, labels < 0, corrupt images) so that errors come before training. Returns `train`,
     `validation` (datasets whose rows give `pixel_values` (C, H, W) and `labels`) and `num_classes`."""
-    source = DataArguments(
+    if args.monitor_dataset is not None and args.monitor_train_dir is not None:
+        raise ValueError("give --monitor_dataset or --monitor_train_dir, not both")
+    source = ImageDataArguments(
         dataset_name=args.monitor_dataset, dataset_config_name=args.monitor_dataset_config_name,
         train_dir=args.monitor_train_dir, validation_dir=args.monitor_validation_dir, cache_dir=cache_dir,
     )

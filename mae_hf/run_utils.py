@@ -4,48 +4,15 @@ output-dir and Hub checks, logging, and the recipe's learning-rate and warmup ar
 import logging
 import math
 import os
-import sys
 
 import datasets
 import torch
 import transformers
-import yaml
-from transformers import HfArgumentParser
 
 from .argument_checks import check_steps_per_epoch
+from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
 
 logger = logging.getLogger("mae_hf")
-CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def file_to_argv(path: str) -> list[str]:
-    """A .json/.yaml config as command-line words, so that flags given after it override it."""
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}  # YAML is a superset of JSON
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values")
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        words = [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        argv += [f"--{key}", *words]
-    return argv
-
-
-def parse_arguments(dataclass_types, argv=None, preset=None):
-    """`script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file gives defaults, flags override them.
-
-    `preset(words) -> words` may put further defaults in front (e.g. the linear-probing recipe), which the file
-    and the flags still override."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        if not os.path.isfile(argv[0]):
-            raise ValueError(f"config file {argv[0]} does not exist")
-        argv = file_to_argv(argv[0]) + argv[1:]
-    if preset is not None:
-        argv = preset(argv) + argv
-    return HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
 
 
 def apply_gpu_fast_paths(training_args) -> list[str]:
@@ -80,7 +47,8 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
     """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped."""
     from .data import verify_images
 
-    if not data_args.verify_images or data_args.streaming or data_args.dataset_name in ("digits", "digits_seg"):
+    streaming = getattr(data_args, "streaming", False)  # only pretraining streams
+    if not data_args.verify_images or streaming or data_args.dataset_name in ("digits", "digits_seg"):
         return
     for split in used_splits(datasets, training_args):
         num_proc = max(1, training_args.dataloader_num_workers) if len(datasets[split]) > 10_000 else None
@@ -96,14 +64,48 @@ def used_splits(datasets, training_args) -> list[str]:
     return [split for split in datasets if training_args.do_train or split != "train"]
 
 
+class OncePerRun(logging.Filter):
+    """Lets each distinct message through once (Python's own registry forgets what it has shown whenever a library
+    changes the warning filters, e.g. around checkpoint saving, so a warning could repeat at every evaluation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def setup_logging(training_args) -> None:
+    """Logs and Python warnings of the main process; the others show only what `--log_level_replica` lets through
+    (errors by default). Warnings go through logging ("py.warnings"), each shown once per run."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
     )
     level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    logger.setLevel(logging.INFO if training_args.should_log else max(level, logging.WARNING))
+    logging.captureWarnings(True)
+    python_warnings = logging.getLogger("py.warnings")
+    python_warnings.setLevel(logging.WARNING if training_args.should_log else max(level, logging.WARNING))
+    for old in [f for f in python_warnings.filters if isinstance(f, OncePerRun)]:
+        python_warnings.removeFilter(old)
+    python_warnings.addFilter(OncePerRun())
+
+
+def apply_runtime_defaults(training_args, unused_parameters: bool = False) -> None:
+    """Settings that only make noise or cost time where they do not apply: pinned memory without an accelerator
+    (torch warns each time a loader starts), and DDP's per-step search for parameters without gradients when the
+    model has none (`unused_parameters`: it has some; an explicit --ddp_find_unused_parameters wins)."""
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = unused_parameters
 
 
 def check_output_dir(training_args) -> None:
@@ -169,10 +171,8 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
     )
     if training_args.base_learning_rate is not None:
         training_args.learning_rate = training_args.base_learning_rate * global_batch / 256
-        logger.info(
-            f"learning rate {training_args.learning_rate:.3e} = base {training_args.base_learning_rate:.3e} x global "
-            f"batch {global_batch} / 256 ({training_args.world_size} process(es))"
-        )
+    elif training_args.learning_rate is None:
+        raise ValueError("give --base_learning_rate or --learning_rate")
     if not training_args.do_train:
         return global_batch
     check_steps_per_epoch(training_args, train_size)

@@ -156,21 +156,21 @@ class MAETrainer(Trainer):
 
 class FigureCallback(TrainerCallback):
     """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), on the
-    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model)`."""
+    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`."""
 
     folder, final, wandb_key = "figures", "figure.png", "eval/figure"
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    def draw(self, model):
+    def draw(self, model, step: int):
         raise NotImplementedError
 
     def _save(self, model, name: str, step: int) -> None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            grid = self.draw(model)
+            grid = self.draw(model, step)
         model.train(was_training)
         path = os.path.join(self.output_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -202,10 +202,10 @@ class ReconstructionCallback(FigureCallback):
         super().__init__(output_dir)
         self.pixel_values, self.mean, self.std = pixel_values, mean, std
 
-    def draw(self, model):
+    def draw(self, model, step: int):
         device = next(model.parameters()).device
         noise = fixed_noise(len(self.pixel_values), model.config.num_patches).to(device)
-        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise)
+        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise, step)
 
 
 class SegmentationFigureCallback(FigureCallback):
@@ -219,7 +219,7 @@ class SegmentationFigureCallback(FigureCallback):
         self.labels = torch.stack([torch.as_tensor(e["labels"]) for e in examples])
         self.mean, self.std = mean, std
 
-    def draw(self, model):
+    def draw(self, model, step: int):
         device = next(model.parameters()).device
         predictions = model(self.pixel_values.to(device)).logits.argmax(dim=1).cpu()
         return segmentation_grid(

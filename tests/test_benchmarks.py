@@ -45,3 +45,9 @@ def test_task_step_benchmarks_smoke():
     assert re.search(r"classification step: mae_hf \d+\.\d\dx transformers' images/s", classification)
     segmentation = run_smoke("bench_task_step.py", "--task", "segmentation")
     assert re.search(r"segmentation step: mae_hf [\d.]+ images/s, MFU [\d.]+%", segmentation)
+
+
+def test_threads_benchmark_smoke():
+    out = run_smoke("bench_threads.py")
+    assert re.search(r"threads 2: median \d+ images/s, [\d.]+x the speed at 1 thread\(s\)", out)
+    assert "load average before" in out

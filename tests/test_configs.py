@@ -10,30 +10,15 @@ import run_semantic_segmentation
 from mae_hf.run_utils import parse_arguments
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-PRETRAIN = (run_pretraining.PretrainModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments,
-            run_pretraining.MonitorArguments)
-CLASSIFY = (
-    run_image_classification.ModelArguments,
-    run_image_classification.ClassificationDataArguments,
-    run_image_classification.FinetuningArguments,
-)
-
-
-SEGMENT = (
-    run_semantic_segmentation.SegmentationModelArguments,
-    run_semantic_segmentation.SegmentationDataArguments,
-    run_semantic_segmentation.SegmentationTrainingArguments,
-)
-SCRIPTS = {"pretrain": (PRETRAIN, None), "segment": (SEGMENT, None),
-           "finetune": (CLASSIFY, run_image_classification.linear_probe_preset),
-           "linprobe": (CLASSIFY, run_image_classification.linear_probe_preset)}
+PRETRAIN, CLASSIFY, SEGMENT = (s.ARGUMENTS for s in (run_pretraining, run_image_classification, run_semantic_segmentation))
+SCRIPTS = {"pretrain": PRETRAIN, "segment": SEGMENT, "finetune": CLASSIFY, "linprobe": CLASSIFY}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_config_parses(path, tmp_path):
-    kinds, preset = SCRIPTS[path.name.split("_")[0]]
+    kinds = SCRIPTS[path.name.split("_")[0]]
     model_args, data_args, training_args, *monitor_args = parse_arguments(
-        kinds, [str(path), "--output_dir", str(tmp_path), "--bf16", "false"], preset=preset
+        kinds, [str(path), "--output_dir", str(tmp_path), "--bf16", "false"]
     )
     assert training_args.output_dir == str(tmp_path)
     if path.name == "linprobe_vit_base.yaml":

@@ -118,7 +118,6 @@ def test_random_subset_is_fixed_and_spread_over_the_data():
         ({"monitor_knn_temperature": 0.0}, "--monitor_knn_temperature must be > 0"),
         ({"monitor_train_samples": -1}, "--monitor_train_samples must be >= 0"),
         ({"monitor_crop_pct": 1.5}, r"--monitor_crop_pct must be in \(0, 1\]"),
-        ({"monitor_dataset": "digits", "monitor_train_dir": "x"}, "not both"),
     ],
 )
 def test_bad_arguments(fields, message):
@@ -126,11 +125,13 @@ def test_bad_arguments(fields, message):
         MonitorArguments(**fields)
 
 
-def test_missing_label_column_is_named():
+def test_missing_label_column_and_two_sources_are_refused():
     config = tiny_config(image_size=8, patch_size=2, num_channels=1)
     arguments = MonitorArguments(monitor_dataset="digits", monitor_label_column_name="digit")
     with pytest.raises(ValueError, match=r"--monitor_label_column_name 'digit' is not a column.*\['image', 'label'\]"):
         FeatureMonitor.from_arguments(arguments, config)
+    with pytest.raises(ValueError, match="--monitor_dataset or --monitor_train_dir, not both"):
+        FeatureMonitor.from_arguments(MonitorArguments(monitor_dataset="digits", monitor_train_dir="x"), config)
 
 
 def test_monitor_tells_a_pretrained_encoder_from_broken_ones():

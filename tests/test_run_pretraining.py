@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ TINY = [
     "--num_attention_heads", "2", "--intermediate_size", "64", "--decoder_hidden_size", "16",
     "--decoder_num_hidden_layers", "1", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--base_learning_rate", "1e-3",
-    "--warmup_epochs", "0", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
+    "--warmup_steps", "0", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
     "--num_visualized_images", "2", "--seed", "0",
 ]
 
@@ -69,7 +70,8 @@ def test_digits_end_to_end_saves_a_loadable_model(tmp_path):
     assert processor.size == {"height": 16, "width": 16}
     assert "eval_loss" in (out / "README.md").read_text()
     grid = Image.open(out / "reconstruction.png")
-    assert grid.size == (4 * 98 + 2, 2 * 98 + 2)  # 4 panels x 2 images, 16 px enlarged 6x, 2 px gaps
+    # 4 columns and 2 rows of 1.15 in at 100 dpi, 0.8 in of titles, two notes (norm_pix_loss) below
+    assert grid.size == (4 * 115 + 20, 2 * 115 + 80 + 25 + 2 * 32)
 
 
 @pytest.mark.parametrize("decoding", ["fast", "pil", "gpu"])  # gpu: the device half runs on the CPU here
@@ -200,32 +202,75 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
     assert [s["global_step"] for s in states] == [4, 4]  # 64 samples / global batch 16
     lrs = [[e["learning_rate"] for e in s["log_history"] if "learning_rate" in e] for s in states]
     assert lrs[0] == lrs[1]  # lr = blr x 16 / 256 in both
-    assert "2 process(es)" in two.stderr
+    assert two.stderr.count("***** Running MAE pretraining *****") == 1  # the main process only
+    assert "Global batch         = 16 = 8 per device x 2 process(es) x 1 accumulation step(s)" in two.stderr
+    assert "find_unused_parameters" not in two.stderr and "pin_memory" not in two.stderr  # once printed per rank
+
+
+def test_start_banner_and_no_warning_at_every_evaluation(tmp_path, caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(tmp_path, "--dataset_name", "digits", "--max_train_samples", "80", "--max_steps", "6",
+            "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2", "--max_eval_samples", "16")
+    assert not [w for w in caught if "pin_memory" in str(w.message)]  # was: one per evaluation loader, on the CPU
+    banner = caplog.text[caplog.text.index("***** Running MAE pretraining *****"):]
+    for line in (
+        "Examples             = 80 training, 16 validation",
+        "Epochs               = 1",
+        "Global batch         = 8 = 8 per device x 1 process(es) x 1 accumulation step(s)",
+        "Optimization steps   = 6 (10 per epoch)",
+        "Learning rate        = 3.125e-05 = base 0.001 x 8 / 256, cosine after 0 warmup steps",
+        "Trainable parameters = ",
+        "Masked patches       = 12 of 16 per image (mask ratio 0.75); the encoder sees 4",
+    ):
+        assert line in banner, line
+    assert caplog.text.count("***** Running MAE pretraining *****") == 1
+
+
+def test_each_warning_once_per_run_even_when_filters_change():
+    """Libraries reset Python's warning registry (any `catch_warnings` block does), which let a warning repeat at
+    every evaluation; setup_logging shows each one once."""
+    code = (
+        "import warnings\n"
+        "from transformers import TrainingArguments\n"
+        "from mae_hf.run_utils import setup_logging\n"
+        "setup_logging(TrainingArguments(output_dir='unused', report_to='none'))\n"
+        "for _ in range(3):\n"
+        "    warnings.warn('the same warning')\n"
+        "    with warnings.catch_warnings():\n"
+        "        pass\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("the same warning") == 1, result.stderr
 
 
 def test_config_file_with_overrides(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text("dataset_name: digits\nhidden_size: 48\nnum_train_epochs: 3\nnorm_pix_loss: false\n")
-    model_args, data_args, training_args = parse_arguments(
-        (run_pretraining.PretrainModelArguments, run_pretraining.DataArguments, run_pretraining.PretrainingArguments),
-        [str(config), "--output_dir", str(tmp_path), "--num_train_epochs", "5"],
+    model_args, data_args, training_args, _ = parse_arguments(
+        run_pretraining.ARGUMENTS, [str(config), "--output_dir", str(tmp_path), "--num_train_epochs", "5"]
     )
     assert (model_args.hidden_size, model_args.norm_pix_loss, data_args.dataset_name) == (48, False, "digits")
     assert training_args.num_train_epochs == 5 and training_args.weight_decay == 0.05
     assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.95)
 
 
-def test_visualize_cli_on_a_saved_model(tmp_path):
+def test_visualize_cli_writes_next_to_the_model(tmp_path):
     run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false")
     image = tmp_path / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)).save(image)
+    training_figure = (tmp_path / "out" / "reconstruction.png").read_bytes()
     result = subprocess.run(
-        [sys.executable, "-m", "mae_hf.visualize", str(tmp_path / "out"), str(image), str(image),
-         "--output", str(tmp_path / "grid.png")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [sys.executable, "-m", "mae_hf.visualize", str(tmp_path / "out"), str(image), str(image)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert Image.open(tmp_path / "grid.png").size == (4 * 98 + 2, 2 * 98 + 2)
+    figure = Image.open(tmp_path / "out" / "reconstruction_images.png")
+    assert figure.width == Image.open(tmp_path / "out" / "reconstruction.png").width  # the same 4-column layout
+    assert (tmp_path / "out" / "reconstruction.png").read_bytes() == training_figure  # left alone
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["digit.png"]  # nothing in the current folder
 
 
 def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
@@ -327,6 +372,8 @@ def test_monitor_errors_come_before_training(tmp_path):
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", *MONITOR, "--monitor_label_column_name", "digit")
     with pytest.raises(ValueError, match="monitor's data set .*--monitor_train_dir.*/no/such/folder does not exist"):
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--monitor_train_dir", "/no/such/folder")
+    with pytest.raises(ValueError, match="alternative ways to give the monitor data source"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", *MONITOR, "--monitor_train_dir", "/x")
     with pytest.raises(ValueError, match="--metric_for_best_model eval_knn_top1_cls is not reported"):  # no monitor
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--metric_for_best_model", "eval_knn_top1_cls")
     assert not (tmp_path / "out").exists()

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config, write_ade_folder
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 
 import run_semantic_segmentation
-from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation
+from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation, MAESegmentationConfig
 
 TINY = [
     "--image_size", "32", "--crop_size", "32", "--resize_scale", "128", "32", "--patch_size", "8",
@@ -79,3 +80,16 @@ def test_bad_annotations_are_named(tmp_path, problem, message):
     with pytest.raises(ValueError, match=message):
         run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (0, 1, 1, 1)])
+def test_unused_parameters_rule_matches_the_gradients(out_indices):
+    """The script asks DDP to search for parameters without gradients exactly when some exist (the search costs a
+    graph traversal per step, and transformers' default search warns on every process when there are none)."""
+    config = MAESegmentationConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                   num_attention_heads=2, intermediate_size=64, out_indices=out_indices,
+                                   decode_channels=16, auxiliary_channels=8, num_labels=3)
+    model = MAEForSemanticSegmentation(config).train()
+    model(torch.randn(2, 3, 16, 16), labels=torch.randint(0, 3, (2, 16, 16))).loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert run_semantic_segmentation.has_unused_parameters(config) == bool(unused)

@@ -1,10 +1,16 @@
-"""Reconstruction figures: norm_pix_loss undone with each patch's own statistics, visible patches pasted back."""
+"""Reconstruction figures: norm_pix_loss undone with each patch's own statistics, the reconstruction column holding
+only the removed patches, visible patches pasted back; titles with the step and the mask ratio."""
 
 import torch
 from conftest import tiny_config
 
 from mae_hf import MAEForPreTraining
-from mae_hf.visualize import reconstruct, reconstruction_grid
+from mae_hf.visualize import (
+    reconstruct,
+    reconstruction_grid,
+    reconstruction_notes,
+    reconstruction_title,
+)
 
 
 class PerfectDecoder(MAEForPreTraining):
@@ -23,11 +29,11 @@ def test_perfect_prediction_reconstructs_the_image_with_and_without_norm_pix_los
     pixels, noise = torch.randn(2, 3, 32, 32) * 2 + 1, torch.rand(2, 16)
     for norm_pix_loss in (False, True):
         model = PerfectDecoder(tiny_config(norm_pix_loss=norm_pix_loss)).eval()
-        original, masked, reconstruction, pasted = reconstruct(model, pixels, noise)
-        torch.testing.assert_close(reconstruction, pixels, rtol=1e-4, atol=1e-4)
+        _, masked, reconstruction, pasted = reconstruct(model, pixels, noise)
+        removed = model.unpatchify(model(pixels, noise=noise).mask.unsqueeze(-1).expand(-1, -1, 192)).bool()
+        torch.testing.assert_close(reconstruction[removed], pixels[removed], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(pasted, pixels, rtol=1e-4, atol=1e-4)
-        removed = model.unpatchify(model(pixels, noise=noise).mask.unsqueeze(-1).expand(-1, -1, 192))
-        assert torch.all(masked[removed.bool()] == 0) and torch.equal(masked[~removed.bool()], pixels[~removed.bool()])
+        assert torch.all(masked[removed] == 0) and torch.equal(masked[~removed], pixels[~removed])
 
 
 def test_pasted_panel_keeps_visible_pixels_and_takes_predictions_elsewhere():
@@ -39,7 +45,27 @@ def test_pasted_panel_keeps_visible_pixels_and_takes_predictions_elsewhere():
     torch.testing.assert_close(pasted[removed], reconstruction[removed])
 
 
-def test_grid_layout():
+def test_visible_patches_of_the_reconstruction_are_not_the_untrained_outputs():
+    """The loss never reaches the visible patches: their raw outputs (noise) are not drawn, they stay at 0 (the
+    mean colour), as the removed patches of the masked input."""
     model = MAEForPreTraining(tiny_config()).eval()
-    grid = reconstruction_grid(model, torch.randn(3, 3, 32, 32), (0.5,) * 3, (0.5,) * 3, min_side=64)
-    assert grid.size == (4 * (64 + 2) + 2, 3 * (64 + 2) + 2)  # 4 panels, 3 rows, 32 px enlarged 2x
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    _, _, reconstruction, _ = reconstruct(model, pixels, noise)
+    removed = model.unpatchify(model(pixels, noise=noise).mask.unsqueeze(-1).expand(-1, -1, 192)).bool()
+    assert torch.all(reconstruction[~removed] == 0) and torch.all(reconstruction[removed] != 0)
+
+
+def test_titles_say_step_mask_ratio_and_norm_pix_denormalisation():
+    config = tiny_config(mask_ratio=0.75, norm_pix_loss=True)
+    expected = "MAE reconstructions at step 1,440: mask ratio 0.75, 12 of 16 patches removed"
+    assert reconstruction_title(config, 1440) == expected
+    assert "mean and variance of the original patch" in " ".join(reconstruction_notes(config))
+    assert "norm_pix_loss" not in " ".join(reconstruction_notes(tiny_config(norm_pix_loss=False)))
+    assert tiny_config(mask_ratio=0.9).num_masked_patches == 16 - int(16 * (1 - 0.9))  # as the model keeps them
+
+
+def test_grid_is_a_titled_figure_with_one_row_per_image():
+    model = MAEForPreTraining(tiny_config()).eval()
+    three = reconstruction_grid(model, torch.randn(3, 3, 32, 32), (0.5,) * 3, (0.5,) * 3, step=7)
+    one = reconstruction_grid(model, torch.randn(1, 3, 32, 32), (0.5,) * 3, (0.5,) * 3)
+    assert three.mode == "RGB" and three.width == one.width and three.height - one.height == 2 * 115  # 1.15 in rows

@@ -5,7 +5,7 @@ import os
 
 from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
 
-from ..arguments import DataArguments
+from ..arguments import ImageDataArguments
 from .digits import load_digits_dataset
 from .digits_seg import load_digits_seg_dataset
 
@@ -23,7 +23,11 @@ def check_image_dir(path: str, flag: str) -> None:
     raise ValueError(f"{flag} {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
 
 
-def _load_named(args: DataArguments):
+def _streaming(args) -> bool:
+    return getattr(args, "streaming", False)  # only pretraining streams
+
+
+def _load_named(args: ImageDataArguments):
     name = args.dataset_name
     if name in BUILTIN:
         return BUILTIN[name]()
@@ -31,33 +35,34 @@ def _load_named(args: DataArguments):
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
     ):
         return load_from_disk(name)  # a folder written by save_to_disk
-    return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=args.streaming)
+    return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=_streaming(args))
 
 
-def _load_folders(args: DataArguments):
+def _load_folders(args: ImageDataArguments):
     check_image_dir(args.train_dir, "--train_dir")
     files = {"train": os.path.join(args.train_dir, "**")}
     if args.validation_dir:
         check_image_dir(args.validation_dir, "--validation_dir")
         files["validation"] = os.path.join(args.validation_dir, "**")
     return load_dataset(
-        "imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=args.streaming
+        "imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=_streaming(args)
     )
 
 
-def load_image_datasets(args: DataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
+def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
     """train + validation; validation is carved from train (`train_val_split`, seeded) when the source has none."""
     if args.dataset_name is None and args.train_dir is None:
-        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir")
+        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
+                         + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
     datasets = _load_named(args) if args.dataset_name is not None else _load_folders(args)
     if "train" not in datasets:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
     if "validation" not in datasets:
-        if args.streaming:
+        if _streaming(args):
             raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
         carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
         datasets = DatasetDict(train=carved["train"], validation=carved["test"])
-    if not args.streaming:
+    if not _streaming(args):
         for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
             if limit is not None:
                 datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))

@@ -1,0 +1,185 @@
+"""The command line of the three training scripts: `script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`.
+
+Layers, lowest first: the script's defaults (the recipe), a preset switched on in the config file, the config file,
+a preset switched on by a flag (e.g. `--linear_probe`), the flags. A higher layer wins, also over the other
+spellings of the same setting (`ALTERNATIVES`): `--train_dir` on the command line replaces the file's
+`dataset_name`, `--learning_rate` replaces the default `--base_learning_rate`. Two spellings of one setting in the
+same layer are refused, naming both.
+
+Argument dataclasses may declare, as class variables: `PRESETS` ({flag: words put under the layer that switches the
+flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from
+--help only).
+"""
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, fields
+
+import yaml
+from transformers import HfArgumentParser
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override the config file)"
+
+# (setting, one spelling, the other): the flags of the side given in the highest layer win; the other side's flags
+# are switched off with OFF where they have an off value (the rest are overridden in code by the winning side).
+ALTERNATIVES = (
+    ("data source", ("dataset_name", "dataset_config_name"), ("train_dir", "validation_dir")),
+    ("monitor data source", ("monitor_dataset", "monitor_dataset_config_name"),
+     ("monitor_train_dir", "monitor_validation_dir")),
+    ("learning rate", ("base_learning_rate",), ("learning_rate",)),
+    ("warmup", ("warmup_epochs",), ("warmup_steps",)),
+    ("checkpoint interval", ("save_every_epochs",), ("save_steps", "save_strategy")),
+    ("training length", ("num_train_epochs",), ("max_steps",)),
+)
+OFF = {
+    "dataset_name": None, "dataset_config_name": None, "train_dir": None, "validation_dir": None,
+    "monitor_dataset": None, "monitor_dataset_config_name": None, "monitor_train_dir": None,
+    "monitor_validation_dir": None,
+    "base_learning_rate": None, "warmup_epochs": None, "warmup_steps": 0, "save_every_epochs": None, "max_steps": -1,
+}
+SAME_LAYER_ALLOWED = {"training length"}  # transformers' rule: --max_steps overrides --num_train_epochs
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag once, with underscores (the hyphenated aliases still parse), and its default unless the help
+    already states it."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or "") or isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action):
+        spellings = [s for s in action.option_strings if not (s.startswith("--") and "-" in s[2:])]
+        if not action.option_strings or not spellings:
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return ", ".join(spellings)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(f"{s} {metavar}" for s in spellings)
+
+
+def file_values(path: str) -> dict:
+    """The settings of a .json/.yaml config file (YAML is a superset of JSON); null values are left out."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path} does not exist")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values")
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def to_words(values: dict) -> list[str]:
+    """Settings as command-line words: lists as several words, mappings as JSON (what TrainingArguments parses)."""
+    words = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = [json.dumps(value)]
+        words += [f"--{key}", *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return words
+
+
+def class_settings(dataclass_types, name: str) -> dict:
+    merged = {}
+    for kind in dataclass_types:
+        merged.update(getattr(kind, name, {}))
+    return merged
+
+
+def build_parser(dataclass_types) -> HfArgumentParser:
+    """transformers' parser with our help: negated flags described as such, ignored flags hidden."""
+    parser = HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, usage=USAGE)
+    hidden = {*class_settings(dataclass_types, "IGNORED")}
+    hidden.update(name for kind in dataclass_types for name in getattr(kind, "HIDDEN", ()))
+    for action in parser._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
+        elif isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no_x of a bool x
+            action.help = f"Same as --{action.dest} false."
+    return parser
+
+
+def explicit_values(parser: argparse.ArgumentParser, words: list[str]) -> dict:
+    """{dest: value} of the flags present in `words` (defaults left out; unknown flags ignored here)."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(words)
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    return vars(namespace)
+
+
+@dataclass
+class Layer:
+    name: str  # where the words come from, for messages: "on the command line"
+    words: list[str]
+    given: dict  # {dest: value} of the flags in `words`
+    preset: bool = False
+
+
+def layers_of(parser, dataclass_types, argv: list[str]) -> list[Layer]:
+    """The config file (if the first word names one), the flags, and the presets that either switches on."""
+    layers = []
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        words = to_words(file_values(argv[0]))
+        layers.append(Layer(f"in the config file {argv[0]}", words, explicit_values(parser, words)))
+        argv = argv[1:]
+    layers.append(Layer("on the command line", argv, explicit_values(parser, argv)))
+    for flag, preset in class_settings(dataclass_types, "PRESETS").items():
+        deciding = next((i for i in reversed(range(len(layers))) if flag in layers[i].given), None)
+        if deciding is not None and layers[deciding].given[flag]:
+            layers.insert(deciding, Layer(f"in the --{flag} preset", preset, explicit_values(parser, preset), True))
+    return layers
+
+
+def check_layer(layer: Layer, ignored: dict, defaults: dict) -> None:
+    """Refuse two spellings of one setting, and flags the script ignores, given in one layer."""
+    for setting, one, other in ALTERNATIVES:
+        first = [name for name in one if name in layer.given]
+        second = [name for name in other if name in layer.given]
+        if first and second and setting not in SAME_LAYER_ALLOWED:
+            raise ValueError(
+                f"--{first[0]} and --{second[0]} are alternative ways to give the {setting} and both are given "
+                f"{layer.name}; give only one of them"
+            )
+    for name, why in ignored.items():
+        if name in layer.given and layer.given[name] != defaults.get(name):
+            raise ValueError(f"--{name} (given {layer.name}) is not used by this script: {why}")
+
+
+def switch_off_alternatives(layers: list[Layer], parsed) -> None:
+    """For each setting, the side given in the highest layer wins: the other side's flags get their off value."""
+    owners = {f.name: obj for obj in parsed for f in fields(obj)}
+    for _setting, one, other in ALTERNATIVES:
+        for layer in reversed(layers):
+            has_one, has_other = (any(name in layer.given for name in side) for side in (one, other))
+            if has_one != has_other:  # both: a same-layer pair that transformers resolves itself
+                for name in other if has_one else one:
+                    if name in owners and name in OFF:
+                        setattr(owners[name], name, OFF[name])
+            if has_one or has_other:
+                break
+
+
+def parse_arguments(dataclass_types, argv=None):
+    """The argument dataclasses from `argv` (default: sys.argv[1:]); see the module docstring for the layers."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(dataclass_types)
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])  # prints the help and exits
+    layers = layers_of(parser, dataclass_types, argv)
+    ignored = class_settings(dataclass_types, "IGNORED")
+    defaults = {action.dest: action.default for action in parser._actions}
+    for layer in layers:
+        if not layer.preset:
+            check_layer(layer, ignored, defaults)
+    parsed = parser.parse_args_into_dataclasses(args=[word for layer in layers for word in layer.words])
+    switch_off_alternatives(layers, parsed)
+    return parsed

@@ -1,0 +1,191 @@
+"""The scripts' command line (mae_hf/cli.py): flags over the config file (other spellings of a setting included),
+conflicts refused, presets under the flags, ignored flags refused, an honest --help, and the README's table of
+recipe defaults equal to the defaults without a config file."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run_image_classification
+import run_pretraining
+import run_semantic_segmentation
+from mae_hf import MAEConfig
+from mae_hf.cli import build_parser, parse_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"pretrain": run_pretraining, "classify": run_image_classification, "segment": run_semantic_segmentation}
+
+
+def parse(script, *words):
+    return parse_arguments(SCRIPTS[script].ARGUMENTS, list(words))[:3]  # pretraining's 4th: the feature monitor
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_data_source_flags_override_the_config_file(tmp_path):
+    """The issue's trap: the demo config's dataset_name won over --train_dir, silently."""
+    _, data_args, _ = parse("pretrain", str(ROOT / "configs/pretrain_digits_demo.yaml"), "--train_dir", "photos/train",
+                            "--validation_dir", "photos/val")
+    assert (data_args.dataset_name, data_args.train_dir) == (None, "photos/train")
+    assert data_args.validation_dir == "photos/val"
+    folders = write(tmp_path, "train_dir: photos/train\nvalidation_dir: photos/val\n")
+    _, data_args, _ = parse("classify", folders, "--dataset_name", "digits")
+    assert (data_args.dataset_name, data_args.train_dir, data_args.validation_dir) == ("digits", None, None)
+
+
+@pytest.mark.parametrize("place", ["flags", "file"])
+def test_two_data_sources_in_one_place_are_refused_naming_both(tmp_path, place):
+    both = ["--dataset_name", "digits", "--train_dir", "photos"]
+    argv = both if place == "flags" else [write(tmp_path, "dataset_name: digits\ntrain_dir: photos\n")]
+    where = "on the command line" if place == "flags" else "in the config file"
+    with pytest.raises(ValueError, match=f"--dataset_name and --train_dir are alternative .* data source .* {where}"):
+        parse("pretrain", *argv)
+
+
+def test_learning_rate_flag_replaces_the_base_learning_rate(tmp_path):
+    _, _, args = parse("pretrain", str(ROOT / "configs/pretrain_digits_demo.yaml"), "--learning_rate", "1e-3")
+    assert (args.learning_rate, args.base_learning_rate) == (1e-3, None)
+    _, _, args = parse("classify", "--learning_rate", "2e-3")  # over the recipe's default base lr
+    assert (args.learning_rate, args.base_learning_rate) == (2e-3, None)
+    with pytest.raises(ValueError, match="--base_learning_rate and --learning_rate"):
+        parse("classify", "--learning_rate", "2e-3", "--base_learning_rate", "1e-3")
+
+
+def test_epochs_and_steps_follow_the_layer_that_gives_them(tmp_path):
+    _, _, args = parse("segment", "--num_train_epochs", "3", "--warmup_epochs", "1")  # over 160k steps, 1500 warmup
+    assert (args.max_steps, args.num_train_epochs, args.warmup_steps, args.warmup_epochs) == (-1, 3, 0, 1)
+    steps = write(tmp_path, "warmup_steps: 10\nsave_every_epochs: 2\n")
+    _, _, args = parse("pretrain", steps, "--warmup_epochs", "3", "--save_steps", "7")
+    assert (args.warmup_steps, args.warmup_epochs, args.save_every_epochs, args.save_steps) == (0, 3, None, 7)
+    _, _, args = parse("pretrain", "--max_steps", "5", "--num_train_epochs", "2")  # one place: transformers' rule
+    assert (args.max_steps, args.num_train_epochs) == (5, 2)
+
+
+def test_config_file_mappings_and_booleans(tmp_path):
+    config = write(tmp_path, "lr_scheduler_kwargs: {min_lr: 1.0e-5}\nnorm_pix_loss: false\nmax_steps: null\n")
+    model_args, _, args = parse("pretrain", config)
+    assert args.lr_scheduler_kwargs == {"min_lr": 1e-5} and model_args.norm_pix_loss is False
+    model_args, _, _ = parse("pretrain", config, "--norm_pix_loss")
+    assert model_args.norm_pix_loss is True
+
+
+def test_linear_probe_preset_over_a_finetuning_config_under_the_flags():
+    config = str(ROOT / "configs/finetune_digits.yaml")  # drop path 0.1, blr 2e-3, layer decay 0.75, smoothing 0.1
+    model_args, _, args = parse("classify", config, "--linear_probe")
+    assert (model_args.drop_path_rate, model_args.pooling, args.base_learning_rate) == (0, "cls", 0.1)
+    assert (args.layer_decay, args.use_lars, args.weight_decay, args.label_smoothing) == (1, True, 0, 0)
+    assert args.lr_scheduler_kwargs == {"min_lr": 0}
+    assert (args.num_train_epochs, args.warmup_epochs) == (90, 10)
+    model_args, _, args = parse("classify", config, "--linear_probe", "--base_learning_rate", "0.05",
+                                "--pooling", "mean")
+    assert (args.base_learning_rate, model_args.pooling, model_args.drop_path_rate) == (0.05, "mean", 0)
+    _, _, args = parse("classify", str(ROOT / "configs/linprobe_vit_base.yaml"), "--bf16", "false")  # in the file
+    assert (args.base_learning_rate, args.per_device_train_batch_size, args.use_lars) == (0.1, 512, True)
+    model_args, _, args = parse("classify", config)
+    assert (model_args.drop_path_rate, args.base_learning_rate, args.use_lars) == (0.1, 2e-3, False)
+
+
+@pytest.mark.parametrize("flag", ["--do_predict", "--neftune_noise_alpha 5"])
+def test_flags_the_scripts_ignore_are_refused(flag):
+    with pytest.raises(ValueError, match=f"{flag.split()[0]} \\(given on the command line\\) is not used"):
+        parse("classify", *flag.split())
+
+
+# ---- --help ------------------------------------------------------------------------------------------------------
+
+
+def help_text(script: str) -> str:
+    return build_parser(SCRIPTS[script].ARGUMENTS).format_help()
+
+
+def help_of(text: str, flag: str) -> str:
+    """The help paragraph of one flag, on one line."""
+    match = re.search(rf"^  {re.escape(flag)}\b.*?(?=^  -|\Z)", text, flags=re.M | re.S)
+    assert match, f"{flag} is not in --help"
+    return " ".join(match.group(0).split())
+
+
+SOURCES = ("paper Tab.", "paper Sec.", ".md", ".py", "mmsegmentation", "timm")
+
+
+def readme_table() -> tuple[list[str], list[list[str]]]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- recipe-defaults")[1].split("\n\n")[0]
+    lines = [line for line in block.splitlines()[1:] if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return rows[0], [row for row in rows[2:] if row[0] != "source"]
+
+
+COLUMNS = {1: ("pretrain", []), 2: ("classify", []), 3: ("classify", ["--linear_probe"]), 4: ("segment", [])}
+
+
+def test_every_recipe_flag_has_a_help_line_with_its_default_and_source():
+    _, rows = readme_table()
+    for column, (script, _) in COLUMNS.items():
+        text = help_text(script)
+        for row in rows:
+            flag = row[0].split("`")[1]
+            if row[column] != "—":
+                line = help_of(text, flag)
+                assert "(default:" in line and any(s in line for s in SOURCES), (script, line)
+
+
+def test_help_is_honest_about_ignored_derived_and_negated_flags():
+    text = help_text("pretrain")
+    assert "5e-05" not in help_of(text, "--learning_rate") and "base_learning_rate x global batch" in help_of(
+        text, "--learning_rate")
+    assert help_of(text, "--no_norm_pix_loss") == "--no_norm_pix_loss Same as --norm_pix_loss false."
+    for hidden in ("--do_predict", "--label_smoothing_factor", "--neftune_noise_alpha", "--remove_unused_columns"):
+        assert f"  {hidden}" not in text
+    assert "--no-norm-pix-loss" not in text and "--train-dir" not in text  # one spelling shown per flag
+    assert "--use_lars" in help_of(help_text("classify"), "--optim")
+
+
+def test_conversion_cli_negates_as_the_scripts_do():
+    result = subprocess.run([sys.executable, "-m", "mae_hf.conversion", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    assert "--no_norm_pix_loss" in result.stdout and "--no-norm" not in result.stdout
+    assert "(default: detected" in result.stdout
+
+
+# ---- the README's recipe table ----------------------------------------------------------------------------------
+
+
+def cell_value(cell: str):
+    words = cell.split()
+    values = [json.loads(w) if re.fullmatch(r"[-\d.e]+|true|false", w) else w for w in words]
+    if cell.startswith("{"):
+        return json.loads(cell)
+    return values[0] if len(values) == 1 else values
+
+
+def effective(parsed, name: str):
+    """The value a run uses: the parsed one, or MAEConfig's default for an architecture field left at None."""
+    for obj in parsed:
+        if hasattr(obj, name):
+            value = getattr(obj, name)
+            value = getattr(value, "value", value)  # enums
+            return getattr(MAEConfig(), name) if value is None and hasattr(MAEConfig(), name) else value
+    raise AssertionError(f"no {name} in the parsed arguments")
+
+
+def test_readme_recipe_table_is_what_the_scripts_use_without_a_config_file(tmp_path):
+    header, rows = readme_table()
+    assert [h.strip("`") for h in header[1:]] == ["run_pretraining.py", "run_image_classification.py",
+                                                   "... --linear_probe", "run_semantic_segmentation.py"]
+    for column, (script, extra) in COLUMNS.items():
+        parsed = parse(script, "--output_dir", str(tmp_path), *extra)
+        for row in rows:
+            if row[column] == "—":
+                continue
+            name = row[0].split("`")[1].removeprefix("--")
+            expected, actual = cell_value(row[column]), effective(parsed, name)
+            assert actual == pytest.approx(expected), f"{header[column]} {name}: README {expected}, parsed {actual}"
