@@ -49,15 +49,16 @@ from mae_hf.data import (
     normalisation,
 )
 from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
     check_hub_access,
+    check_model_path,
     check_output_dir,
     logger,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     used_splits,
@@ -270,7 +271,8 @@ def main(argv=None, callbacks=()):
     check_training_plan(training_args)
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
     apply_runtime_defaults(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
@@ -297,7 +299,7 @@ def main(argv=None, callbacks=()):
         callbacks=[start_banner(model, datasets, training_args), training_curves(training_args.output_dir), *callbacks],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -39,17 +39,19 @@ from mae_hf.data import (
 )
 from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
+from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
     check_hub_access,
+    check_model_path,
     check_output_dir,
     logger,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     verify_splits,
@@ -212,7 +214,8 @@ def main(argv=None, callbacks=()):
     check_training_plan(training_args, data_args.streaming)
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
     config = build_config(model_args)
     apply_runtime_defaults(training_args, unused_parameters=config.mask_ratio == 0)  # 0: the mask token is unused
 
@@ -233,12 +236,13 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
+        sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
         monitor=monitor,
         callbacks=[figures, start_banner(config, datasets, training_args),
                    training_curves(config, monitor, training_args.output_dir), *callbacks],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -40,14 +40,16 @@ from mae_hf.data import (
     normalisation,
 )
 from mae_hf.metrics import StreamingMeanIoU, eval_batches
+from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
     check_hub_access,
+    check_model_path,
     check_output_dir,
+    logger,
     parse_arguments,
-    resolve_checkpoint,
     setup_logging,
     train_evaluate_save,
     used_splits,
@@ -244,7 +246,8 @@ def main(argv=None, callbacks=()):
     check_training_plan(training_args)
     check_output_dir(training_args)
     check_hub_access(training_args)
-    checkpoint = resolve_checkpoint(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
     apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
@@ -254,7 +257,13 @@ def main(argv=None, callbacks=()):
     check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
     apply_runtime_defaults(training_args, unused_parameters=has_unused_parameters(config))
     for split in used_splits(datasets, training_args):
-        check_annotations(datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split)
+        datasets[split], skipped = check_annotations(
+            datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split,
+            skip_corrupt=data_args.skip_corrupt_images, decode_images=data_args.verify_images,
+        )
+        if skipped:
+            logger.warning(f"skipped {skipped} {split} image/annotation pair(s) that cannot be read "
+                           "(--skip_corrupt_images)")
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
     datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
@@ -279,7 +288,7 @@ def main(argv=None, callbacks=()):
         ],
     )
 
-    return train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint)
+    return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

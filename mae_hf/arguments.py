@@ -88,6 +88,15 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation."})
+    verify_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image (and annotation) once before training to catch corrupt files."},
+    )
+    skip_corrupt_images: bool = field(
+        default=False,
+        metadata={"help": "Leave out (and count) images (or image/annotation pairs) that cannot be decoded, "
+                  "instead of failing."},
+    )
     flip_probability: float = recipe(
         0.5, "Horizontal flips in training (0 for data where flips change the class).",
         "official main_pretrain.py, main_finetune.py; mmsegmentation configs/mae"
@@ -104,12 +113,6 @@ class ImageDataArguments(DataArguments):
     )
     validation_dir: str | None = field(
         default=None, metadata={"help": "An ImageFolder of validation images (with --train_dir)."}
-    )
-    verify_images: bool = field(
-        default=True, metadata={"help": "Decode every image once before training to catch corrupt files."}
-    )
-    skip_corrupt_images: bool = field(
-        default=False, metadata={"help": "Leave out (and count) images that cannot be decoded instead of failing."}
     )
     crop_min_scale: float = recipe(
         0.2, "Lower bound of RandomResizedCrop's area scale.", "official main_pretrain.py"

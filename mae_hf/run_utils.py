@@ -1,6 +1,7 @@
-"""What the three training scripts share before training starts: argument parsing (with config files), the
-output-dir and Hub checks, logging, and the recipe's learning-rate and warmup arithmetic."""
+"""What the three training scripts share: argument parsing (with config files), the output-dir, resume and Hub
+checks, logging, the recipe's learning-rate and warmup arithmetic, and the train / evaluate / save ending."""
 
+import json
 import logging
 import math
 import os
@@ -8,6 +9,7 @@ import os
 import datasets
 import torch
 import transformers
+from transformers.trainer_utils import has_length
 
 from .argument_checks import check_steps_per_epoch
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
@@ -109,7 +111,10 @@ def apply_runtime_defaults(training_args, unused_parameters: bool = False) -> No
 
 
 def check_output_dir(training_args) -> None:
-    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume."""
+    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. (With
+    --overwrite_output_dir, a previous run's checkpoints are moved aside once all checks have passed: `_train`.)"""
+    from .resume import resume_request
+
     out = training_args.output_dir
     if out is None:
         raise ValueError("--output_dir is required")
@@ -120,7 +125,7 @@ def check_output_dir(training_args) -> None:
         and os.listdir(out)
         and training_args.do_train
         and not training_args.overwrite_output_dir
-        and not training_args.resume_from_checkpoint
+        and not resume_request(training_args)
     ):
         raise ValueError(
             f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
@@ -128,21 +133,28 @@ def check_output_dir(training_args) -> None:
         )
 
 
-def resolve_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint latest` -> the newest checkpoint-N folder of the output dir."""
-    wanted = training_args.resume_from_checkpoint
-    if wanted in (None, "", "false", "False"):
-        return None
-    if wanted in ("latest", "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
+def check_model_path(path: str | None) -> None:
+    """--model_name_or_path before any data work: a local folder must exist (a missing one is named as such, not
+    reported as a malformed Hub id); anything else is looked up on the Hub now (its config only)."""
+    if path is None or os.path.isdir(path):
+        return
+    where = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(path):
+        raise ValueError(f"--model_name_or_path {path} is a file, not a model folder; convert a checkpoint file with "
+                         "`python -m mae_hf.conversion FILE OUTPUT_DIR` and give OUTPUT_DIR")
+    # A Hub id is "name" or "namespace/name"; anything else, or a "dir/name" whose dir exists here, is a path.
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or (
+        "/" in path and os.path.isdir(path.split("/")[0]))
+    if looks_local:
+        raise ValueError(f"--model_name_or_path {path}: the folder {where} does not exist")
+    from transformers import PretrainedConfig
 
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {training_args.output_dir}")
-        return last
-    if not os.path.isdir(wanted):
-        raise ValueError(f"--resume_from_checkpoint {wanted} does not exist")
-    return wanted
+    try:
+        PretrainedConfig.get_config_dict(path)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"--model_name_or_path {path} is neither a local folder (there is none at {where}) nor a "
+                         f"model the Hub can give here ({type(error).__name__}: {reason})") from error
 
 
 def check_hub_access(training_args) -> None:
@@ -198,19 +210,18 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
     return global_batch
 
 
-def train_evaluate_save(trainer, model, model_args, data_args, training_args, checkpoint=None) -> dict:
-    """What every script ends with: train (resuming `checkpoint`), save the model, its processor, metrics and
-    state; evaluate; write the model card; push to the Hub when asked. Returns the train and eval metrics."""
+def train_evaluate_save(trainer, model, model_args, data_args, training_args) -> dict:
+    """What every script ends with: train (resuming the checkpoint that --resume_from_checkpoint names, checked
+    to fit the model), save the model, its processor, metrics and state; evaluate; write the model card; push to
+    the Hub when asked. Returns the train and eval metrics."""
     from .model_card import write_model_card
 
     metrics = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()  # with the image processor passed as processing_class
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
+        result = _train(trainer, model, model_args, data_args, training_args)
+        if result is None:  # a finished run resumed at its end: its results stay as they are
+            return _saved_results(training_args.output_dir)
+        metrics.update(result)
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
@@ -218,6 +229,73 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args, ch
         metrics.update(eval_metrics)
     if trainer.is_world_process_zero() and training_args.do_train:
         write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+        _mark_finished(trainer, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     return metrics
+
+
+def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
+    """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
+    `_nothing_to_train`), None when the output dir holds this run's finished results."""
+    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, move_aside_previous_checkpoints,
+                         run_identity)
+
+    train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
+    trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
+    checkpoint = choose_checkpoint(training_args, trainer.run_identity)
+    check_checkpoint_fits(checkpoint, model)
+    if checkpoint is None and training_args.overwrite_output_dir:
+        move_aside_previous_checkpoints(training_args)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
+        return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()  # with the image processor passed as processing_class
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+
+
+def _planned_steps(trainer) -> int:
+    """The run's number of optimizer steps, as Trainer computes it. (Trainer itself, resumed from a checkpoint at
+    that step that is not at an epoch's end, would run one step more.)"""
+    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+
+
+def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
+    """A resume at the end of training: None when the output dir holds this run's finished model and results (kept
+    as they are); else the run stopped during its final save: save the checkpoint's model and state (no train
+    metrics, as no step is trained) and return {}."""
+    from transformers import TrainerState
+
+    from .resume import checkpoint_step, finished_run
+
+    step = checkpoint_step(checkpoint)
+    if finished_run(output_dir, trainer.run_identity, step):
+        logger.info(f"{checkpoint} is the end of this run, which is finished: nothing to train; the model and "
+                    f"results in {output_dir} are kept as they are")
+        return None
+    logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
+    trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    trainer.save_model()
+    trainer.save_state()
+    return {}
+
+
+def _mark_finished(trainer, training_args) -> None:
+    """The run's manifest in the output dir, written last: this run's model (its files and sizes) is complete."""
+    from .checkpointing import file_sizes, write_manifest
+
+    out = training_args.output_dir
+    write_manifest(out, trainer.run_identity, trainer.state.global_step,
+                   file_sizes(out, trainer.published_model_files))
+
+
+def _saved_results(output_dir: str) -> dict:
+    path = os.path.join(output_dir, "all_results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)

@@ -1,5 +1,6 @@
 """`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn from a fixed seed,
-a stop on a non-finite loss, and reconstruction figures at each evaluation."""
+a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, and reconstruction figures at
+each evaluation."""
 
 import contextlib
 import os
@@ -7,8 +8,12 @@ import os
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import BatchRebalanceSampler
+from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
+from .checkpointing import CrashSafeCheckpoints
+from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
 from .optim import decay_parameter_names, param_groups
 from .visualize import fixed_noise, reconstruction_grid, segmentation_grid
 
@@ -27,16 +32,45 @@ SDPA_BACKENDS = {
 }
 
 
-class MAETrainer(Trainer):
+class MAETrainer(CrashSafeCheckpoints, Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
+    `sample_draws`: name -> function drawing a per-example model input (the pretraining mask noise).
     `monitor`: a `FeatureMonitor` whose k-NN / linear-probe metrics join every evaluation's metrics.
-    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments)."""
+    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments).
 
-    def __init__(self, *args, eval_data_collator=None, image_decoder=None, monitor=None, **kwargs):
+    Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
+    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
+
+    def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
+        self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
+
+    @property
+    def data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def get_train_dataloader(self):
+        if not has_length(self.train_dataset):  # a stream: no example indices to key the draws on
+            return super().get_train_dataloader()
+        dataset, collator = self.train_dataset, self.data_collator
+        self.train_dataset = SeededSamples(dataset, self.data_seed, self.sample_draws)
+        self.data_collator = SeededCollator(collator, self.data_seed, self.sample_draws)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset, self.data_collator = dataset, collator
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(train_dataset, SeededSamples):
+            return sampler
+        if isinstance(sampler, BatchRebalanceSampler):
+            raise ValueError("--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
+                             "to images (use random or sequential)")
+        return sample_key_sampler(sampler, train_dataset, self.data_seed)
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to

@@ -17,6 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForPreTraining, TrainerCal
 
 import run_pretraining
 from mae_hf import MAEForPreTraining
+from mae_hf.checkpointing import folder_problems
 from mae_hf.run_utils import parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,8 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
-         "--per_device_train_batch_size", "8", "--finite_loss_check", "log"],  # its check all-reduces across ranks
+         "--per_device_train_batch_size", "8", "--finite_loss_check", "log",  # its check all-reduces across ranks
+         "--save_strategy", "steps", "--save_steps", "2"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
@@ -202,6 +204,15 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
     assert [s["global_step"] for s in states] == [4, 4]  # 64 samples / global batch 16
     lrs = [[e["learning_rate"] for e in s["log_history"] if "learning_rate" in e] for s in states]
     assert lrs[0] == lrs[1]  # lr = blr x 16 / 256 in both
+    assert "2 process(es)" in two.stderr
+    # Each example's crop, flip and mask are drawn from its index, whichever process loads it: the same losses.
+    losses = [[e["loss"] for e in s["log_history"] if "loss" in e] for s in states]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    # Checkpoints: every process's RNG state in the folder, renamed into place by process 0 (nothing left staged).
+    for step in (2, 4):
+        folder = tmp_path / "two" / f"checkpoint-{step}"
+        assert folder_problems(str(folder)) == [] and (folder / "rng_state_1.pth").exists()
+    assert not list((tmp_path / "two").glob(".tmp-*"))
     assert two.stderr.count("***** Running MAE pretraining *****") == 1  # the main process only
     assert "Global batch         = 16 = 8 per device x 2 process(es) x 1 accumulation step(s)" in two.stderr
     assert "find_unused_parameters" not in two.stderr and "pin_memory" not in two.stderr  # once printed per rank

@@ -2,6 +2,7 @@
 checkpoint as encoder, sliding-window evaluation, the pipeline, and input errors."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -93,3 +94,19 @@ def test_unused_parameters_rule_matches_the_gradients(out_indices):
     model(torch.randn(2, 3, 16, 16), labels=torch.randint(0, 3, (2, 16, 16))).loss.backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert run_semantic_segmentation.has_unused_parameters(config) == bool(unused)
+
+
+@pytest.mark.parametrize("split", ["training", "validation"])
+def test_truncated_image_is_named_before_training_or_skipped(tmp_path, split, caplog):
+    root = make_ade_folder(tmp_path / "ADEChallengeData2016")
+    image = root / "images" / split / f"ADE_{split}_00000001.jpg"
+    image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])  # headers intact, pixels cut off
+    with pytest.raises(ValueError, match=rf"its image .*ADE_{split}_00000001\.jpg cannot be read .*--skip_corrupt_images"):
+        run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151")
+    assert not (tmp_path / "out").exists()
+    with caplog.at_level(logging.WARNING, logger="mae_hf"):
+        metrics = run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151",
+                      "--skip_corrupt_images", "--eval_strategy", "steps", "--eval_steps", "1")
+    assert metrics["train_loss"] > 0 and "eval_mean_iou" in metrics
+    name = {"training": "train", "validation": "validation"}[split]
+    assert f"skipped 1 {name} image/annotation pair(s) that cannot be read (--skip_corrupt_images)" in caplog.text

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
-from .images import to_model_mode
+from .images import load_reduced, to_model_mode
 from .loading import IMAGE_SUFFIXES
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -229,13 +229,16 @@ def _size(image: PILImage.Image) -> list[int]:
     return [height, width] if exif.get(0x0112) in (5, 6, 7, 8) else [width, height]
 
 
-def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_labels: bool) -> dict:
+def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_labels: bool,
+                 decode_images: bool = True) -> dict:
     out = {"image_size": [], "annotation_size": [], "labels": [], "error": []}
     for image_value, annotation_value in zip(batch[image_column], batch[annotation_column]):
         image_size, annotation_size, labels, error = [], [], [], ""
         try:
             with _open(image_value) as image:
                 image_size = _size(image)
+                if decode_images:
+                    load_reduced(image)  # a truncated image fails here, not in the first training step
             with _open(annotation_value) as annotation:
                 annotation_size = _size(annotation)
                 array = annotation_array(annotation)
@@ -252,7 +255,7 @@ def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_
 
 
 def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: str, reduce_labels: bool,
-                      num_proc: int | None = None, split: str = "train") -> Dataset:
+                      num_proc: int | None = None, split: str = "train", decode_images: bool = True) -> Dataset:
     """Per row: image and annotation sizes from the headers, the class ids present (decoding the map), any error.
     The same function and arguments each time, so `datasets` reuses its cache for file-backed sets."""
     raw = dataset.select_columns([image_column, annotation_column])
@@ -260,30 +263,36 @@ def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: st
     ints = Sequence(Value("int64"))  # explicit: a first batch of empty lists would otherwise infer nulls
     features = Features({"image_size": ints, "annotation_size": ints, "labels": ints, "error": Value("string")})
     function = functools.partial(_stats_batch, image_column=image_column, annotation_column=annotation_column,
-                                 reduce_labels=reduce_labels)
+                                 reduce_labels=reduce_labels, decode_images=decode_images)
     return raw.map(function, batched=True, num_proc=num_proc, remove_columns=raw.column_names, features=features,
                    desc=f"checking {split} annotations")
 
 
 def check_annotations(dataset: Dataset, image_column: str, annotation_column: str, num_labels: int,
-                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None) -> None:
-    """Before training: every annotation opens, is a class map the size of its image, and holds only class ids in
-    [0, num_labels) or 255 (ignored), after `reduce_labels` when set. A ValueError counts the bad rows and names the
-    first three files (rows when there is no file) with both sizes or the offending value."""
-    stats = _annotation_stats(dataset, image_column, annotation_column, reduce_labels, num_proc, split)
+                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None,
+                      skip_corrupt: bool = False, decode_images: bool = True) -> tuple[Dataset, int]:
+    """Before training: every image decodes (JPEGs at 1/8 scale; skipped when `decode_images` is False), every
+    annotation opens, is a class map the size of its image, and holds only class ids in [0, num_labels) or 255
+    (ignored), after `reduce_labels` when set. A ValueError counts the bad rows and names the first three files
+    (rows when there is no file) with both sizes or the offending value. With `skip_corrupt`, rows whose image or
+    annotation cannot be read are left out instead (other faults still raise). Returns (the dataset, the number
+    of rows left out)."""
+    stats = _annotation_stats(dataset, image_column, annotation_column, reduce_labels, num_proc, split, decode_images)
     files = dataset.select_columns([image_column, annotation_column])
     files = files.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
 
     def name(index: int, column: str) -> str:
         return files[index][column].get("path") or f"row {index}"
 
-    problems = []
+    problems, unreadable = [], []
     for index, (image_size, annotation_size, labels, error) in enumerate(
         zip(stats["image_size"], stats["annotation_size"], stats["labels"], stats["error"])
     ):
         if error:
-            problems.append(f"annotation {name(index, annotation_column)} or its image {name(index, image_column)} "
-                            f"cannot be read ({error})")
+            unreadable.append(index)
+            if not skip_corrupt:
+                problems.append(f"annotation {name(index, annotation_column)} or its image "
+                                f"{name(index, image_column)} cannot be read ({error})")
         elif image_size != annotation_size:
             problems.append(f"annotation {name(index, annotation_column)} has size {tuple(annotation_size)} but its "
                             f"image {name(index, image_column)} has size {tuple(image_size)} (width, height)")
@@ -293,7 +302,11 @@ def check_annotations(dataset: Dataset, image_column: str, annotation_column: st
                             f"num_labels={num_labels} (ids must be 0..{num_labels - 1}, or 255 = ignored)")
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ValueError(f"{len(problems)} bad {split} annotation(s): {'; '.join(problems[:3])}{more}")
+        hint = "" if skip_corrupt or not unreadable else " (--skip_corrupt_images leaves unreadable pairs out)"
+        raise ValueError(f"{len(problems)} bad {split} annotation(s): {'; '.join(problems[:3])}{more}{hint}")
+    if unreadable:
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(unreadable)))
+    return dataset, len(unreadable)
 
 
 # ---------------------------------------------------------------------------------------------------- transforms
