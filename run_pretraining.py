@@ -217,7 +217,7 @@ def main(argv=None, callbacks=()):
     check_model_path(model_args.model_name_or_path)
     check_resume_argument(training_args)
     config = build_config(model_args)
-    apply_runtime_defaults(training_args, unused_parameters=config.mask_ratio == 0)  # 0: the mask token is unused
+    apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
 
     raw = load_image_datasets(data_args, seed=training_args.seed)
     apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded

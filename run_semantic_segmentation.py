@@ -122,6 +122,9 @@ class SegmentationTrainingArguments(RecipeArguments):
     lr_scheduler_kwargs: dict | str | None = recipe(
         {"power": 1.0, "lr_end": 0.0}, "Scheduler settings (JSON).", MMSEG)
     max_steps: int = recipe(160_000, "Training steps; --num_train_epochs given instead replaces it.", MMSEG)
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Training epochs, given instead of --max_steps (default: none, --max_steps "
+                               "sets the length)"})
     per_device_train_batch_size: int = recipe(2, "Images per device and step.", MMSEG + ": 8 GPUs x 2")
     per_device_eval_batch_size: int = field(default=1, metadata={"help": "Images per device in evaluation."})
     max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none.", MMSEG)

@@ -6,6 +6,7 @@ training-length checks that need no data (`check_training_plan`; those that need
 are in `run_utils.apply_recipe_schedule`). Evaluation-only runs (`--do_train false`) skip the training checks.
 """
 
+import math
 from fnmatch import fnmatch
 
 # The metrics each script's evaluation reports (without transformers' "eval_" prefix), for --metric_for_best_model.
@@ -95,6 +96,29 @@ def check_steps_per_epoch(training_args, train_size: int | None) -> None:
         raise ValueError(
             f"the {train_size} training examples are fewer than one batch ({batch} over "
             f"{training_args.world_size} process(es)) and --dataloader_drop_last drops it: no training step per epoch"
+        )
+
+
+def steps_per_epoch(training_args, train_size: int) -> int:
+    """Optimizer steps per epoch as transformers' Trainer counts them: the batches of each process (accelerate
+    shards whole batches; --dataloader_drop_last drops the incomplete one), the last accumulation short."""
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    batches = train_size // batch if training_args.dataloader_drop_last else math.ceil(train_size / batch)
+    return max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
+
+
+def check_warmup_steps(training_args, train_size: int | None) -> None:
+    """--warmup_steps N (N >= 1) against a length given in epochs (check_training_plan compares it with --max_steps):
+    a run shorter than its warmup never reaches its learning rate (e.g. segmentation's 1500 with --num_train_epochs)."""
+    warmup = training_args.warmup_steps
+    if warmup < 1 or training_args.max_steps > 0 or not train_size:
+        return
+    per_epoch = steps_per_epoch(training_args, train_size)
+    total = math.ceil(training_args.num_train_epochs * per_epoch)
+    if warmup >= total:
+        raise ValueError(
+            f"--warmup_steps {warmup:g} must be fewer than the training's {total} steps (--num_train_epochs "
+            f"{training_args.num_train_epochs:g} of {per_epoch} steps)"
         )
 
 

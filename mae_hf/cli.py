@@ -4,7 +4,8 @@ Layers, lowest first: the script's defaults (the recipe), a preset switched on i
 a preset switched on by a flag (e.g. `--linear_probe`), the flags. A higher layer wins, also over the other
 spellings of the same setting (`ALTERNATIVES`): `--train_dir` on the command line replaces the file's
 `dataset_name`, `--learning_rate` replaces the default `--base_learning_rate`. Two spellings of one setting in the
-same layer are refused, naming both.
+same layer are refused, naming both. A flag also sets what it implies (`IMPLIED`: `--save_steps N` checkpoints every
+N steps) unless a layer as high sets that itself.
 
 Argument dataclasses may declare, as class variables: `PRESETS` ({flag: words put under the layer that switches the
 flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from
@@ -15,10 +16,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, fields
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.utils import logging as transformers_logging
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override the config file)"
@@ -33,14 +36,24 @@ ALTERNATIVES = (
     ("warmup", ("warmup_epochs",), ("warmup_steps",)),
     ("checkpoint interval", ("save_every_epochs",), ("save_steps", "save_strategy")),
     ("training length", ("num_train_epochs",), ("max_steps",)),
+    ("optimizer", ("use_lars",), ("optim",)),
 )
 OFF = {
     "dataset_name": None, "dataset_config_name": None, "train_dir": None, "validation_dir": None,
     "monitor_dataset": None, "monitor_dataset_config_name": None, "monitor_train_dir": None,
     "monitor_validation_dir": None,
     "base_learning_rate": None, "warmup_epochs": None, "warmup_steps": 0, "save_every_epochs": None, "max_steps": -1,
+    "use_lars": False,
 }
 SAME_LAYER_ALLOWED = {"training length"}  # transformers' rule: --max_steps overrides --num_train_epochs
+# (flag, value or None for any, setting, its value): the flag given above every layer that gives the setting sets
+# it too. Our scripts evaluate and checkpoint every epoch by default, so --save_steps N / --eval_steps N alone would
+# be ignored, and transformers turns --do_eval false back on while an eval_strategy is set.
+IMPLIED = (
+    ("save_steps", None, "save_strategy", "steps"),
+    ("eval_steps", None, "eval_strategy", "steps"),
+    ("do_eval", False, "eval_strategy", "no"),
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -168,6 +181,53 @@ def switch_off_alternatives(layers: list[Layer], parsed) -> None:
                 break
 
 
+def highest(layers: list[Layer], name: str) -> int:
+    """The index of the highest layer that gives `name`; -1: none does (the script's default)."""
+    return max((i for i, layer in enumerate(layers) if name in layer.given), default=-1)
+
+
+def value_in(layers: list[Layer], name: str, top: int, defaults: dict):
+    """The value of `name` that the layers up to `top` give (or the default)."""
+    index = highest(layers[: top + 1], name)
+    value = layers[index].given[name] if index >= 0 else defaults.get(name)
+    return getattr(value, "value", value)  # enums
+
+
+def implied_words(layers: list[Layer], defaults: dict) -> list[str]:
+    """Words that go last: the settings that flags imply (IMPLIED), and no scheduler settings under a scheduler
+    type given above them for another type (the recipe's {"min_lr": ...} fails transformers' cosine, linear, ...)."""
+    values = {}
+    for flag, value, setting, implied in IMPLIED:
+        top = highest(layers, flag)
+        if top > highest(layers, setting) and (value is None or layers[top].given[flag] == value):
+            values[setting] = implied
+    kinds, settings = highest(layers, "lr_scheduler_type"), highest(layers, "lr_scheduler_kwargs")
+    if kinds > settings and (value_in(layers, "lr_scheduler_type", kinds, defaults)
+                             != value_in(layers, "lr_scheduler_type", settings, defaults)):
+        values["lr_scheduler_kwargs"] = {}
+    return to_words(values)
+
+
+def is_replica() -> bool:
+    """A process other than the main one of `torchrun` / `accelerate launch` (both set RANK)."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
+def into_dataclasses(parser: HfArgumentParser, words: list[str]):
+    """The dataclasses; their warnings (e.g. transformers' deprecated flags) from the main process only, as the
+    warnings of the rest of the run (setup_logging)."""
+    if not is_replica():
+        return parser.parse_args_into_dataclasses(args=words)
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return parser.parse_args_into_dataclasses(args=words)
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
 def parse_arguments(dataclass_types, argv=None):
     """The argument dataclasses from `argv` (default: sys.argv[1:]); see the module docstring for the layers."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -180,6 +240,7 @@ def parse_arguments(dataclass_types, argv=None):
     for layer in layers:
         if not layer.preset:
             check_layer(layer, ignored, defaults)
-    parsed = parser.parse_args_into_dataclasses(args=[word for layer in layers for word in layer.words])
+    words = [word for layer in layers for word in layer.words] + implied_words(layers, defaults)
+    parsed = into_dataclasses(parser, words)
     switch_off_alternatives(layers, parsed)
     return parsed

@@ -496,7 +496,8 @@ def main(argv=None):
                         f"{DECODER_HEADS}; official models_mae.py); needed for other widths")
     # One spelling for negated flags across the project: HfArgumentParser's --no_x.
     parser.add_argument("--norm_pix_loss", action="store_true", default=None, help="record norm_pix_loss=True "
-                        "(default: off for mae_visualize_* files, else on; official PRETRAIN.md and demo notebook)")
+                        "(default: official files: off for mae_visualize_*, else on (official PRETRAIN.md and demo "
+                        "notebook); transformers folders: their config.json's; timm files: off)")
     parser.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss",
                         help="record norm_pix_loss=False")
     parser.add_argument("--image_size", type=int, nargs="+",

@@ -3,7 +3,6 @@ checks, logging, the recipe's learning-rate and warmup arithmetic, and the train
 
 import json
 import logging
-import math
 import os
 
 import datasets
@@ -11,7 +10,7 @@ import torch
 import transformers
 from transformers.trainer_utils import has_length
 
-from .argument_checks import check_steps_per_epoch
+from .argument_checks import check_steps_per_epoch, check_warmup_steps, steps_per_epoch
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
 
 logger = logging.getLogger("mae_hf")
@@ -199,13 +198,13 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
                 f"--warmup_epochs {training_args.warmup_epochs} must be shorter than the training ({epochs:g} epochs)"
             )
         training_args.warmup_steps = training_args.warmup_epochs / epochs  # a share of all steps
+    check_warmup_steps(training_args, train_size)
     if training_args.save_every_epochs:
         if not train_size:
             raise ValueError("--save_every_epochs needs the dataset size; with --streaming give --save_steps")
-        batches = math.ceil(train_size / (training_args.per_device_train_batch_size * training_args.world_size))
-        steps_per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
+        per_epoch = steps_per_epoch(training_args, train_size)
         training_args.save_strategy = "steps"
-        training_args.save_steps = max(1, round(training_args.save_every_epochs * steps_per_epoch))
+        training_args.save_steps = max(1, round(training_args.save_every_epochs * per_epoch))
         logger.info(f"checkpoint every {training_args.save_steps} steps ({training_args.save_every_epochs} epochs)")
     return global_batch
 

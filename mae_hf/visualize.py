@@ -149,14 +149,14 @@ def main(argv=None) -> str:
     from .modeling_mae import MAEForPreTraining
 
     parser = argparse.ArgumentParser(description="Reconstruction figure of a saved MAE pretraining model.")
-    parser.add_argument("model_dir", help="a saved MAEForPreTraining folder")
+    parser.add_argument("model_dir", help="a saved MAEForPreTraining folder (or a Hub id, with --output)")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--output", default=None, help=f"the figure (default: MODEL_DIR/{CLI_FIGURE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks (default: %(default)s)")
     parser.add_argument("--mask_ratio", type=float, default=None, help="default: the model's")
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.model_dir):
-        parser.error(f"no such model folder: {args.model_dir}")
+    if not os.path.isdir(args.model_dir) and args.output is None:  # a Hub id has no folder to write next to
+        parser.error(f"no such model folder: {args.model_dir} (for a model on the Hub, give --output)")
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         parser.error(f"no such image file: {', '.join(missing)}")

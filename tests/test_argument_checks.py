@@ -3,15 +3,21 @@ or model work, naming the flag; training-length checks run before the images and
 evaluation-only runs; evaluation arguments that the metrics depend on work both ways."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from test_modeling_segmentation import seg_config
+from transformers import Trainer
 
 import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
+from mae_hf.argument_checks import steps_per_epoch
+from mae_hf.cli import parse_arguments
+from mae_hf.run_utils import apply_recipe_schedule
 
 COMMON = ["--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no", "--logging_steps", "1",
           "--seed", "0", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "4",
@@ -104,16 +110,36 @@ def test_training_length_checks_without_data_come_first(tmp_path, monkeypatch, s
         ("classification", ["--max_steps", "4", "--warmup_epochs", "2"], r"shorter than the training \(1 epochs\)"),
         ("classification", ["--max_steps", "4", "--warmup_epochs", "0", "--dataloader_drop_last", "true",
                             "--per_device_train_batch_size", "32"], "the 16 training examples are fewer than one batch"),
+        # warmup steps against a length in epochs (4 steps of 4 images): was not checked, the lr never peaked
+        ("segmentation", ["--num_train_epochs", "1", "--warmup_steps", "1500"],
+         r"--warmup_steps 1500 must be fewer than the training's 4 steps \(--num_train_epochs 1 of 4 steps\)"),
+        ("pretraining", ["--num_train_epochs", "2", "--warmup_steps", "8", "--gradient_accumulation_steps", "3"],
+         r"--warmup_steps 8 must be fewer than the training's 4 steps \(--num_train_epochs 2 of 2 steps\)"),
     ],
 )
 def test_training_length_checks_come_before_images_and_model(tmp_path, monkeypatch, script, flags, message):
     """These need the number of training examples: they run once the split is listed, before any image is
     decoded and before the model is built."""
     module = SCRIPTS[script][0]
-    forbid(monkeypatch, module, "build_model", "verify_splits",
+    forbid(monkeypatch, module, "build_model", "check_annotations" if script == "segmentation" else "verify_splits",
            *(["prepare_datasets"] if script == "pretraining" else ["attach_transforms"]))
     with pytest.raises(ValueError, match=message):
         run(script, tmp_path, *flags)
+
+
+@pytest.mark.parametrize("size, batch, accumulation, drop_last", [(1500, 64, 5, False), (1500, 64, 1, True),
+                                                                  (100, 8, 3, True), (64, 16, 4, False)])
+def test_epochs_in_steps_are_the_trainers(tmp_path, size, batch, accumulation, drop_last):
+    """--save_every_epochs counted floor(batches / accumulation) steps per epoch and ignored --dataloader_drop_last:
+    with 24 batches and 5 accumulation steps, "every epoch" checkpointed every 4 of the epoch's 5 steps."""
+    _, _, args = parse_arguments(run_pretraining.ARGUMENTS, [
+        "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", "--per_device_train_batch_size", str(batch),
+        "--gradient_accumulation_steps", str(accumulation), "--dataloader_drop_last", str(drop_last),
+        "--save_every_epochs", "1", "--do_eval", "false"])
+    apply_recipe_schedule(args, size)
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=[{"x": i} for i in range(size)])
+    batches = len(trainer.get_train_dataloader())
+    assert args.save_steps == steps_per_epoch(args, size) == math.ceil(batches / accumulation)  # Trainer's count
 
 
 @pytest.mark.parametrize(

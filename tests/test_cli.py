@@ -6,9 +6,11 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import run_image_classification
 import run_pretraining
@@ -93,6 +95,83 @@ def test_linear_probe_preset_over_a_finetuning_config_under_the_flags():
     assert (model_args.drop_path_rate, args.base_learning_rate, args.use_lars) == (0.1, 2e-3, False)
 
 
+def test_step_intervals_and_do_eval_given_alone_set_their_strategy(tmp_path):
+    """Our scripts evaluate and checkpoint every epoch: --save_steps / --eval_steps alone were ignored (also over
+    a config's --save_every_epochs, which the README says they replace), and transformers turned --do_eval false
+    back on because of the eval_strategy."""
+    config = str(ROOT / "configs/finetune_vit_base.yaml")  # save_every_epochs: 10, eval_strategy: epoch, bf16
+    _, _, args = parse("classify", config, "--bf16", "false", "--save_steps", "100", "--eval_steps", "50")
+    assert (args.save_strategy, args.save_steps, args.save_every_epochs) == ("steps", 100, None)
+    assert (args.eval_strategy, args.eval_steps) == ("steps", 50)
+    _, _, args = parse("pretrain", write(tmp_path, 'save_strategy: "no"\n'), "--save_steps", "5")
+    assert args.save_strategy == "steps"
+    _, _, args = parse("pretrain", "--save_strategy", "epoch", "--save_steps", "5", "--eval_steps", "5",
+                       "--eval_strategy", "no")  # the strategy in the same place is the user's
+    assert (args.save_strategy, args.eval_strategy) == ("epoch", "no")
+    _, _, args = parse("pretrain", str(ROOT / "configs/pretrain_digits_demo.yaml"), "--save_strategy", "no")
+    assert (args.save_strategy, args.eval_strategy) == ("no", "steps")
+    for script in SCRIPTS:  # segmentation evaluates every 16k steps by default
+        _, _, args = parse(script, "--do_eval", "false")
+        assert (args.do_eval, args.eval_strategy) == (False, "no"), script
+    _, _, args = parse("segment", "--no_do_eval")
+    assert (args.do_eval, args.eval_strategy) == (False, "no")
+    _, _, args = parse("pretrain", write(tmp_path, "do_eval: false\n"), "--eval_strategy", "steps")
+    assert (args.do_eval, args.eval_strategy) == (True, "steps")  # the higher place wins
+
+
+@pytest.mark.parametrize(
+    "script, words, expected",
+    [
+        ("classify", ["--lr_scheduler_type", "cosine"], {}),  # the recipe's {"min_lr": 1e-6} failed at step 1
+        ("classify", ["--linear_probe", "--lr_scheduler_type", "linear"], {}),  # the preset's {"min_lr": 0.0}
+        ("segment", ["--lr_scheduler_type", "cosine"], {}),  # mmsegmentation's {"power": 1.0, "lr_end": 0.0}
+        ("classify", ["--lr_scheduler_type", "cosine_with_min_lr"], {"min_lr": 1e-6}),  # the same type: kept
+        ("classify", ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'],
+         {"min_lr_rate": 0.1}),
+        ("pretrain", ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 1e-5}'],
+         {"min_lr": 1e-5}),
+    ],
+)
+def test_scheduler_settings_follow_the_scheduler_type(tmp_path, script, words, expected):
+    from transformers import get_scheduler
+
+    _, _, args = parse(script, "--output_dir", str(tmp_path), *words)
+    assert args.lr_scheduler_kwargs == expected
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=1, num_training_steps=10,
+                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)  # what Trainer builds at its first step
+
+
+def test_scheduler_settings_of_a_file_follow_its_scheduler_type(tmp_path):
+    config = write(tmp_path, "lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr: 1.0e-5}\n")
+    _, _, args = parse("classify", config, "--lr_scheduler_type", "cosine")
+    assert args.lr_scheduler_kwargs == {}
+    _, _, args = parse("classify", config, "--num_train_epochs", "3")
+    assert args.lr_scheduler_kwargs == {"min_lr": 1e-5}
+
+
+def test_optim_flag_replaces_the_linear_probe_lars():
+    """--optim with --linear_probe silently trained with LARS (the preset's --use_lars)."""
+    _, _, args = parse("classify", "--linear_probe", "--optim", "adamw_torch")
+    assert (args.use_lars, args.optim, args.base_learning_rate) == (False, "adamw_torch", 0.1)
+    _, _, args = parse("classify", str(ROOT / "configs/linprobe_vit_base.yaml"), "--bf16", "false", "--optim", "sgd")
+    assert (args.use_lars, args.optim) == (False, "sgd")
+    _, _, args = parse("classify", "--linear_probe")
+    assert args.use_lars is True
+    with pytest.raises(ValueError, match="--use_lars and --optim are alternative ways to give the optimizer"):
+        parse("classify", "--use_lars", "--optim", "sgd")
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_argument_warnings_come_from_the_main_process_only(monkeypatch, rank, shown):
+    """TrainingArguments warns while it is parsed, before setup_logging silences the other processes."""
+    monkeypatch.setenv("RANK", rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse("pretrain", "--gradient_checkpointing", "true")
+    assert any("gradient_checkpointing" in str(w.message) for w in caught) is shown
+
+
 @pytest.mark.parametrize("flag", ["--do_predict", "--neftune_noise_alpha 5"])
 def test_flags_the_scripts_ignore_are_refused(flag):
     with pytest.raises(ValueError, match=f"{flag.split()[0]} \\(given on the command line\\) is not used"):
@@ -147,6 +226,12 @@ def test_help_is_honest_about_ignored_derived_and_negated_flags():
         assert f"  {hidden}" not in text
     assert "--no-norm-pix-loss" not in text and "--train-dir" not in text  # one spelling shown per flag
     assert "--use_lars" in help_of(help_text("classify"), "--optim")
+
+
+def test_help_shows_no_default_the_script_does_not_use():
+    """Segmentation's length is --max_steps (160k): --num_train_epochs showed transformers' 3.0."""
+    line = help_of(help_text("segment"), "--num_train_epochs")
+    assert "3.0" not in line and "(default: none, --max_steps sets the length)" in line
 
 
 def test_conversion_cli_negates_as_the_scripts_do():

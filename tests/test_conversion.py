@@ -242,6 +242,23 @@ def test_transformers_zero_decoder_table_is_kept_with_a_warning(caplog):
     assert "all zeros" in caplog.text
 
 
+def test_recorded_norm_pix_loss_of_each_format_is_the_default_help_gives(tmp_path, capsys):
+    """--help said "off for mae_visualize_* files, else on": transformers folders keep their config.json's value
+    and timm files are recorded off (the official files: test_official_pretraining_matches_reference)."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "transformers folders: their config.json's; timm files: off" in " ".join(capsys.readouterr().out.split())
+    for recorded in (True, False):
+        config = transformers_config()
+        config.norm_pix_loss = recorded
+        save_transformers(ViTMAEForPreTraining(config), tmp_path / f"hf_{recorded}", "v5")
+        main([str(tmp_path / f"hf_{recorded}"), str(tmp_path / f"out_{recorded}")])
+        assert MAEForPreTraining.from_pretrained(tmp_path / f"out_{recorded}").config.norm_pix_loss is recorded
+    save_file(timm_vit(num_classes=0).state_dict(), tmp_path / "vit.safetensors")
+    main([str(tmp_path / "vit.safetensors"), str(tmp_path / "timm"), "--num_attention_heads", "4"])
+    assert MAEModel.from_pretrained(tmp_path / "timm").config.norm_pix_loss is False
+
+
 # ---- timm VisionTransformer state dicts --------------------------------------------------------------------------
 
 

@@ -218,6 +218,26 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
     assert "find_unused_parameters" not in two.stderr and "pin_memory" not in two.stderr  # once printed per rank
 
 
+class GradientlessParameters(TrainerCallback):
+    """The DDP setting the run starts with, and the trainable parameters that its first backward left without a
+    gradient (those DDP's search is for)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.find_unused = args.ddp_find_unused_parameters
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_no_search_for_unused_parameters_at_mask_ratio_0(tmp_path):
+    """The mask token still gets a gradient (its zero-length copies are in the graph): searching anyway made DDP
+    warn on every process that it found none."""
+    seen = GradientlessParameters()
+    run(tmp_path, "--dataset_name", "digits", "--mask_ratio", "0", "--max_steps", "1", "--do_eval", "false",
+        "--max_train_samples", "16", callbacks=[seen])
+    assert seen.without == [] and seen.find_unused is False
+
+
 def test_start_banner_and_no_warning_at_every_evaluation(tmp_path, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -282,6 +302,19 @@ def test_visualize_cli_writes_next_to_the_model(tmp_path):
     assert figure.width == Image.open(tmp_path / "out" / "reconstruction.png").width  # the same 4-column layout
     assert (tmp_path / "out" / "reconstruction.png").read_bytes() == training_figure  # left alone
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["digit.png"]  # nothing in the current folder
+
+
+def test_visualize_cli_takes_a_hub_id_with_an_output(tmp_path, capsys):
+    """A Hub id has no folder to write next to: it needs --output, and with it is loaded as before."""
+    from mae_hf import visualize
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
+    with pytest.raises(SystemExit):
+        visualize.main(["someone/mae-digits", str(image)])
+    assert "for a model on the Hub, give --output" in capsys.readouterr().err
+    with pytest.raises(OSError, match="huggingface.co"):  # offline here: the Hub was asked for it
+        visualize.main(["someone/mae-digits", str(image), "--output", str(tmp_path / "figure.png")])
 
 
 def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
