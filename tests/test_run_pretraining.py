@@ -2,6 +2,7 @@
 processes, and the errors that must come before any training."""
 
 import itertools
+import logging
 import json
 import os
 import subprocess
@@ -421,3 +422,16 @@ def test_monitor_errors_come_before_training(tmp_path):
     with pytest.raises(ValueError, match="--metric_for_best_model eval_knn_top1_cls is not reported"):  # no monitor
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--metric_for_best_model", "eval_knn_top1_cls")
     assert not (tmp_path / "out").exists()
+
+
+def test_monitor_without_evaluations_is_skipped_with_a_warning(tmp_path, caplog):
+    logged = []
+
+    class Spy(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs))
+
+    with caplog.at_level(logging.WARNING, logger="mae_hf"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false", *MONITOR, callbacks=[Spy()])
+    assert "--monitor_dataset is scored at evaluations, and this run has none" in caplog.text
+    assert logged and not any("eval_knn_top1_cls" in logs for logs in logged)
