@@ -23,6 +23,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: setup
 	$(PY) run_pretraining.py configs/pretrain_digits_demo.yaml --overwrite_output_dir
 	@echo "reconstructions: outputs/pretrain_digits/reconstruction.png"
+	@echo "training curves (loss, learning rate, k-NN / linear-probe top-1): outputs/pretrain_digits/training_curves.png"
 
 # Does MAE pretraining pay for segmentation? Pretraining + 8 fine-tunes + evaluation on digits_seg, a table (CPU).
 demo-seg: setup

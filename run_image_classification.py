@@ -33,6 +33,7 @@ from mae_hf.arguments import (
     scaled_learning_rate,
 )
 from mae_hf.banner import StartBanner
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
     ImageTransform,
     MixupCollator,
@@ -241,6 +242,11 @@ def metrics_function():
     return compute_metrics
 
 
+def training_curves(output_dir: str) -> TrainingCurvesCallback:
+    accuracy = percent_panel("evaluation top-1", "top-1 accuracy", {"eval_accuracy": "top-1"})
+    return TrainingCurvesCallback([*loss_panels("cross-entropy"), accuracy], output_dir)
+
+
 def start_banner(model, datasets, training_args) -> StartBanner:
     title = "Running linear probing" if training_args.linear_probe else "Running fine-tuning"
     encoder = "frozen (linear probe)" if training_args.linear_probe else "trained"
@@ -290,7 +296,7 @@ def main(argv=None, callbacks=()):
         processing_class=image_processor(model.config, training_args),
         compute_metrics=metrics_function(),
         preprocess_logits_for_metrics=lambda logits, labels: top_k_predictions(logits),
-        callbacks=[start_banner(model, datasets, training_args), *callbacks],
+        callbacks=[start_banner(model, datasets, training_args), training_curves(training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)

@@ -29,6 +29,7 @@ from mae_hf.arguments import (
     scaled_learning_rate,
 )
 from mae_hf.banner import StartBanner
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
 from mae_hf.data import (
     collate_pixel_values,
     eval_transform,
@@ -40,6 +41,7 @@ from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
     apply_gpu_fast_paths,
@@ -48,6 +50,7 @@ from mae_hf.run_utils import (
     check_hub_access,
     check_model_path,
     check_output_dir,
+    logger,
     parse_arguments,
     setup_logging,
     train_evaluate_save,
@@ -101,7 +104,7 @@ class PretrainingArguments(RecipeArguments):
     save_strategy: str = each_epoch("checkpoint")
 
 
-ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments)
+ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments)
 
 
 def build_config(model_args) -> MAEConfig:
@@ -177,6 +180,23 @@ def visualized_images(eval_dataset, count: int) -> torch.Tensor:
     return torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
 
 
+def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> FeatureMonitor | None:
+    """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one."""
+    if monitor_args.enabled and not training_args.do_eval:
+        logger.warning("--monitor_dataset is scored at evaluations, and this run has none (--do_eval false)")
+        return None
+    return FeatureMonitor.from_arguments(
+        monitor_args, config, training_args.per_device_eval_batch_size, training_args.dataloader_num_workers,
+        data_args.cache_dir,
+    )
+
+
+def training_curves(config: MAEConfig, monitor, output_dir: str) -> TrainingCurvesCallback:
+    target = "per-patch normalised pixels" if config.norm_pix_loss else "normalised pixels"
+    panels = loss_panels(f"MSE on masked patches\n({target})")
+    return TrainingCurvesCallback(panels + (monitor_panels() if monitor is not None else []), output_dir)
+
+
 def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
     masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
                f"the encoder sees {config.num_patches - config.num_masked_patches}")
@@ -185,12 +205,12 @@ def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
 
 
 def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
+    model_args, data_args, training_args, monitor_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
         training_args.eval_strategy = "no"
-    check_trainer_arguments(training_args, ["pixel_values"], PRETRAINING_METRICS)
+    check_trainer_arguments(training_args, ["pixel_values"], PRETRAINING_METRICS + monitor_args.metric_names())
     check_training_plan(training_args, data_args.streaming)
     check_output_dir(training_args)
     check_hub_access(training_args)
@@ -202,6 +222,7 @@ def main(argv=None, callbacks=()):
     raw = load_image_datasets(data_args, seed=training_args.seed)
     apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
     datasets = prepare_datasets(raw, data_args, config, training_args)
+    monitor = build_monitor(monitor_args, config, data_args, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)
     mean, std = normalisation(config.num_channels)
@@ -216,7 +237,9 @@ def main(argv=None, callbacks=()):
         **gpu_decoding_arguments(data_args, config, training_args),
         processing_class=image_processor(config),
         sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
-        callbacks=[figures, start_banner(config, datasets, training_args), *callbacks],
+        monitor=monitor,
+        callbacks=[figures, start_banner(config, datasets, training_args),
+                   training_curves(config, monitor, training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)

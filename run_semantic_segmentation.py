@@ -29,6 +29,7 @@ from mae_hf.arguments import (
 )
 from mae_hf.banner import StartBanner
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
+from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
 from mae_hf.data import (
     SegmentationBatchTransform,
     SegmentationEvalTransform,
@@ -234,6 +235,11 @@ def metrics_function(config):
     return compute_metrics
 
 
+def training_curves(output_dir: str) -> TrainingCurvesCallback:
+    miou = percent_panel("evaluation mIoU", "mean IoU", {"eval_mean_iou": "mIoU"})
+    return TrainingCurvesCallback([*loss_panels("cross-entropy\n(decode + weighted auxiliary head)"), miou], output_dir)
+
+
 def start_banner(config, datasets, data_args, training_args) -> StartBanner:
     task = {"Classes": f"{config.num_labels}", "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
             "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}"}
@@ -287,7 +293,8 @@ def main(argv=None, callbacks=()):
         processing_class=image_processor(config, data_args),
         compute_metrics=metrics_function(config),
         callbacks=[*([SegmentationFigureCallback(shown, mean, std, training_args.output_dir)] if shown else []),
-                   start_banner(config, datasets, data_args, training_args), *callbacks],
+                   start_banner(config, datasets, data_args, training_args),
+                   training_curves(training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)

@@ -133,7 +133,9 @@ def publish_files(staged: str, folder: str) -> list[str]:
 def is_leftover(name: str) -> bool:
     """A staging or trash entry of ours (what a killed save or deletion leaves behind)."""
     ours = ("checkpoint-", "model", MANIFEST_NAME)
-    return name.startswith(tuple(prefix + kind for prefix in (STAGING_PREFIX, TRASH_PREFIX) for kind in ours))
+    staged_results = name.startswith(STAGING_PREFIX) and name.endswith("_results.json")  # see save_metrics
+    return staged_results or name.startswith(tuple(prefix + kind for prefix in (STAGING_PREFIX, TRASH_PREFIX)
+                                                   for kind in ours))
 
 
 def remove_leftovers(folder: str) -> None:
@@ -249,6 +251,9 @@ class CrashSafeCheckpoints:
       process has written its files (RNG states, sharded states); the others wait for the rename. Rotation
       (`save_total_limit`) counts only this run's complete checkpoints.
     - `save_model` into the output dir stages the model the same way and moves its files in, `config.json` last.
+    - `save_metrics` replaces `{split}_results.json` and `all_results.json` atomically (Trainer's truncates them
+      first; a kill then left an empty all_results.json, which the next save_metrics and a resume of the finished
+      run read back and fail on).
     - An exception in an evaluation that is due with a checkpoint saves that checkpoint before it propagates (one
       process only: with several, the others would wait for it in the middle of their evaluation).
     `run_identity` (a JSON-ready dict, see `resume.run_identity`) goes into every manifest."""
@@ -304,6 +309,18 @@ class CrashSafeCheckpoints:
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub and not _internal_call:  # what Trainer.save_model does after saving
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def save_metrics(self, split: str, metrics: dict, combined: bool = True) -> None:
+        if not self.is_world_process_zero():
+            return
+        write_json_atomic(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            combined_metrics = {}
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as file:
+                    combined_metrics = json.load(file)
+            write_json_atomic(path, {**combined_metrics, **metrics})
 
     def _evaluate(self, trial, ignore_keys_for_eval, skip_scheduler: bool = False):
         try:

@@ -30,6 +30,8 @@ USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override
 # are switched off with OFF where they have an off value (the rest are overridden in code by the winning side).
 ALTERNATIVES = (
     ("data source", ("dataset_name", "dataset_config_name"), ("train_dir", "validation_dir")),
+    ("monitor data source", ("monitor_dataset", "monitor_dataset_config_name"),
+     ("monitor_train_dir", "monitor_validation_dir")),
     ("learning rate", ("base_learning_rate",), ("learning_rate",)),
     ("warmup", ("warmup_epochs",), ("warmup_steps",)),
     ("checkpoint interval", ("save_every_epochs",), ("save_steps", "save_strategy")),
@@ -38,6 +40,8 @@ ALTERNATIVES = (
 )
 OFF = {
     "dataset_name": None, "dataset_config_name": None, "train_dir": None, "validation_dir": None,
+    "monitor_dataset": None, "monitor_dataset_config_name": None, "monitor_train_dir": None,
+    "monitor_validation_dir": None,
     "base_learning_rate": None, "warmup_epochs": None, "warmup_steps": 0, "save_every_epochs": None, "max_steps": -1,
     "use_lars": False,
 }

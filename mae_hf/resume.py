@@ -181,10 +181,28 @@ def _describe(saved, current) -> str:
                      for name in SIZE_FIELDS if getattr(saved, name, None) != getattr(current, name, None))
 
 
+def _architecture(folder: str) -> str | None:
+    """The model class a saved config names (`architectures`, written by save_pretrained), or None."""
+    try:
+        with open(os.path.join(folder, "config.json")) as file:
+            return (json.load(file).get("architectures") or [None])[0]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_checkpoint_fits(checkpoint: str | None, model) -> None:
-    """Before training: the checkpoint's weights have this model's shapes. A ValueError names the checkpoint's and
-    this run's sizes (the config fields that differ) and the first tensor that does not fit."""
-    if checkpoint is None or (saved := _weight_shapes(checkpoint)) is None:
+    """Before training: the checkpoint holds a model of this run's class (a pretraining checkpoint given to the
+    fine-tuning script fails with the flag to use instead, not with the optimizer's group count) and of its shapes.
+    A ValueError names the checkpoint's and this run's sizes (the config fields that differ) and the first tensor
+    that does not fit."""
+    if checkpoint is None:
+        return
+    if (saved_class := _architecture(checkpoint)) not in (None, type(model).__name__):
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} holds a {saved_class}, this run trains a {type(model).__name__}: "
+            "a checkpoint resumes the run that wrote it. To start from its weights, pass it as --model_name_or_path"
+        )
+    if (saved := _weight_shapes(checkpoint)) is None:
         return
     current = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     wrong = [name for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]]
@@ -201,29 +219,38 @@ def check_checkpoint_fits(checkpoint: str | None, model) -> None:
 # ---------------------------------------------------------------------------------------------------- output dir
 
 
+# A run's results and per-evaluation figures (the FigureCallback folders), which a new run would merge into
+# (all_results.json) or add to.
+PREVIOUS_RESULTS = ("all_results.json", "train_results.json", "eval_results.json", "reconstructions", "segmentations")
+
+
 def move_aside_previous_checkpoints(training_args) -> str | None:
-    """--overwrite_output_dir without a resume: a previous run's checkpoint-N folders (and leftovers of killed
-    saves) go to `overwritten-<time>/` in the output dir, so that the new run never resumes, rotates or mixes them.
-    Done by the process that writes the output dir; the others wait. Returns the folder they went to."""
+    """--overwrite_output_dir without a resume: a previous run's checkpoint-N folders, results and per-evaluation
+    figures (and leftovers of killed saves) go to `overwritten-<time>/` in the output dir, so that the new run never
+    resumes, rotates or mixes them. Done by the process that writes the output dir; the others wait. Returns the
+    folder they went to."""
     out = training_args.output_dir
     moved_to = None
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="moving old checkpoints"):
         if not training_args.should_save or not os.path.isdir(out):
             return None
         old = [path for _step, path in checkpoint_folders(out)]  # and the previous run's "finished" manifest
-        old += [os.path.join(out, n) for n in os.listdir(out) if is_leftover(n) or n == MANIFEST_NAME]
+        old += [os.path.join(out, n) for n in os.listdir(out)
+                if is_leftover(n) or n == MANIFEST_NAME or n in PREVIOUS_RESULTS]
         if old:
             moved_to = os.path.join(out, time.strftime("overwritten-%Y%m%d-%H%M%S"))
             os.makedirs(moved_to)
             for path in old:
                 os.rename(path, os.path.join(moved_to, os.path.basename(path)))
-            logger.warning(f"--overwrite_output_dir: moved the checkpoints of a previous run ({len(old)} entries) "
-                           f"to {moved_to}; delete it if you do not need them")
+            logger.warning(f"--overwrite_output_dir: moved the checkpoints and results of a previous run ({len(old)} "
+                           f"entries) to {moved_to}; delete it if you do not need them")
     return moved_to
 
 
 def finished_run(output_dir: str, identity: dict, step: int) -> bool:
-    """The output dir holds this run's final model and results at `step`, complete (its manifest written last)."""
+    """The output dir holds this run's final model and results, complete (its manifest written last), of `step` or
+    later: a run can end after its newest checkpoint (--save_total_limit 1 with --load_best_model_at_end keeps only
+    the best one; early stopping)."""
     manifest = read_manifest(output_dir)
-    return (manifest is not None and manifest.get("run_identity") == identity and manifest.get("global_step") == step
-            and not folder_problems(output_dir))
+    return (manifest is not None and manifest.get("run_identity") == identity
+            and manifest.get("global_step", -1) >= step and not folder_problems(output_dir))

@@ -237,8 +237,8 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, move_aside_previous_checkpoints,
-                         run_identity)
+    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, finished_run,
+                         move_aside_previous_checkpoints, run_identity)
 
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
@@ -246,7 +246,8 @@ def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     check_checkpoint_fits(checkpoint, model)
     if checkpoint is None and training_args.overwrite_output_dir:
         move_aside_previous_checkpoints(training_args)
-    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
+    if checkpoint is not None and (checkpoint_step(checkpoint) >= _planned_steps(trainer) or finished_run(
+            training_args.output_dir, trainer.run_identity, checkpoint_step(checkpoint))):
         return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # with the image processor passed as processing_class
@@ -263,21 +264,25 @@ def _planned_steps(trainer) -> int:
 
 
 def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
-    """A resume at the end of training: None when the output dir holds this run's finished model and results (kept
-    as they are); else the run stopped during its final save: save the checkpoint's model and state (no train
-    metrics, as no step is trained) and return {}."""
+    """A resume at the end of training, or of a finished run: None when the output dir holds this run's finished
+    model and results (kept as they are); else the run stopped during its final save: save the checkpoint's model, state and end-of-training
+    figure (no train metrics, as no step is trained) and return {}."""
     from transformers import TrainerState
 
     from .resume import checkpoint_step, finished_run
+    from .trainer import FigureCallback
 
     step = checkpoint_step(checkpoint)
     if finished_run(output_dir, trainer.run_identity, step):
-        logger.info(f"{checkpoint} is the end of this run, which is finished: nothing to train; the model and "
+        logger.info(f"this run is finished (its newest checkpoint: {checkpoint}): nothing to train; the model and "
                     f"results in {output_dir} are kept as they are")
         return None
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
     trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    for callback in trainer.callback_handler.callbacks:  # the end-of-training figure, which the kill may have cut
+        if isinstance(callback, FigureCallback):
+            callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
     trainer.save_model()
     trainer.save_state()
     return {}

@@ -37,14 +37,15 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
     `sample_draws`: name -> function drawing a per-example model input (the pretraining mask noise).
+    `monitor`: a `FeatureMonitor` whose k-NN / linear-probe metrics join every evaluation's metrics.
     Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments).
 
     Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
     example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
 
-    def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_data_collator, self.image_decoder = eval_data_collator, image_decoder
+        self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
         self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
 
@@ -59,9 +60,16 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         self.train_dataset = SeededSamples(dataset, self.data_seed, self.sample_draws)
         self.data_collator = SeededCollator(collator, self.data_seed, self.sample_draws)
         try:
-            return super().get_train_dataloader()
+            loader = super().get_train_dataloader()
         finally:
             self.train_dataset, self.data_collator = dataset, collator
+        # A DataLoader draws its workers' base seed from its generator each time it starts an iterator, from torch's
+        # global one when it has none. With persistent workers that is once per process, so a resumed run drew once
+        # more than the uninterrupted one (at its first full epoch) and shifted the model's own draws (stochastic
+        # depth). The examples' draws are seeded per example and do not use the workers' seeds. (accelerate's
+        # loaders iterate the DataLoader they wrap.)
+        getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(self.data_seed)
+        return loader
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -168,6 +176,16 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     def prediction_step(self, *args, **kwargs):
         with self._attention_kernels():
             return super().prediction_step(*args, **kwargs)
+
+    def evaluation_loop(self, dataloader, description, *args, metric_key_prefix: str = "eval", **kwargs):
+        output = super().evaluation_loop(dataloader, description, *args, metric_key_prefix=metric_key_prefix, **kwargs)
+        if self.monitor is not None and description == "Evaluation":  # not predict(); logged with the eval metrics
+            model = self.accelerator.unwrap_model(self.model)
+            encoder = getattr(model, "vit", model)
+            output.metrics.update(
+                self.monitor(encoder, self.args.device, self.autocast_smart_context_manager, metric_key_prefix)
+            )
+        return output
 
     def evaluate(self, *args, **kwargs):
         # Evaluation masks come from a fixed seed (the batch order is fixed too), so eval_loss is comparable from

@@ -76,7 +76,6 @@ def reconstruction_grid(
 def titled_grid(panels: list[np.ndarray], columns, title: str, notes=(), cell: float = 1.15) -> Image.Image:
     """Panels of (B, H, W, 3) uint8 as titled columns, one row per image, drawn by matplotlib (no display needed):
     `title` on top, `notes` (one line each) under the grid; `cell` is the side of an image in inches."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows, top, bottom = len(panels[0]), 0.8, 0.25 + 0.32 * len(notes)
@@ -93,6 +92,13 @@ def titled_grid(panels: list[np.ndarray], columns, title: str, notes=(), cell: f
     figure.suptitle(title, fontsize=8.5, wrap=True, y=1 - 0.08 / height, va="top")
     for i, note in enumerate(notes):
         figure.text(0.02, (bottom - 0.12 - 0.32 * i) / height, note, fontsize=6.5, wrap=True, va="top")
+    return figure_image(figure)
+
+
+def figure_image(figure) -> Image.Image:
+    """A matplotlib Figure rendered (Agg, no display) as an RGB PIL image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")

@@ -178,6 +178,7 @@ class Killer:
 
 
 def _child(out: str, argv: list[str], target: int | None, record: str | None) -> None:
+    _one_thread()
     try:
         Killer(out, target, record).install()
         run_pretraining.main(["--output_dir", out, *argv])
@@ -187,6 +188,13 @@ def _child(out: str, argv: list[str], target: int | None, record: str | None) ->
         traceback.print_exc()
         os._exit(1)
     os._exit(0)
+
+
+def _one_thread() -> None:
+    """A forked process must not enter the OpenMP pool its parent started: GNU libgomp does not rebuild it after
+    fork, and the child waits on threads that do not exist (seen as a CI hang once earlier tests had run torch ops
+    on 2 threads). With one thread torch never enters an OpenMP region; DataLoader workers do the same."""
+    torch.set_num_threads(1)
 
 
 def _in_child(out, argv, target=None, record=None) -> int:
@@ -241,7 +249,7 @@ def test_sigkill_at_every_file_of_a_save_then_latest_resumes_to_the_same_weights
     events = (tmp_path / "events.txt").read_text().splitlines()
     targets = kill_points(events)
     assert len(targets) >= 20, events
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread) as pool:
         results = list(pool.map(_kill_and_resume, [str(tmp_path / f"kill_{t}") for t in targets], targets))
     expected = load_file(reference / "model.safetensors")
     lost = {}
@@ -256,3 +264,22 @@ def test_sigkill_at_every_file_of_a_save_then_latest_resumes_to_the_same_weights
     assert set(lost.values()) == {0, 2}  # 2: killed before checkpoint-4 was renamed into place
     print(f"\n{len(targets)} kills, {len(targets)} resumes, all to the uninterrupted run's weights (max abs "
           f"difference 0); steps lost per kill: " + ", ".join(f"{e}: {n}" for e, n in lost.items()))
+
+
+def test_sigkill_while_the_final_figure_or_results_are_written_then_resumes_finish_them(tmp_path, small_digits):
+    """A kill while `reconstruction.png` or `all_results.json` is written: the resume draws the figure again, and
+    the results stay readable (a resume of the finished run reads them back)."""
+    from PIL import Image
+
+    assert _in_child(tmp_path / "reference", RUN, record=str(tmp_path / "events.txt")) == 0
+    events = (tmp_path / "events.txt").read_text().splitlines()
+    for name in ("reconstruction.png", "all_results.json"):
+        out = str(tmp_path / name)
+        target = next(i for i, event in enumerate(events) if event.startswith("write") and event.endswith(name))
+        assert _in_child(out, RUN, target) == -signal.SIGKILL
+        for _ in range(2):  # the resume of the killed run, then that of the finished run
+            assert _in_child(out, [*RUN, "--resume_from_checkpoint", "latest"]) == 0, name
+        Image.open(os.path.join(out, "reconstruction.png")).verify()
+        if os.path.exists(os.path.join(out, "all_results.json")):
+            with open(os.path.join(out, "all_results.json")) as file:
+                assert "train_loss" in json.load(file)

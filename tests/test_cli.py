@@ -23,7 +23,7 @@ SCRIPTS = {"pretrain": run_pretraining, "classify": run_image_classification, "s
 
 
 def parse(script, *words):
-    return parse_arguments(SCRIPTS[script].ARGUMENTS, list(words))
+    return parse_arguments(SCRIPTS[script].ARGUMENTS, list(words))[:3]  # pretraining's 4th: the feature monitor
 
 
 def write(tmp_path, text: str) -> str:

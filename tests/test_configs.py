@@ -17,7 +17,7 @@ SCRIPTS = {"pretrain": PRETRAIN, "segment": SEGMENT, "finetune": CLASSIFY, "linp
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_config_parses(path, tmp_path):
     kinds = SCRIPTS[path.name.split("_")[0]]
-    model_args, data_args, training_args = parse_arguments(
+    model_args, data_args, training_args, *monitor_args = parse_arguments(
         kinds, [str(path), "--output_dir", str(tmp_path), "--bf16", "false"]
     )
     assert training_args.output_dir == str(tmp_path)
@@ -32,6 +32,8 @@ def test_config_parses(path, tmp_path):
             [3, 5, 7, 11], [4.0, 2.0, 1.0, 0.5], 768)
         assert (training_args.learning_rate, training_args.layer_decay, training_args.warmup_steps) == (1e-4, 0.65, 1500)
         assert (data_args.crop_size, data_args.reduce_labels, model_args.test_stride) == (512, True, 341)
+    if path.name == "pretrain_digits_demo.yaml":  # the demo measures k-NN accuracy from step 0
+        assert monitor_args[0].monitor_dataset == "digits" and training_args.eval_on_start
     if path.name == "pretrain_vit_base.yaml":
         assert (training_args.base_learning_rate, training_args.adam_beta2, model_args.norm_pix_loss) == (1.5e-4, 0.95, True)
 
@@ -40,5 +42,5 @@ def test_config_parses(path, tmp_path):
 def test_defaults_report_nowhere(kinds, tmp_path):
     """Without --report_to nothing is reported (a bad override of the field once turned the default into [None],
     which TrainingArguments rejects)."""
-    _, _, training_args = parse_arguments(kinds, ["--output_dir", str(tmp_path)])
+    training_args = parse_arguments(kinds, ["--output_dir", str(tmp_path)])[2]
     assert training_args.report_to in ([], "none", ["none"])

@@ -60,6 +60,19 @@ def test_resume_mid_epoch_is_bit_exact_with_0_and_2_workers(tmp_path, script):
             assert torch.equal(resumed_weights[name], tensor), (workers, name)
 
 
+def test_resume_with_persistent_workers_is_bit_exact(tmp_path):
+    # Persistent workers start the DataLoader's iterator once per process; its workers' base seed, drawn from torch's
+    # global generator, then shifted the stochastic-depth draws of a resumed run from its first full epoch on.
+    workers = ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"]
+    run("finetuning", tmp_path / "straight", *workers)
+    run("finetuning", tmp_path / "resumed", *workers, callbacks=[StopAfter(5)])  # checkpoint-3: mid-epoch
+    run("finetuning", tmp_path / "resumed", *workers, "--resume_from_checkpoint", "latest")
+    (losses, weights), (resumed_losses, resumed_weights) = map(losses_and_weights, (tmp_path / "straight",
+                                                                                    tmp_path / "resumed"))
+    assert resumed_losses == losses
+    assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in weights.items())
+
+
 def pretrain(tmp_path, *extra, callbacks=(), out="out"):
     return run("pretraining", tmp_path / out, *extra, callbacks=callbacks)
 
@@ -91,13 +104,27 @@ def test_overwrite_output_dir_moves_the_previous_runs_checkpoints_aside(tmp_path
     pretrain(tmp_path, "--overwrite_output_dir", callbacks=[StopAfter(7)])
     aside = list(out.glob("overwritten-*"))
     assert len(aside) == 1
-    assert sorted(p.name for p in aside[0].iterdir()) == ["checkpoint-12", "checkpoint-4", "checkpoint-8",
-                                                          "mae_hf_manifest.json"]
+    assert sorted(p.name for p in aside[0].iterdir()) == ["all_results.json", "checkpoint-12", "checkpoint-4",
+                                                          "checkpoint-8", "mae_hf_manifest.json", "train_results.json"]
     assert torch.equal(load_file(aside[0] / "checkpoint-12" / "model.safetensors")["vit.cls_token"], old["vit.cls_token"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     pretrain(tmp_path, "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
     pretrain(tmp_path, out="straight")
     assert losses_and_weights(out)[0] == losses_and_weights(tmp_path / "straight")[0]
+
+
+def test_overwrite_output_dir_does_not_mix_the_previous_runs_results(tmp_path):
+    # The previous run evaluated, the new one does not: its all_results.json merged the old eval_loss into the new
+    # run's results, and the old eval_results.json and reconstructions/step_N.png stayed beside them.
+    pretrain(tmp_path, "--max_steps", "4", "--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "4",
+             "--max_eval_samples", "8", "--seed", "1")
+    out = tmp_path / "out"
+    assert "eval_loss" in json.loads((out / "all_results.json").read_text())
+    pretrain(tmp_path, "--max_steps", "3", "--overwrite_output_dir")
+    assert "eval_loss" not in json.loads((out / "all_results.json").read_text())
+    assert not (out / "eval_results.json").exists() and not (out / "reconstructions").exists()
+    (aside,) = out.glob("overwritten-*")
+    assert (aside / "eval_results.json").exists() and (aside / "reconstructions" / "step_4.png").exists()
 
 
 def test_resuming_a_finished_run_keeps_its_results(tmp_path, caplog):
@@ -106,8 +133,22 @@ def test_resuming_a_finished_run_keeps_its_results(tmp_path, caplog):
     kept = {name: (out / name).read_bytes() for name in ("train_results.json", "README.md", "model.safetensors")}
     with caplog.at_level(logging.INFO, logger="mae_hf"):
         metrics = pretrain(tmp_path, "--max_steps", "6", "--resume_from_checkpoint", "latest")
-    assert "is the end of this run, which is finished: nothing to train" in caplog.text
+    assert "this run is finished (its newest checkpoint: " in caplog.text
     assert metrics["train_loss"] > 0
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+
+
+def test_resuming_a_finished_run_that_kept_only_its_best_checkpoint_keeps_its_results(tmp_path):
+    # --save_total_limit 1 with --load_best_model_at_end deletes the last checkpoint at the end; `latest` is then the
+    # best one (here the worst loss: greater_is_better), from which the resume trained again and rewrote the results.
+    best = ["--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval", "true",
+            "--max_eval_samples", "8", "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
+            "--greater_is_better", "true", "--save_total_limit", "1"]
+    pretrain(tmp_path, "--max_steps", "6", *best)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    kept = {name: (out / name).read_bytes() for name in ("train_results.json", "README.md", "trainer_state.json")}
+    pretrain(tmp_path, "--max_steps", "6", *best, "--resume_from_checkpoint", "latest")
     assert {name: (out / name).read_bytes() for name in kept} == kept
 
 
@@ -125,6 +166,18 @@ def test_checkpoint_of_another_model_size_fails_before_training(tmp_path):
         pretrain(tmp_path, "--hidden_size", "48", "--intermediate_size", "96",
                  "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-3"), callbacks=[Steps()])
     assert steps == []
+
+
+def test_checkpoint_of_another_task_fails_before_training_naming_model_name_or_path(tmp_path):
+    # A pretraining checkpoint given to the fine-tuning script to start from: the weights loaded in part, then the
+    # optimizer's state failed with "loaded state dict has a different number of parameter groups".
+    pretrain(tmp_path, "--max_steps", "2", "--save_steps", "2", "--hidden_size", "32", "--num_hidden_layers", "2",
+             "--num_attention_heads", "2", "--intermediate_size", "64")
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    message = (rf"--resume_from_checkpoint {checkpoint} holds a MAEForPreTraining, this run trains a "
+               r"MAEForImageClassification: .* pass it as --model_name_or_path")
+    with pytest.raises(ValueError, match=message):
+        run("finetuning", tmp_path / "finetuned", "--resume_from_checkpoint", str(checkpoint))
 
 
 @pytest.mark.parametrize("main", [run_pretraining.main, run_image_classification.main, run_semantic_segmentation.main])

@@ -58,6 +58,7 @@ def test_finetune_from_mae_checkpoint_saves_a_pipeline_ready_classifier(tmp_path
     assert len(results) == 5 and {r["label"] for r in results} <= {str(d) for d in range(10)}
     assert abs(sum(r["score"] for r in classify(Image.new("RGB", (40, 30)), top_k=10)) - 1) < 1e-4
     assert "eval_accuracy" in (out / "README.md").read_text()
+    assert Image.open(out / "training_curves.png").size == (1260, 640)  # loss, eval loss, lr | top-1
 
 
 def test_from_scratch_and_evaluation_alone(tmp_path):

@@ -1,6 +1,8 @@
 """run_pretraining.py end to end on tiny models: digits, an ImageFolder with awkward images, resume, two
 processes, and the errors that must come before any training."""
 
+import itertools
+import logging
 import json
 import os
 import subprocess
@@ -191,7 +193,7 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
               "--do_eval", "false", "--use_cpu", "--save_strategy", "no"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
          "--per_device_train_batch_size", "8", "--finite_loss_check", "log",  # its check all-reduces across ranks
          "--save_strategy", "steps", "--save_steps", "2"],
@@ -279,7 +281,7 @@ def test_each_warning_once_per_run_even_when_filters_change():
 def test_config_file_with_overrides(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text("dataset_name: digits\nhidden_size: 48\nnum_train_epochs: 3\nnorm_pix_loss: false\n")
-    model_args, data_args, training_args = parse_arguments(
+    model_args, data_args, training_args, _ = parse_arguments(
         run_pretraining.ARGUMENTS, [str(config), "--output_dir", str(tmp_path), "--num_train_epochs", "5"]
     )
     assert (model_args.hidden_size, model_args.norm_pix_loss, data_args.dataset_name) == (48, False, "digits")
@@ -321,12 +323,14 @@ def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     run(tmp_path, "--dataset_name", "digits", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1",
-        "--max_eval_samples", "16", "--report_to", "wandb", "--run_name", "offline-test")
+        "--max_eval_samples", "16", "--report_to", "wandb", "--run_name", "offline-test", "--monitor_dataset",
+        "digits", "--monitor_train_samples", "32", "--monitor_eval_samples", "16")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     logged = list(runs[0].rglob("*.wandb"))
     assert logged and logged[0].stat().st_size > 0
     assert list(runs[0].rglob("eval/reconstruction_*.png"))  # the figure went to wandb as an image
+    assert list(runs[0].rglob("eval/training_curves_*.png"))
 
 
 @pytest.mark.parametrize("decoding", ["fast", "gpu"])
@@ -352,3 +356,82 @@ def test_saved_model_works_with_the_feature_extraction_pipeline(tmp_path):
     extractor = pipeline("image-feature-extraction", model=str(tmp_path / "out"))
     features = extractor(Image.new("RGB", (30, 20), (10, 200, 30)), return_tensors=True)
     assert tuple(features.shape) == (1, 1 + 16, 32)  # class token + 4x4 patches, hidden size 32
+
+
+# A bank of 101 images and 37 scored ones: with 2 processes and batches of 16 the shares (51/50, 19/18) are uneven.
+MONITOR = ["--monitor_dataset", "digits", "--monitor_train_samples", "101", "--monitor_eval_samples", "37",
+           "--monitor_crop_pct", "1"]
+MONITOR_KEYS = ("eval_knn_top1_cls", "eval_knn_top1_mean", "eval_linear_top1_cls", "eval_linear_top1_mean")
+
+
+def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli(tmp_path):
+    logged = {}
+
+    class Spy(TrainerCallback):  # what the progress bar, wandb and TensorBoard callbacks receive
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "eval_loss" in logs:
+                logged.setdefault(state.global_step, []).append(dict(logs))
+
+    metrics = run(tmp_path, "--dataset_name", "digits", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps",
+                  "2", "--eval_on_start", "--max_eval_samples", "32", *MONITOR, "--metric_for_best_model",
+                  "eval_knn_top1_mean", callbacks=[Spy()])
+    assert sorted(logged) == [0, 2, 4] and len(logged[4]) == 2  # step 0, during training, and the final evaluation
+    for logs in itertools.chain(*logged.values()):
+        assert all(0 <= logs[key] <= 1 for key in MONITOR_KEYS) and logs["eval_monitor_runtime"] >= 0
+    assert all(metrics[key] == logged[4][0][key] for key in MONITOR_KEYS)  # unchanged weights: the same numbers
+    assert logged[4][1]["eval_monitor_runtime"] == 0.0  # ... not computed twice
+    out = tmp_path / "out"
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "eval_knn_top1_cls" in e] == [0, 2, 4]
+    state = json.loads((out / "trainer_state.json").read_text())  # the Trainer can pick checkpoints by it
+    assert state["best_metric"] == max(e["eval_knn_top1_mean"] for e in history if "eval_knn_top1_mean" in e)
+    assert Image.open(out / "training_curves.png").size == (1260, 640)  # 5 panels: 3 + 2
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mae_hf.evaluate_features", str(out), "--dataset", "digits", "--train_samples", "101",
+         "--eval_samples", "37", "--crop_pct", "1", "--batch_size", "16", "--output", str(tmp_path / "m.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cli = json.loads((tmp_path / "m.json").read_text())
+    assert {key: cli[key] for key in MONITOR_KEYS} == {key: metrics[key] for key in MONITOR_KEYS}
+
+
+def test_two_processes_gather_the_monitor_features(tmp_path):
+    common = [*TINY, "--dataset_name", "digits", "--do_train", "false", "--max_eval_samples", "16", "--use_cpu",
+              *MONITOR]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = run_pretraining.main([*common, "--output_dir", str(tmp_path / "one")])
+    gathered = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    assert {key: gathered[key] for key in MONITOR_KEYS} == {key: one[key] for key in MONITOR_KEYS}
+
+
+def test_monitor_errors_come_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--monitor_label_column_name 'digit' is not a column"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", *MONITOR, "--monitor_label_column_name", "digit")
+    with pytest.raises(ValueError, match="monitor's data set .*--monitor_train_dir.*/no/such/folder does not exist"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--monitor_train_dir", "/no/such/folder")
+    with pytest.raises(ValueError, match="alternative ways to give the monitor data source"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", *MONITOR, "--monitor_train_dir", "/x")
+    with pytest.raises(ValueError, match="--metric_for_best_model eval_knn_top1_cls is not reported"):  # no monitor
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--metric_for_best_model", "eval_knn_top1_cls")
+    assert not (tmp_path / "out").exists()
+
+
+def test_monitor_without_evaluations_is_skipped_with_a_warning(tmp_path, caplog):
+    logged = []
+
+    class Spy(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs))
+
+    with caplog.at_level(logging.WARNING, logger="mae_hf"):
+        run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false", *MONITOR, callbacks=[Spy()])
+    assert "--monitor_dataset is scored at evaluations, and this run has none" in caplog.text
+    assert logged and not any("eval_knn_top1_cls" in logs for logs in logged)

@@ -46,6 +46,7 @@ def test_digits_seg_end_to_end_with_metrics_figures_and_pipeline(tmp_path):
         assert key in metrics and (np.isnan(metrics[key]) or 0 <= metrics[key] <= 1), key
     out = tmp_path / "out"
     assert (out / "segmentation.png").exists() and (out / "preprocessor_config.json").exists()
+    assert Image.open(out / "training_curves.png").size == (1260, 640)  # loss, eval loss, lr | mIoU
     model = AutoModelForSemanticSegmentation.from_pretrained(out)
     assert isinstance(model, MAEForSemanticSegmentation) and model.config.num_labels == 11
     segmenter = pipeline("image-segmentation", model=str(out))
