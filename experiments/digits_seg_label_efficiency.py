@@ -1,40 +1,34 @@
 #!/usr/bin/env python
 """Does MAE pretraining pay for segmentation when labels are few? One command, on `digits_seg`, on the CPU:
 
-    python experiments/digits_seg_label_efficiency.py          # the README's table (see there for the time)
+    python experiments/digits_seg_label_efficiency.py          # the README's tables and figures (`make demo-seg`)
     python experiments/digits_seg_label_efficiency.py --tiny   # the same steps on a tiny model, in seconds (CI)
-    # the learning curves behind the table: longer fine-tunes of the same encoders, evaluated every 250 steps
-    python experiments/digits_seg_label_efficiency.py --pretrained outputs/digits_seg_label_efficiency/pretrain \
-        --labelled 800 --steps 2000 --eval_steps 250 --work_dir outputs/digits_seg_curves
 
 1. MAE pretraining on the 10,000 unlabelled canvases (`--dataset_config_name unlabelled`,
    configs/pretrain_digits_seg.yaml);
 2. UperNet fine-tuning (configs/segment_digits.yaml) of that encoder and of a randomly initialised one, on 10 % of
    the 800 labelled canvases (the first 80; seeds 0, 1, 2) and on all 800 (seed 0) -- every run the same number
-   of steps;
-3. evaluation on the 200 validation canvases, whose digits no training canvas uses; a table of mIoU (each seed and
-   mean ± std), per-class IoU of the 100 % runs, and the overlay figure of the MAE encoder's 100 % run.
+   of steps, each evaluated on the 200 validation canvases (digits no training canvas uses) every `--eval_steps`;
+3. a table of mIoU (each seed and mean ± std), per-class IoU of the 100 % runs, the learning curves (mIoU against
+   fine-tuning steps: table and figure) and the overlay figure of the MAE encoder's 100 % run (`--figures_dir`).
 
-The scripts run in this process (`main(argv)`), one after the other.
+`--workers` processes (one torch thread each) share the runs: the random-init fine-tunes run while the encoder is
+pretrained, the MAE fine-tunes once it is saved. Each run's own printout goes to WORK_DIR/RUN.log.
 """
 
 import argparse
 import contextlib
 import json
+import multiprocessing
 import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import run_pretraining
-import run_semantic_segmentation
-from mae_hf.data import digits_seg
 
 LABELLED = 800
 ARMS = ("random init", "MAE")
@@ -47,7 +41,8 @@ TINY_PRETRAIN = [*TINY_MODEL, "--decoder_hidden_size", "16", "--decoder_num_hidd
                  "--max_eval_samples", "16"]
 TINY_FINETUNE = [*TINY_MODEL, "--out_indices", "0", "0", "0", "0", "--decode_channels", "8",
                  "--auxiliary_channels", "8", "--max_steps", "2", "--warmup_steps", "0", "--max_eval_samples", "8",
-                 "--eval_strategy", "no", "--num_visualized_images", "2"]
+                 "--num_visualized_images", "2"]
+TINY_CANVASES = {"train": 64, "validation": 16, "unlabelled": 64}  # the splits keep their seeds and digit pools
 
 
 @contextlib.contextmanager
@@ -58,17 +53,32 @@ def logged(work: Path, name: str):
         yield
 
 
-def pretrain(work: Path, tiny: bool) -> tuple[str, float]:
-    """MAE pretraining on the unlabelled canvases; (encoder folder, seconds)."""
-    out = work / "pretrain"
-    start = time.perf_counter()
+def start_worker(tiny: bool) -> None:
+    """Each worker process: one torch thread (the runs share the cores), tiny canvases for --tiny."""
+    import torch
+
+    torch.set_num_threads(1)
+    if tiny:
+        from mae_hf.data import digits_seg
+
+        digits_seg.NUM_CANVASES.update(TINY_CANVASES)
+
+
+def pretrain(work: Path, tiny: bool) -> dict:
+    """MAE pretraining on the unlabelled canvases (in a worker); the encoder folder and seconds."""
+    import run_pretraining
+
+    out, start = work / "pretrain", time.perf_counter()
     with logged(work, "pretrain"):
         run_pretraining.main([str(ROOT / "configs" / "pretrain_digits_seg.yaml"), "--output_dir", str(out), *QUIET,
                               *(TINY_PRETRAIN if tiny else [])])
-    return str(out), time.perf_counter() - start
+    return {"encoder": str(out), "seconds": time.perf_counter() - start}
 
 
 def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: list[str]) -> dict:
+    """One UperNet fine-tune (in a worker): final mIoU and per-class IoU (%), its curve [(step, mIoU)], seconds."""
+    import run_semantic_segmentation
+
     name = f"{'mae' if encoder else 'scratch'}_{labelled}_seed{seed}"
     argv = [str(ROOT / "configs" / "segment_digits.yaml"), "--output_dir", str(work / name), "--seed", str(seed),
             "--max_train_samples", str(labelled), *QUIET, *extra]
@@ -78,10 +88,11 @@ def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: l
     with logged(work, name):
         metrics = run_semantic_segmentation.main(argv)
     history = json.loads((work / name / "trainer_state.json").read_text())["log_history"]
-    return {"run": name, "seconds": time.perf_counter() - start, "mean_iou": 100 * metrics["eval_mean_iou"],
+    curve = sorted({h["step"]: 100 * h["eval_mean_iou"] for h in history if "eval_mean_iou" in h}.items())
+    return {"run": name, "arm": ARMS[bool(encoder)], "labelled": labelled, "seed": seed,
+            "seconds": time.perf_counter() - start, "mean_iou": 100 * metrics["eval_mean_iou"],
             "per_class_iou": {key.removeprefix("eval_iou_"): 100 * value for key, value in metrics.items()
-                              if key.startswith("eval_iou_")},
-            "curve": [(h["step"], 100 * h["eval_mean_iou"]) for h in history if "eval_mean_iou" in h]}
+                              if key.startswith("eval_iou_")}, "curve": curve}
 
 
 def mean_std(values: list[float]) -> str:
@@ -92,7 +103,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(results: dict, seeds: list[int]) -> str:
-    """The README's tables: mIoU per label count (mean ± std over seeds), per-class IoU of the one-seed runs."""
+    """The README's tables: mIoU per label count (mean ± std over seeds), per-class IoU of the one-seed runs, and
+    mIoU at each evaluation of every run (the learning curves)."""
     counts = sorted(results[ARMS[0]])
     header = " | ".join(f"{n} labelled canvases ({100 * n // LABELLED} %), mIoU" for n in counts)
     lines = [f"| encoder | {header} |", "|---|" + "---|" * len(counts)]
@@ -105,61 +117,118 @@ def table(results: dict, seeds: list[int]) -> str:
     for arm in ARMS:
         per_class = results[arm][most][0]["per_class_iou"]
         lines.append(f"| {arm} | " + " | ".join(f"{per_class[c]:.1f}" for c in classes) + " |")
-    curves = [(arm, n, r) for arm in ARMS for n in counts for r in results[arm][n] if r["curve"]]
+    curves = [r for arm in ARMS for n in counts for r in results[arm][n] if r["curve"]]
     if curves:
-        steps = [step for step, _ in curves[0][2]["curve"]]
+        steps = [step for step, _ in curves[0]["curve"]]
         lines += ["", "mIoU during fine-tuning (steps):", "",
                   "| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
-        lines += [f"| {r['run']} | " + " | ".join(f"{v:.1f}" for _, v in r["curve"]) + " |" for _, _, r in curves]
+        lines += [f"| {r['run']} | " + " | ".join(f"{v:.1f}" for _, v in r["curve"]) + " |" for r in curves]
     return "\n".join(lines)
+
+
+def curves_figure(results: dict, path: Path) -> None:
+    """mIoU against fine-tuning steps, one panel per label count: each run thin, the mean over seeds thick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted(results[ARMS[0]])
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.5 * len(counts), 3.6), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], counts):
+        for arm, colour in zip(ARMS, ("tab:grey", "tab:blue")):
+            runs = [r["curve"] for r in results[arm][n] if r["curve"]]
+            for curve in runs:
+                ax.plot(*zip(*curve), color=colour, alpha=0.35, linewidth=1)
+            if runs:
+                steps = [step for step, _ in runs[0]]
+                mean = [statistics.mean(curve[i][1] for curve in runs) for i in range(len(steps))]
+                ax.plot(steps, mean, color=colour, linewidth=2.2, marker="o", markersize=3,
+                        label=f"{arm} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        ax.set(title=f"{n} labelled canvases ({100 * n // LABELLED} %)", xlabel="fine-tuning step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    axes[0][0].set_ylabel("validation mIoU (%)")
+    fig.suptitle("digits_seg: UperNet fine-tuning from the MAE encoder vs random init", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def schedule(work: Path, args, extra: list[str]) -> dict:
+    """Every run on `args.workers` processes: pretraining and the random-init fine-tunes first, the MAE fine-tunes
+    as soon as the encoder exists. {arm: {labelled: [result, ...]}} in seed order; the pretraining seconds."""
+    runs = [(labelled, seed) for labelled in args.labelled
+            for seed in (args.seeds if labelled < LABELLED else args.seeds[:1])]
+    results = {arm: {n: [] for n in args.labelled} for arm in ARMS}
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch thread pool inherited by a fork
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=start_worker, initargs=(args.tiny,)) as pool:
+        pending: set[Future] = set()
+        if args.pretrained:
+            encoder, pretrain_seconds = args.pretrained, 0.0
+        else:
+            encoder, pretrain_seconds, pretraining = None, 0.0, pool.submit(pretrain, work, args.tiny)
+            pending.add(pretraining)
+        pending |= {pool.submit(finetune, work, None, n, seed, extra) for n, seed in runs}
+        if encoder:
+            pending |= {pool.submit(finetune, work, encoder, n, seed, extra) for n, seed in runs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                if "encoder" in result:
+                    encoder, pretrain_seconds = result["encoder"], result["seconds"]
+                    print(f"MAE pretraining: {pretrain_seconds:.0f} s", flush=True)
+                    pending |= {pool.submit(finetune, work, encoder, n, seed, extra) for n, seed in runs}
+                    continue
+                results[result["arm"]][result["labelled"]].append(result)
+                print(f"{result['arm']}, {result['labelled']} labelled, seed {result['seed']}: "
+                      f"mIoU {result['mean_iou']:.1f} ({result['seconds']:.0f} s)", flush=True)
+    for by_count in results.values():
+        for found in by_count.values():
+            found.sort(key=lambda r: args.seeds.index(r["seed"]))
+    return {"results": results, "pretrain_seconds": pretrain_seconds}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "digits_seg_label_efficiency"))
+    parser.add_argument("--figures_dir", default=None,
+                        help="where the overlay and curves figures go (default: docs/; --tiny: the work dir)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="fine-tuning seeds at 10 %% labels (mean ± std, each shown); 100 %%: the first")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--workers", type=int, default=2, help="processes sharing the runs, one torch thread each")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, a few steps: checks the command (CI)")
     parser.add_argument("--pretrained", default=None, help="reuse this MAE encoder instead of pretraining one")
     parser.add_argument("--labelled", type=int, nargs="+", default=[LABELLED // 10, LABELLED],
                         help="labelled canvases per run (all seeds for fewer than 800, the first seed for 800)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the config's)")
-    parser.add_argument("--eval_steps", type=int, default=None, help="also evaluate every N steps (curves)")
+    parser.add_argument("--eval_steps", type=int, default=None,
+                        help="evaluate every N steps, the learning curves (default: the config's)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    saved = dict(digits_seg.NUM_CANVASES)
-    if args.tiny:  # few canvases to build; the splits keep their seeds and pools
-        digits_seg.NUM_CANVASES.update(train=64, validation=16, unlabelled=64)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     extra = [*(TINY_FINETUNE if args.tiny else []), *(["--max_steps", str(args.steps)] if args.steps else []),
              *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else [])]
-    try:
-        return run_all(Path(args.work_dir), args, extra)
-    finally:
-        digits_seg.NUM_CANVASES.update(saved)
-
-
-def run_all(work: Path, args, extra: list[str]) -> dict:
+    work = Path(args.work_dir)
+    figures = Path(args.figures_dir or (work if args.tiny else ROOT / "docs"))
     start = time.perf_counter()
-    encoder, pretrain_seconds = (args.pretrained, 0.0) if args.pretrained else pretrain(work, args.tiny)
-    print(f"MAE pretraining: {pretrain_seconds:.0f} s", flush=True)
-    results = {arm: {n: [] for n in args.labelled} for arm in ARMS}
-    for arm, source in zip(ARMS, (None, encoder)):
-        for labelled in args.labelled:
-            for seed in args.seeds if labelled < LABELLED else args.seeds[:1]:
-                result = finetune(work, source, labelled, seed, extra)
-                results[arm][labelled].append(result)
-                print(f"{arm}, {labelled} labelled, seed {seed}: mIoU {result['mean_iou']:.1f} "
-                      f"({result['seconds']:.0f} s)", flush=True)
-    total = time.perf_counter() - start
-    figure = work / f"mae_{max(args.labelled)}_seed{args.seeds[0]}" / "segmentation.png"
-    shutil.copy(figure, work / "segmentation_mae.png")
-    print(f"\n{table(results, args.seeds)}\n\ntotal {total / 60:.1f} min (pretraining {pretrain_seconds / 60:.1f} min); "
-          f"figure: {work / 'segmentation_mae.png'}")
-    summary = {"seconds": total, "pretrain_seconds": pretrain_seconds, "results": results}
-    (work / "results.json").write_text(json.dumps(summary, indent=1))
+    summary = schedule(work, args, extra)
+    summary["seconds"] = time.perf_counter() - start
+    report(work, figures, args, summary)
     return summary
+
+
+def report(work: Path, figures: Path, args, summary: dict) -> None:
+    """The tables on stdout, results.json in the work dir, the overlay and curves figures in `figures`."""
+    figures.mkdir(parents=True, exist_ok=True)
+    overlay, curves = figures / "digits_seg_mae_overlay.png", figures / "digits_seg_learning_curves.png"
+    shutil.copy(work / f"mae_{max(args.labelled)}_seed{args.seeds[0]}" / "segmentation.png", overlay)
+    curves_figure(summary["results"], curves)
+    total, pretraining = summary["seconds"], summary["pretrain_seconds"]
+    print(f"\n{table(summary['results'], args.seeds)}\n\ntotal {total / 60:.1f} min on {args.workers} worker(s) "
+          f"(pretraining {pretraining / 60:.1f} min); figures: {overlay}, {curves}")
+    (work / "results.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

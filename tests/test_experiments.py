@@ -46,7 +46,7 @@ def test_label_efficiency_experiment_shows_progress(tmp_path, monkeypatch, capsy
 def test_digits_seg_label_efficiency_tiny(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "digits_seg_label_efficiency.py"), "--tiny", "--seeds", "0", "1",
-         "--threads", "1", "--work_dir", str(tmp_path), "--steps", "2", "--eval_steps", "1"],
+         "--workers", "2", "--work_dir", str(tmp_path), "--steps", "2", "--eval_steps", "1"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,6 +57,8 @@ def test_digits_seg_label_efficiency_tiny(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     runs = {arm: {n: len(r) for n, r in by_n.items()} for arm, by_n in saved["results"].items()}
     assert runs == {"random init": {"80": 2, "800": 1}, "MAE": {"80": 2, "800": 1}}
-    assert (tmp_path / "segmentation_mae.png").is_file() and (tmp_path / "pretrain" / "config.json").is_file()
+    assert (tmp_path / "pretrain" / "config.json").is_file()  # --tiny: the figures go to the work dir, not docs/
+    assert (tmp_path / "digits_seg_mae_overlay.png").is_file() and (tmp_path / "digits_seg_learning_curves.png").is_file()
+    assert [step for step, _ in saved["results"]["MAE"]["80"][1]["curve"]] == [1, 2]
     mae = json.loads((tmp_path / "mae_800_seed0" / "config.json").read_text())
     assert mae["model_type"] == "mae_upernet"
