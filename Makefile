@@ -27,7 +27,7 @@ demo: setup
 
 # Does MAE pretraining pay for segmentation? Pretraining + 8 fine-tunes + evaluation on digits_seg, a table (CPU).
 demo-seg: setup
-	$(PY) experiments/digits_seg_label_efficiency.py --threads 2
+	$(PY) experiments/digits_seg_label_efficiency.py
 
 test: setup
 	$(PY) -m pytest

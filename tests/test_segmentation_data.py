@@ -93,6 +93,7 @@ def test_digits_seg_classes_follow_the_strokes(digits_seg):
             rows, columns = np.nonzero(annotation == digit)
             box = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
             assert len(rows) < 0.9 * box  # the strokes, not their box
+            assert rows.max() - rows.min() + 1 >= 12  # digits drawn at 14-22 px: two pixels per source pixel
     assert counts.sum() == 100 * 32 * 32 and (counts > 0).all()  # all 11 classes occur
 
 
