@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test bench-smoke clean
+.PHONY: setup demo demo-seg test bench-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 	$(PY) run_pretraining.py configs/pretrain_digits_demo.yaml --overwrite_output_dir
 	@echo "reconstructions: outputs/pretrain_digits/reconstruction.png"
 	@echo "training curves (loss, learning rate, k-NN / linear-probe top-1): outputs/pretrain_digits/training_curves.png"
+
+# Does MAE pretraining pay for segmentation? Pretraining + 8 fine-tunes + evaluation on digits_seg, a table (CPU).
+demo-seg: setup
+	$(PY) experiments/digits_seg_label_efficiency.py --threads 2
 
 test: setup
 	$(PY) -m pytest

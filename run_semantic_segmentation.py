@@ -36,6 +36,7 @@ from mae_hf.data import (
     SegmentationTrainTransform,
     check_annotations,
     collate_segmentation,
+    collate_segmentation_with_sizes,
     load_segmentation_datasets,
     normalisation,
 )
@@ -54,11 +55,11 @@ from mae_hf.run_utils import (
     train_evaluate_save,
     used_splits,
 )
-from mae_hf.trainer import MAETrainer, SegmentationFigureCallback
+from mae_hf.trainer import SegmentationFigureCallback, SegmentationTrainer
 
 SEGMENTATION_FIELDS = (
     "out_indices neck_rescales decode_channels auxiliary_channels use_auxiliary_head auxiliary_loss_weight "
-    "inference_mode test_crop_size test_stride"
+    "classifier_dropout_prob classifier_init_std avg_non_ignore inference_mode test_crop_size test_stride"
 ).split()
 
 
@@ -85,6 +86,15 @@ class SegmentationModelArguments(ModelArguments):
     auxiliary_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the auxiliary loss (default: the checkpoint's, else 0.4; "
                                 "mmsegmentation configs/mae)"})
+    classifier_dropout_prob: float | None = field(
+        default=None, metadata={"help": "Dropout2d before both heads' 1x1 classifiers (default: the checkpoint's, "
+                                "else 0.1; mmsegmentation's dropout_ratio)"})
+    classifier_init_std: float | None = field(
+        default=None, metadata={"help": "Std of the classifiers' normal init, 0 = kaiming-normal like the other "
+                                "convolutions (default: the checkpoint's, else 0.01; mmsegmentation's conv_seg)"})
+    avg_non_ignore: bool | None = field(
+        default=None, metadata={"help": "Average the loss over the non-ignored pixels only (default: the "
+                                "checkpoint's, else false: over all pixels, ignored ones adding 0; mmsegmentation)"})
     inference_mode: str | None = field(
         default=None, metadata={"help": "'whole' image or 'slide' (sliding window; mmsegmentation's test mode) "
                                 "(default: the checkpoint's, else whole)"})
@@ -191,7 +201,7 @@ def attach_transforms(datasets, columns, data_args, config):
         data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
         cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
     )
-    evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), crop_size=data_args.crop_size, **common)
+    evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), **common)
     return {
         "train": datasets["train"].with_transform(SegmentationBatchTransform(train, *columns)),
         "validation": datasets["validation"].with_transform(SegmentationBatchTransform(evaluation, *columns)),
@@ -273,22 +283,18 @@ def main(argv=None, callbacks=()):
 
     mean, std = normalisation(config.num_channels)
     shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]
-    trainer = MAETrainer(
+    trainer = SegmentationTrainer(  # scores at each annotation's original size, as mmsegmentation
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         data_collator=collate_segmentation,
+        eval_data_collator=collate_segmentation_with_sizes,
         processing_class=image_processor(config, data_args),
         compute_metrics=metrics_function(config),
-        # full-resolution logits are (B, classes, H, W): keep only the predicted class per pixel
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=1),
-        callbacks=[
-            SegmentationFigureCallback(shown, mean, std, training_args.output_dir),
-            start_banner(config, datasets, data_args, training_args),
-            training_curves(training_args.output_dir),
-            *callbacks,
-        ],
+        callbacks=[*([SegmentationFigureCallback(shown, mean, std, training_args.output_dir)] if shown else []),
+                   start_banner(config, datasets, data_args, training_args),
+                   training_curves(training_args.output_dir), *callbacks],
     )
 
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)

@@ -132,7 +132,11 @@ class MAESegmentationConfig(MAEConfig):
     The MAE encoder under an UperNet head (mmsegmentation's MAE recipe): features after the blocks `out_indices`,
     a neck that rescales them by `neck_rescales` (4: deconv-BN-GELU-deconv, 2: deconv, 1: identity, 0.5 / 0.25:
     max-pool), an UperNet decode head (`pool_scales`, `decode_channels` wide) and an FCN auxiliary head on level
-    `auxiliary_in_index` whose loss counts `auxiliary_loss_weight`. Pixels labelled `ignore_index` are ignored.
+    `auxiliary_in_index` whose loss counts `auxiliary_loss_weight`; both heads apply Dropout2d
+    (`classifier_dropout_prob`, mmseg's `dropout_ratio` 0.1) before their 1x1 classifier, whose weights start
+    N(0, `classifier_init_std`) (mmseg: 0.01; 0 = kaiming-normal like the other convolutions). Pixels labelled
+    `ignore_index` add nothing to the loss, which is averaged over all pixels (mmseg's default) or, with
+    `avg_non_ignore`, over the others only.
     `inference_mode` "slide" evaluates in `test_crop_size` windows every `test_stride` pixels (mmseg's
     slide_inference), "whole" in one pass.
     """
@@ -150,6 +154,9 @@ class MAESegmentationConfig(MAEConfig):
     auxiliary_channels: int = 256
     auxiliary_num_convs: int = 1
     auxiliary_loss_weight: float = 0.4
+    classifier_dropout_prob: float = 0.1
+    classifier_init_std: float = 0.01
+    avg_non_ignore: bool = False
     ignore_index: int = 255
     inference_mode: str = "whole"
     test_crop_size: int = 512
@@ -166,6 +173,10 @@ class MAESegmentationConfig(MAEConfig):
             raise ValueError(f"out_indices {bad} are not blocks of a {self.num_hidden_layers}-block encoder")
         if any(r not in NECK_RESCALES for r in self.neck_rescales):
             raise ValueError(f"neck_rescales must be among {NECK_RESCALES}, got {list(self.neck_rescales)}")
+        if self.classifier_init_std < 0:
+            raise ValueError(f"classifier_init_std must be >= 0 (0: kaiming-normal), got {self.classifier_init_std}")
+        if not 0 <= self.classifier_dropout_prob < 1:
+            raise ValueError(f"classifier_dropout_prob must be in [0, 1), got {self.classifier_dropout_prob}")
         if not 0 <= self.auxiliary_in_index < len(self.out_indices):
             raise ValueError(f"auxiliary_in_index {self.auxiliary_in_index} is not a feature level")
         if self.inference_mode not in ("whole", "slide"):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import UperNetConfig
+from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 
@@ -40,6 +41,18 @@ class MultiScaleNeck(nn.Module):
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [level(x) for level, x in zip(self.levels, maps)]
+
+
+class SegmentationClassifier(nn.Conv2d):
+    """mmsegmentation's `BaseDecodeHead.cls_seg`: Dropout2d(`dropout`) then the 1x1 convolution to class logits.
+    Its state-dict keys are a plain Conv2d's (`weight`, `bias`), those of transformers' UperNet heads."""
+
+    def __init__(self, in_channels: int, num_labels: int, dropout: float):
+        super().__init__(in_channels, num_labels, kernel_size=1)
+        self.dropout = nn.Dropout2d(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.dropout(features))
 
 
 def upernet_config(config: MAESegmentationConfig) -> UperNetConfig:
@@ -78,7 +91,17 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
             if config.use_auxiliary_head
             else None
         )
+        for head in (self.decode_head, self.auxiliary_head):
+            if head is not None:
+                head.classifier = SegmentationClassifier(head.channels, config.num_labels, config.classifier_dropout_prob)
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # convolutions: kaiming-normal (fan-out), as mmcv's ConvModule
+        if isinstance(module, SegmentationClassifier) and self.config.classifier_init_std > 0:
+            init.normal_(module.weight, std=self.config.classifier_init_std)  # mmseg's conv_seg: N(0, 0.01)
+            init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vit.patch_embed
@@ -124,11 +147,20 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
         return logits, auxiliary, encoded
 
     def loss(self, logits, auxiliary, labels) -> torch.Tensor:
-        loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=self.config.ignore_index)
+        """Cross-entropy of the decode head + `auxiliary_loss_weight` x that of the auxiliary head. Pixels labelled
+        `ignore_index` add nothing; the mean is over all pixels (mmseg's default, `avg_non_ignore=False`) or over
+        the others (`config.avg_non_ignore`, PyTorch's `ignore_index` mean)."""
+        loss = self.pixel_loss(logits, labels)
         if auxiliary is not None:
-            aux = F.cross_entropy(auxiliary.float(), labels.long(), ignore_index=self.config.ignore_index)
-            loss = loss + self.config.auxiliary_loss_weight * aux
+            loss = loss + self.config.auxiliary_loss_weight * self.pixel_loss(auxiliary, labels)
         return loss
+
+    def pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits (B, C, H, W), labels (B, H, W) -> the mean cross-entropy (see `loss`)."""
+        if self.config.avg_non_ignore:
+            return F.cross_entropy(logits.float(), labels.long(), ignore_index=self.config.ignore_index)
+        total = F.cross_entropy(logits.float(), labels.long(), ignore_index=self.config.ignore_index, reduction="sum")
+        return total / labels.numel()
 
     def forward(
         self,
@@ -186,6 +218,47 @@ def slide_inference(model: MAEForSemanticSegmentation, pixel_values: torch.Tenso
     return total / count
 
 
+@torch.no_grad()
+def segment_to_original_size(
+    model: MAEForSemanticSegmentation,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor | None = None,
+    original_sizes: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """mmsegmentation's inference + `postprocess_result` for a padded batch, image by image.
+
+    pixel_values: (B, C, H, W), images resized for the model and padded at the bottom/right to one size.
+    image_sizes: (B, 2) each image's (height, width) before padding (default: H, W).
+    original_sizes: (B, 2) each image's original annotation size (default: its image size).
+    Each image is cut to its own size, so that neither padding nor the other images of the batch change its
+    prediction; images of the same size go through the model together (`config.inference_mode`: whole or sliding
+    window); each image's logits are resized (bilinear, align_corners=False) to its original size.
+    Returns B float32 logits (num_labels, H_i, W_i) at the original sizes.
+    """
+    batch, _, height, width = pixel_values.shape
+    image_sizes = _sizes(image_sizes, batch, (height, width))
+    original_sizes = _sizes(original_sizes, batch, None) or image_sizes
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(image_sizes):
+        groups.setdefault(size, []).append(index)
+    outputs: list[torch.Tensor | None] = [None] * batch
+    for (h, w), indices in groups.items():
+        logits = model(pixel_values[indices, :, :h, :w]).logits.float()
+        for row, index in enumerate(indices):
+            outputs[index] = F.interpolate(logits[row : row + 1], size=original_sizes[index], mode="bilinear",
+                                           align_corners=False)[0]
+    return outputs
+
+
+def _sizes(sizes, batch: int, default) -> list[tuple[int, int]] | None:
+    if sizes is None:
+        return None if default is None else [tuple(default)] * batch
+    sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(sizes).tolist()]
+    if len(sizes) != batch or any(len(size) != 2 for size in sizes):
+        raise ValueError(f"expected {batch} (height, width) sizes, got {sizes}")
+    return sizes
+
+
 def register_with_segmentation_pipeline() -> None:
     """transformers' image-segmentation pipeline checks the model's class name against a copy of its built-in
     tables, a copy that leaves out the classes registered with `AutoModelForSemanticSegmentation.register`, and logs
@@ -198,4 +271,4 @@ def register_with_segmentation_pipeline() -> None:
 
 register_with_segmentation_pipeline()
 
-__all__ = ["MAEForSemanticSegmentation", "MultiScaleNeck", "slide_inference"]
+__all__ = ["MAEForSemanticSegmentation", "MultiScaleNeck", "segment_to_original_size", "slide_inference"]

@@ -14,8 +14,9 @@ from transformers.utils import logging
 
 from .checkpointing import CrashSafeCheckpoints
 from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
+from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
-from .visualize import fixed_noise, reconstruction_grid, segmentation_grid
+from .visualize import fixed_noise, reconstruction_grid, segmentation_figure, to_uint8
 
 logger = logging.get_logger(__name__)
 
@@ -195,6 +196,39 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
             return super().evaluate(*args, **kwargs)
 
 
+class SegmentationTrainer(MAETrainer):
+    """Evaluation as mmsegmentation scores it: each image is predicted at its own size (padding and the other
+    images of the batch play no part; whole or sliding window) and its logits are resized (bilinear) back to its
+    original annotation size (`segment_to_original_size`). `prediction_step` returns the loss at that size and
+    class maps (B, H, W) padded with 255, so metrics need no argmax. Batches may carry `image_sizes` and
+    `label_sizes` (`collate_segmentation(..., with_sizes=True)`); without them each image fills the batch."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        label_sizes = inputs.get("label_sizes")
+        if labels is not None and label_sizes is None:
+            label_sizes = torch.tensor([list(labels.shape[-2:])] * len(labels))
+        segmenter = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.compute_loss_context_manager(), self._attention_kernels():
+            logits = segment_to_original_size(segmenter, inputs["pixel_values"], inputs.get("image_sizes"), label_sizes)
+        loss = None
+        if labels is not None:
+            per_image = [segmenter.pixel_loss(l[None], labels[i : i + 1, : l.shape[-2], : l.shape[-1]])
+                         for i, l in enumerate(logits)]
+            loss = torch.stack(per_image).mean().detach()
+        if prediction_loss_only:
+            return loss, None, None
+        shape = labels.shape[-2:] if labels is not None else [max(l.shape[d] for l in logits) for d in (-2, -1)]
+        predictions = torch.full((len(logits), *shape), segmenter.config.ignore_index, device=logits[0].device)
+        for i, l in enumerate(logits):
+            predictions[i, : l.shape[-2], : l.shape[-1]] = l.argmax(dim=0)
+        if self.args.world_size > 1:  # the Trainer pads dim 1 alone across processes; maps differ in width too
+            predictions = self.accelerator.pad_across_processes(predictions, dim=2, pad_index=-100)
+            labels = None if labels is None else self.accelerator.pad_across_processes(labels, dim=2, pad_index=-100)
+        return loss, predictions, labels
+
+
 class FigureCallback(TrainerCallback):
     """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), on the
     main process, and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`."""
@@ -250,20 +284,26 @@ class ReconstructionCallback(FigureCallback):
 
 
 class SegmentationFigureCallback(FigureCallback):
-    """Image, ground truth and prediction of the same images (`segmentations/step_N.png`, `segmentation.png`)."""
+    """Image, ground truth and prediction of the same validation images with a class legend
+    (`segmentations/step_N.png`, `segmentation.png`), at each image's original annotation size."""
 
     folder, final, wandb_key = "segmentations", "segmentation.png", "eval/segmentation"
 
     def __init__(self, examples: list[dict], mean, std, output_dir: str):
         super().__init__(output_dir)
-        self.pixel_values = torch.stack([e["pixel_values"] for e in examples])
-        self.labels = torch.stack([torch.as_tensor(e["labels"]) for e in examples])
-        self.mean, self.std = mean, std
+        self.examples, self.mean, self.std = examples, mean, std
 
     def draw(self, model, step: int):
         device = next(model.parameters()).device
-        predictions = model(self.pixel_values.to(device)).logits.argmax(dim=1).cpu()
-        return segmentation_grid(
-            self.pixel_values, self.labels, predictions, self.mean, self.std, model.config.num_labels,
-            model.config.ignore_index,
-        )
+        images, labels, predictions = [], [], []
+        for example in self.examples:
+            truth = torch.as_tensor(example["labels"])
+            pixels = example["pixel_values"][None].to(device)
+            logits = segment_to_original_size(model, pixels, original_sizes=torch.tensor([list(truth.shape)]))[0]
+            shown = torch.nn.functional.interpolate(pixels.float(), size=tuple(truth.shape), mode="bilinear",
+                                                    align_corners=False)
+            images.append(to_uint8(shown, self.mean, self.std)[0])
+            labels.append(truth.numpy())
+            predictions.append(logits.argmax(dim=0).cpu().numpy())
+        return segmentation_figure(images, labels, predictions, model.config.id2label, model.config.ignore_index,
+                                   title=f"step {step}")

@@ -46,25 +46,55 @@ def test_neck_gives_four_scales():
     torch.testing.assert_close(model.neck.levels[3](raw), F.max_pool2d(raw, 2))
 
 
-def test_loss_is_main_plus_weighted_auxiliary_and_ignores_255():
-    model = MAEForSemanticSegmentation(seg_config(auxiliary_loss_weight=0.4)).train()
+def mmseg_cross_entropy(logits, labels, avg_non_ignore=False):
+    """mmseg's CrossEntropyLoss: per-pixel losses (0 where ignored), averaged over all pixels unless avg_non_ignore."""
+    losses = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    return losses.sum() / (labels != 255).sum() if avg_non_ignore else losses.mean()
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_loss_is_main_plus_weighted_auxiliary_and_ignores_255(avg_non_ignore):
+    model = MAEForSemanticSegmentation(seg_config(auxiliary_loss_weight=0.4, avg_non_ignore=avg_non_ignore)).train()
     pixels, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     labels[:, :8] = 255
     torch.manual_seed(0)
     out = model(pixels, labels=labels)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same dropout masks
     logits, auxiliary = model.segment(pixels)
-    main = F.cross_entropy(logits, labels, ignore_index=255)
-    aux = F.cross_entropy(auxiliary, labels, ignore_index=255)
+    main = mmseg_cross_entropy(logits, labels, avg_non_ignore)
+    aux = mmseg_cross_entropy(auxiliary, labels, avg_non_ignore)
     torch.testing.assert_close(out.loss, main + 0.4 * aux)
     assert out.logits.shape == (2, 5, 32, 32)
-    without = MAEForSemanticSegmentation(seg_config(use_auxiliary_head=False)).train()
+    without = MAEForSemanticSegmentation(seg_config(use_auxiliary_head=False, avg_non_ignore=avg_non_ignore)).train()
     assert without.auxiliary_head is None
     logits, auxiliary = without.segment(pixels)
     assert auxiliary is None
-    torch.testing.assert_close(without.loss(logits, None, labels), F.cross_entropy(logits, labels, ignore_index=255))
+    torch.testing.assert_close(without.loss(logits, None, labels), mmseg_cross_entropy(logits, labels, avg_non_ignore))
     model.eval()
     assert model.segment(pixels)[1] is None  # no auxiliary work at inference
+
+
+def test_classifiers_drop_out_like_mmseg_and_keep_transformers_keys():
+    model = MAEForSemanticSegmentation(seg_config())
+    for head in (model.decode_head, model.auxiliary_head):
+        assert isinstance(head.classifier.dropout, torch.nn.Dropout2d) and head.classifier.dropout.p == 0.1
+        assert head.classifier.bias.abs().max() == 0 and 0.005 < head.classifier.weight.std() < 0.015  # N(0, 0.01)
+    kaiming = MAEForSemanticSegmentation(seg_config(classifier_init_std=0.0)).decode_head.classifier.weight
+    assert 0.45 < kaiming.std() < 0.8  # kaiming-normal, fan-out of a 1x1 conv to 5 classes: sqrt(2 / 5) = 0.63
+    keys = set(model.state_dict())
+    assert {"decode_head.classifier.weight", "decode_head.classifier.bias", "auxiliary_head.classifier.weight"} <= keys
+    features = torch.randn(2, 16, 4, 4)
+    classifier = model.decode_head.classifier
+    expected = F.conv2d(features, classifier.weight, classifier.bias)
+    torch.testing.assert_close(classifier.eval()(features), expected)  # no dropout at inference
+    torch.manual_seed(0)
+    kept = (F.dropout2d(torch.ones(2, 16, 1, 1), 0.1) > 0).float()
+    torch.manual_seed(0)
+    dropped = classifier.train()(features)  # whole channels dropped, the rest scaled by 1 / 0.9
+    torch.testing.assert_close(dropped, F.conv2d(features * kept / 0.9, classifier.weight, classifier.bias))
+    assert MAEForSemanticSegmentation(seg_config(classifier_dropout_prob=0.0)).decode_head.classifier.dropout.p == 0
+    with pytest.raises(ValueError, match="classifier_dropout_prob"):
+        seg_config(classifier_dropout_prob=1.0)
 
 
 def test_every_parameter_trains():

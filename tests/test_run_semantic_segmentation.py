@@ -83,6 +83,125 @@ def test_bad_annotations_are_named(tmp_path, problem, message):
     assert not (tmp_path / "out").exists()
 
 
+def odd_size_ade_folder(root):
+    """ADE20K-layout pairs of odd, different sizes; annotations hold blocks of classes 0..6 (0 = 'other')."""
+    rng = np.random.default_rng(3)
+    sizes = {"training": [(40, 48)] * 2, "validation": [(37, 53), (61, 29), (45, 45), (23, 71)]}
+    for split, shapes in sizes.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i, (height, width) in enumerate(shapes):
+            blocks = rng.integers(0, 7, (height // 7 + 1, width // 7 + 1)).astype(np.uint8)
+            annotation = np.kron(blocks, np.ones((7, 7), dtype=np.uint8))[:height, :width]
+            image = rng.integers(0, 60, (height, width, 3)) + 25 * annotation[..., None]
+            Image.fromarray(image.astype(np.uint8)).save(root / "images" / split / f"ADE_{split}_{i:08d}.png")
+            Image.fromarray(annotation, mode="L").save(root / "annotations" / split / f"ADE_{split}_{i:08d}.png")
+    return root
+
+
+def direct_scores(model_dir, root, scale=(128, 32)):
+    """mmsegmentation's scoring, computed here image by image: the image resized (keep ratio) for the model, the
+    logits resized back (bilinear) to the annotation's size, the annotation as read from its file (0 -> ignored,
+    1..150 -> 0..149), one confusion matrix over all images. Returns {class name: IoU} of the classes present."""
+    from torchvision.transforms.v2 import functional as TF
+
+    model = MAEForSemanticSegmentation.from_pretrained(model_dir).eval()
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    matrix = np.zeros((150, 150), dtype=np.int64)
+    for path in sorted((root / "images" / "validation").iterdir()):
+        image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        labels = np.asarray(Image.open(root / "annotations" / "validation" / path.name)).astype(np.int64)
+        labels = np.where(labels == 0, 255, labels - 1)
+        height, width = labels.shape
+        factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+        resized = TF.resize(image, [int(height * factor + 0.5), int(width * factor + 0.5)], antialias=False)
+        with torch.no_grad():
+            logits = model(((resized.float() / 255 - mean) / std)[None]).logits
+        prediction = torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear",
+                                                     align_corners=False).argmax(dim=1)[0].numpy()
+        counted = labels != 255
+        matrix += np.bincount(150 * labels[counted] + prediction[counted], minlength=150 * 150).reshape(150, 150)
+    intersection = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - intersection
+    return {model.config.id2label[c]: intersection[c] / union[c] for c in range(150) if union[c] > 0}
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_ade_scores_at_the_original_annotation_size_like_mmsegmentation(tmp_path, mode):
+    root = odd_size_ade_folder(tmp_path / "ADEChallengeData2016")
+    data = ["--dataset_name", str(root), "--reduce_labels", "--inference_mode", mode, "--test_crop_size", "32",
+            "--test_stride", "21"]
+    run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
+    scores = {}
+    for batch in (1, 3):  # 3: images of different sizes in one batch
+        scores[batch] = run(tmp_path, *data, "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false",
+                            "--per_device_eval_batch_size", str(batch), out=f"eval_{batch}")
+    expected = direct_scores(tmp_path / "model", root)
+    assert len(expected) >= 4 and sum(value > 0 for value in expected.values()) >= 2  # predictions that overlap
+    for batch, metrics in scores.items():
+        ours = {key.removeprefix("eval_iou_"): value for key, value in metrics.items()
+                if key.startswith("eval_iou_") and not np.isnan(value)}
+        assert ours.keys() == expected.keys(), batch
+        for name, value in expected.items():
+            assert ours[name] == pytest.approx(value, abs=1e-9), (batch, name)
+        assert metrics["eval_mean_iou"] == pytest.approx(np.mean(list(expected.values())), abs=1e-9)
+
+
+@pytest.mark.parametrize("flip", ["0", "1"])
+def test_flip_probability_reaches_the_training_transform(tmp_path, flip):
+    """--flip_probability was parsed but never passed on: every digit was flipped half of the time."""
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    from mae_hf.run_utils import parse_arguments
+
+    columns = np.arange(32)[None, :] // 8 + 4 * (np.arange(32)[:, None] // 16)  # classes grow left to right
+    pair = {"image": [Image.new("RGB", (32, 32))], "annotation": [Image.fromarray(columns.astype(np.uint8), "L")]}
+    datasets = {split: Dataset.from_dict(pair, features=Features({"image": ImageFeature(), "annotation": ImageFeature()}))
+                for split in ("train", "validation")}
+    _, data_args, _ = parse_arguments(
+        (run_semantic_segmentation.SegmentationModelArguments, run_semantic_segmentation.SegmentationDataArguments,
+         run_semantic_segmentation.SegmentationTrainingArguments),
+        ["--output_dir", str(tmp_path), "--crop_size", "32", "--resize_scale", "32", "32", "--ratio_range", "1", "1",
+         "--flip_probability", flip],
+    )
+    config = MAEForSemanticSegmentation.config_class(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=8,
+                                                     out_indices=(0, 1, 2, 3))
+    train = run_semantic_segmentation.attach_transforms(datasets, ("image", "annotation"), data_args, config)["train"]
+    for _ in range(12):
+        labels = train[0]["labels"]
+        steps = labels[:, 1:] - labels[:, :-1]
+        assert (steps <= 0).all() if flip == "1" else (steps >= 0).all()
+
+
+def test_two_processes_score_odd_sizes_like_one(tmp_path):
+    """Maps of different widths on the two processes: the Trainer pads only the height before gathering."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = odd_size_ade_folder(tmp_path / "ADEChallengeData2016")
+    data = ["--dataset_name", str(root), "--reduce_labels", "--num_visualized_images", "0"]
+    run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
+    repo = Path(__file__).resolve().parent.parent
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+         str(repo / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path / "two"), *TINY, *data,
+         "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false", "--use_cpu",
+         "--per_device_eval_batch_size", "2"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo)), cwd=repo,
+        timeout=600, check=False,
+    )
+    assert two.returncode == 0, two.stderr[-4000:]
+    metrics = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    expected = direct_scores(tmp_path / "model", root)
+    ours = {k.removeprefix("eval_iou_"): v for k, v in metrics.items() if k.startswith("eval_iou_") and not np.isnan(v)}
+    assert ours.keys() == expected.keys()
+    assert all(ours[name] == pytest.approx(value, abs=1e-9) for name, value in expected.items())
+
+
 @pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (0, 1, 1, 1)])
 def test_unused_parameters_rule_matches_the_gradients(out_indices):
     """The script asks DDP to search for parameters without gradients exactly when some exist (the search costs a

@@ -11,6 +11,7 @@ from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from mae_hf.data import load_image_datasets
 from mae_hf.data.digits_seg import DIGITS_SEG_LABELS, digit_pools, load_digits_seg_dataset
 from mae_hf.data.segmentation import (
     ADE20K_LABELS,
@@ -21,6 +22,7 @@ from mae_hf.data.segmentation import (
     check_annotations,
     find_segmentation_columns,
     collate_segmentation,
+    collate_segmentation_with_sizes,
     load_ade_folder,
     load_segmentation_datasets,
     reduce_labels_map,
@@ -59,11 +61,28 @@ def test_digits_seg_is_deterministic_and_loads_by_name(digits_seg):
     assert not set(pools["train"]) & set(pools["validation"])  # validation canvases use unseen digits
 
 
+def test_digits_seg_unlabelled_configuration_for_pretraining(digits_seg):
+    unlabelled = load_digits_seg_dataset("unlabelled")
+    assert unlabelled["train"].column_names == ["image"] and len(unlabelled["train"]) == 10_000
+    assert unlabelled["validation"].column_names == ["image"]
+    for i in (0, 199):  # the same validation images as the labelled configuration
+        assert np.array_equal(np.asarray(unlabelled["validation"][i]["image"]),
+                              np.asarray(digits_seg["validation"][i]["image"]))
+    assert not np.array_equal(np.asarray(unlabelled["train"][0]["image"]), np.asarray(digits_seg["train"][0]["image"]))
+    assert load_digits_seg_dataset("default")["train"].column_names == ["image", "annotation"]
+    with pytest.raises(ValueError, match="digits_seg has the configurations default, unlabelled; got 'labelled'"):
+        load_digits_seg_dataset("labelled")
+    images = load_image_datasets(SimpleNamespace(dataset_name="digits_seg", dataset_config_name="unlabelled",
+                                                 train_dir=None, streaming=False, max_train_samples=None,
+                                                 max_eval_samples=None, cache_dir=None))
+    assert len(images["train"]) == 10_000  # what run_pretraining.py reads with --dataset_config_name unlabelled
+
+
 def test_digits_seg_classes_follow_the_strokes(digits_seg):
     counts = np.zeros(11, dtype=np.int64)
     for example in digits_seg["validation"].select(range(100)):
         image, annotation = np.asarray(example["image"]), np.asarray(example["annotation"])
-        assert example["image"].mode == "RGB" and example["annotation"].mode == "L" and image.shape[:2] == (64, 64)
+        assert example["image"].mode == "RGB" and example["annotation"].mode == "L" and image.shape[:2] == (32, 32)
         counts += np.bincount(annotation.ravel(), minlength=11)[:11]
         assert annotation.max() <= 10
         brightness = image.max(axis=-1)
@@ -74,7 +93,7 @@ def test_digits_seg_classes_follow_the_strokes(digits_seg):
             rows, columns = np.nonzero(annotation == digit)
             box = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
             assert len(rows) < 0.9 * box  # the strokes, not their box
-    assert counts.sum() == 100 * 64 * 64 and (counts > 0).all()  # all 11 classes occur
+    assert counts.sum() == 100 * 32 * 32 and (counts > 0).all()  # all 11 classes occur
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -193,6 +212,38 @@ def test_train_transform_keeps_image_and_map_aligned():
     assert agree / total > 0.9  # only the bilinear blends at stripe borders may differ
 
 
+def blocks(width=64, height=48, block=8):
+    """A class map of block x block tiles whose class encodes both the row and the column of the tile (6 x 8
+    tiles, classes 0..47), and an image whose red channel encodes the tile's row and green its column."""
+    rows, columns = np.arange(height)[:, None] // block, np.arange(width)[None, :] // block
+    classes = (rows * (width // block) + columns).astype(np.uint8)
+    image = np.stack(np.broadcast_arrays(20 + 30 * rows, 20 + 25 * columns, np.full_like(rows, 100)), -1)
+    return Image.fromarray(image.astype(np.uint8)), Image.fromarray(classes, mode="L")
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_rescale_crop_and_flip_move_image_and_map_together_in_both_directions(flip):
+    image, annotation = blocks()
+    transform = SegmentationTrainTransform(32, scale=(128, 48), ratio_range=(0.5, 2.0), flip=flip, photometric=False,
+                                           cat_max_ratio=1.0, **PLAIN)
+    agree = total = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        pixel_values, labels = transform(image, annotation)
+        red, green = pixel_values[0] * 255, pixel_values[1] * 255
+        row, column = ((red - 20) / 30).round().long(), ((green - 20) / 25).round().long()
+        exact = (labels != 255) & ((red - 20 - 30 * row).abs() < 1) & ((green - 20 - 25 * column).abs() < 1)
+        assert torch.equal((row * 8 + column)[exact], labels[exact])  # unblended pixels: the map says the same tile
+        valid = labels != 255
+        agree += ((row * 8 + column)[valid] == labels[valid]).sum().item()
+        total += valid.sum().item()
+        columns_seen = column[exact].reshape(-1)
+        if flip and len(columns_seen.unique()) > 1:  # flipped: the columns decrease from left to right
+            first, last = exact.nonzero()[:, 1].min(), exact.nonzero()[:, 1].max()
+            assert column[exact & (torch.arange(32) == first)].max() > column[exact & (torch.arange(32) == last)].min()
+    assert agree / total > 0.85  # only bilinear blends at tile borders may differ
+
+
 def test_photometric_distortion_changes_the_image_only():
     image, annotation = stripes()
     plain = SegmentationTrainTransform(32, scale=(128, 48), photometric=False, **PLAIN)
@@ -248,26 +299,38 @@ def test_cat_max_ratio_is_respected_when_possible():
     assert crop._balanced(torch.tensor([[0, 1, 255, 255], [1, 0, 255, 255]]), (0, 0, 2, 4))
 
 
-def test_eval_transform_resizes_both_to_the_scale():
+def test_eval_transform_resizes_the_image_and_leaves_the_annotation_untouched():
     image, annotation = stripes(48, 40, stripe=6)
     pixel_values, labels = SegmentationEvalTransform(scale=(128, 32), **PLAIN)(image, annotation)
-    assert pixel_values.shape == (3, 32, 38) and labels.shape == (32, 38)  # x 0.8: the shorter side is 32
-    assert set(labels.unique().tolist()) <= set(range(8))
-    pixel_values, labels = SegmentationEvalTransform(scale=(128, 32), crop_size=36, **PLAIN)(image, annotation)
-    assert labels.shape == (36, 38) and (labels[32:] == 255).all() and (pixel_values[:, 32:] == 0).all()
+    assert pixel_values.shape == (3, 32, 38)  # x 0.8: the shorter side is 32 (mmseg's Resize, keep_ratio)
+    assert labels.dtype == torch.int64 and np.array_equal(labels.numpy(), np.asarray(annotation))  # as in the file
+    reduced = SegmentationEvalTransform(scale=(128, 32), reduce_labels=True, **PLAIN)(image, annotation)[1]
+    assert np.array_equal(reduced.numpy(), reduce_labels_map(np.asarray(annotation)))
 
 
 def test_batch_transform_and_collate_pad_with_0_and_255(digits_seg):
     ds = digits_seg["train"].select(range(3))
-    ds = ds.with_transform(SegmentationBatchTransform(SegmentationEvalTransform(scale=(64, 32)), "image", "annotation"))
+    ds = ds.with_transform(SegmentationBatchTransform(SegmentationEvalTransform(scale=(32, 16)), "image", "annotation"))
     batch = collate_segmentation([ds[i] for i in range(3)])
-    assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].shape == (3, 32, 32)
+    assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["labels"].shape == (3, 32, 32)  # maps: original
     examples = [{"pixel_values": torch.ones(3, 4, 5), "labels": torch.full((4, 5), 2)},
                 {"pixel_values": torch.ones(3, 6, 3), "labels": torch.full((6, 3), 1)}]
     batch = collate_segmentation(examples)
+    assert set(batch) == {"pixel_values", "labels"}
     assert batch["pixel_values"].shape == (2, 3, 6, 5) and batch["labels"].dtype == torch.int64
     assert (batch["pixel_values"][0, :, 4:] == 0).all() and (batch["labels"][0, 4:] == 255).all()
     assert (batch["pixel_values"][1, :, :, 3:] == 0).all() and (batch["labels"][1, :, 3:] == 255).all()
     assert (batch["labels"][0, :4] == 2).all() and (batch["labels"][1, :, :3] == 1).all()
     same = collate_segmentation([examples[0], examples[0]])
     assert torch.equal(same["pixel_values"], torch.stack([examples[0]["pixel_values"]] * 2))
+
+
+def test_evaluation_collator_pads_images_and_maps_separately_and_gives_their_sizes():
+    examples = [{"pixel_values": torch.ones(3, 4, 6), "labels": torch.full((9, 13), 2)},
+                {"pixel_values": torch.ones(3, 5, 3), "labels": torch.full((11, 7), 1)}]
+    batch = collate_segmentation_with_sizes(examples)
+    assert batch["pixel_values"].shape == (2, 3, 5, 6) and batch["labels"].shape == (2, 11, 13)
+    assert batch["image_sizes"].tolist() == [[4, 6], [5, 3]] and batch["label_sizes"].tolist() == [[9, 13], [11, 7]]
+    assert (batch["labels"][0, 9:] == 255).all() and (batch["labels"][1, :, 7:] == 255).all()
+    unlabelled = collate_segmentation_with_sizes([{"pixel_values": e["pixel_values"]} for e in examples])
+    assert set(unlabelled) == {"pixel_values", "image_sizes"}

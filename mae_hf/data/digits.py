@@ -18,8 +18,11 @@ def digit_images() -> tuple[list[PILImage.Image], np.ndarray]:
     return [PILImage.fromarray(image, mode="L") for image in pixels], digits.target
 
 
-def load_digits_dataset() -> DatasetDict:
-    """train (1,500) / validation (297) with `image` and `label` columns; the split is the same everywhere."""
+def load_digits_dataset(config_name: str | None = None) -> DatasetDict:
+    """train (1,500) / validation (297) with `image` and `label` columns; the split is the same everywhere.
+    There is one configuration: `config_name` must be None or "default" (ValueError otherwise)."""
+    if config_name not in (None, "default"):
+        raise ValueError(f"digits has one configuration, 'default'; got {config_name!r}")
     images, labels = digit_images()
     features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
     order = np.random.RandomState(SPLIT_SEED).permutation(len(images))

@@ -30,7 +30,7 @@ def _streaming(args) -> bool:
 def _load_named(args: ImageDataArguments):
     name = args.dataset_name
     if name in BUILTIN:
-        return BUILTIN[name]()
+        return BUILTIN[name](args.dataset_config_name)
     if os.path.isdir(name) and (
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
     ):

@@ -111,7 +111,7 @@ def _is_ade_folder(name: str) -> bool:
 def _load(args) -> DatasetDict:
     name = args.dataset_name
     if name == "digits_seg":
-        return load_digits_seg_dataset()
+        return load_digits_seg_dataset(args.dataset_config_name)
     if os.path.isdir(name) and _is_ade_folder(name):
         return load_ade_folder(name)
     if os.path.isdir(name) and any(os.path.exists(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
@@ -446,6 +446,8 @@ def _as_tv_tensors(image: PILImage.Image, annotation: PILImage.Image, num_channe
 
 
 class _SegmentationTransform:
+    transforms_labels = True  # False: the class map keeps its original size (evaluation)
+
     def __init__(self, augment: v2.Transform, mean, std, reduce_labels: bool, pad_size=None):
         self.augment, self.reduce_labels, self.pad_size = augment, reduce_labels, pad_size
         self.num_channels = len(mean)
@@ -454,7 +456,11 @@ class _SegmentationTransform:
 
     def __call__(self, image: PILImage.Image, annotation: PILImage.Image) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel_values (C, h, w) float32, labels (h, w) int64) with 255 = ignored."""
-        pixels, labels = self.augment(*_as_tv_tensors(image, annotation, self.num_channels, self.reduce_labels))
+        pixels, labels = _as_tv_tensors(image, annotation, self.num_channels, self.reduce_labels)
+        if self.transforms_labels:
+            pixels, labels = self.augment(pixels, labels)
+        else:
+            pixels = self.augment(pixels)
         pixel_values = self.normalise(pixels).as_subclass(torch.Tensor)
         labels = labels.as_subclass(torch.Tensor).long()
         if self.pad_size is not None:
@@ -483,16 +489,16 @@ class SegmentationTrainTransform(_SegmentationTransform):
 
 
 class SegmentationEvalTransform(_SegmentationTransform):
-    """mmsegmentation's test pipeline: a keep-ratio resize to fit `scale` (2048, 512: the shorter side becomes 512
-    unless the image is over 4:1), then normalise. Unlike mmseg, which scores predictions resized back to the
-    original annotation, the map is resized too (NEAREST) so that image and labels batch together and metrics are
-    computed at the resized resolution. With `crop_size`, images smaller than it are padded up to it (0 / 255,
-    ignored by the metrics) so a sliding window always fits."""
+    """mmsegmentation's test pipeline: Resize(`scale`, keep_ratio=True) of the image -- with (2048, 512) the shorter
+    side becomes 512 unless the image is over 4:1 -- then normalise. The class map is NOT resized: as in mmseg, whose
+    test pipeline loads the annotation after the resize, it keeps the original annotation size, and the model's
+    logits are resized back to that size (bilinear) before scoring (`segment_to_original_size`). Returns
+    (pixel_values (C, h, w) float32, labels (H, W) int64 at the annotation's own size)."""
 
-    def __init__(self, scale=(2048, 512), mean=IMAGENET_MEAN, std=IMAGENET_STD, reduce_labels: bool = False,
-                 crop_size=None):
-        pad = None if crop_size is None else (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-        super().__init__(RandomRescale(scale, ratio_range=(1.0, 1.0)), mean, std, reduce_labels, pad_size=pad)
+    transforms_labels = False
+
+    def __init__(self, scale=(2048, 512), mean=IMAGENET_MEAN, std=IMAGENET_STD, reduce_labels: bool = False):
+        super().__init__(RandomRescale(scale, ratio_range=(1.0, 1.0)), mean, std, reduce_labels)
 
 
 class SegmentationBatchTransform:
@@ -508,14 +514,28 @@ class SegmentationBatchTransform:
         return {"pixel_values": [p for p, _ in pairs], "labels": [labels for _, labels in pairs]}
 
 
-def collate_segmentation(examples: list[dict]) -> dict:
-    """Stack pixel_values (B, C, H, W) and labels (B, H, W) int64; different sizes are padded at the bottom and
-    right to the largest in the batch, images with 0 and maps with 255 (ignored)."""
-    height = max(example["pixel_values"].shape[-2] for example in examples)
-    width = max(example["pixel_values"].shape[-1] for example in examples)
-    batch = {"pixel_values": torch.stack([pad_to(e["pixel_values"], height, width, 0) for e in examples])}
+def collate_segmentation(examples: list[dict], with_sizes: bool = False) -> dict:
+    """Stack pixel_values (B, C, H, W) and labels (B, H', W') int64; different sizes are padded at the bottom and
+    right to the largest in the batch, images with 0 and maps with 255 (ignored). Images and maps are padded
+    separately: in evaluation the maps keep their original size while the images are resized. `with_sizes` adds
+    `image_sizes` and `label_sizes`, (B, 2) int64 (height, width) of each image and map before padding, which
+    `segment_to_original_size` needs to drop the padding and resize the logits back."""
+    batch = {"pixel_values": _pad_and_stack([e["pixel_values"] for e in examples], 0)}
     if "labels" in examples[0]:
-        batch["labels"] = torch.stack(
-            [pad_to(torch.as_tensor(e["labels"]).long(), height, width, IGNORE_INDEX) for e in examples]
-        )
+        batch["labels"] = _pad_and_stack([torch.as_tensor(e["labels"]).long() for e in examples], IGNORE_INDEX)
+    if with_sizes:
+        batch["image_sizes"] = torch.tensor([tuple(e["pixel_values"].shape[-2:]) for e in examples])
+        if "labels" in examples[0]:
+            batch["label_sizes"] = torch.tensor([tuple(torch.as_tensor(e["labels"]).shape[-2:]) for e in examples])
     return batch
+
+
+def collate_segmentation_with_sizes(examples: list[dict]) -> dict:
+    """`collate_segmentation(examples, with_sizes=True)`: the evaluation collator."""
+    return collate_segmentation(examples, with_sizes=True)
+
+
+def _pad_and_stack(tensors: list[torch.Tensor], fill) -> torch.Tensor:
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    return torch.stack([pad_to(t, height, width, fill) for t in tensors])
