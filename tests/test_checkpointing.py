@@ -221,7 +221,7 @@ def small_digits(monkeypatch):
     (a killed process loses nothing from the page cache: only a power loss would, which no test simulates)."""
     digits = loading.BUILTIN["digits"]()
     digits["train"] = digits["train"].select(range(48))
-    monkeypatch.setitem(loading.BUILTIN, "digits", lambda: digits)
+    monkeypatch.setitem(loading.BUILTIN, "digits", lambda config_name=None: digits)
     monkeypatch.setattr(checkpointing, "_fsync", lambda path: None)
     gc.collect()
     gc.freeze()  # forked runs then skip the parent's objects in Trainer's gc.collect()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from test_run_image_classification import ARCHITECTURE
 from test_run_image_classification import TINY as FINETUNE_TINY
 from test_run_pretraining import TINY as PRETRAIN_TINY
-from test_run_pretraining import StopAfter
+from test_run_pretraining import Killed, StopAfter
 from test_run_semantic_segmentation import TINY as SEGMENT_TINY
 from transformers import TrainerCallback
 
@@ -50,7 +50,8 @@ def test_resume_mid_epoch_is_bit_exact_with_0_and_2_workers(tmp_path, script):
     assert len(losses) == 8
     for workers in ("0", "2"):
         out = tmp_path / f"resumed_{workers}"
-        run(script, out, "--dataloader_num_workers", workers, callbacks=[StopAfter(5)])  # checkpoint-3 on disk
+        with pytest.raises(Killed):
+            run(script, out, "--dataloader_num_workers", workers, callbacks=[StopAfter(5)])  # checkpoint-3 on disk
         assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
         run(script, out, "--dataloader_num_workers", workers, "--resume_from_checkpoint", "latest")
         resumed_losses, resumed_weights = losses_and_weights(out)
@@ -65,7 +66,8 @@ def test_resume_with_persistent_workers_is_bit_exact(tmp_path):
     # global generator, then shifted the stochastic-depth draws of a resumed run from its first full epoch on.
     workers = ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"]
     run("finetuning", tmp_path / "straight", *workers)
-    run("finetuning", tmp_path / "resumed", *workers, callbacks=[StopAfter(5)])  # checkpoint-3: mid-epoch
+    with pytest.raises(Killed):
+        run("finetuning", tmp_path / "resumed", *workers, callbacks=[StopAfter(5)])  # checkpoint-3: mid-epoch
     run("finetuning", tmp_path / "resumed", *workers, "--resume_from_checkpoint", "latest")
     (losses, weights), (resumed_losses, resumed_weights) = map(losses_and_weights, (tmp_path / "straight",
                                                                                     tmp_path / "resumed"))
@@ -78,7 +80,8 @@ def pretrain(tmp_path, *extra, callbacks=(), out="out"):
 
 
 def test_latest_skips_incomplete_and_foreign_checkpoints_and_says_why(tmp_path, caplog):
-    pretrain(tmp_path, "--max_steps", "6", callbacks=[StopAfter(3)])
+    with pytest.raises(Killed):
+        pretrain(tmp_path, "--max_steps", "6", callbacks=[StopAfter(3)])
     out = tmp_path / "out"
     shutil.copytree(out / "checkpoint-3", out / "checkpoint-9")  # a newer one, but with a broken optimizer state
     (out / "checkpoint-9" / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
@@ -101,7 +104,8 @@ def test_overwrite_output_dir_moves_the_previous_runs_checkpoints_aside(tmp_path
     pretrain(tmp_path, "--max_steps", "12", "--save_steps", "4", "--seed", "1")
     out = tmp_path / "out"
     old = load_file(out / "checkpoint-12" / "model.safetensors")
-    pretrain(tmp_path, "--overwrite_output_dir", callbacks=[StopAfter(7)])
+    with pytest.raises(Killed):
+        pretrain(tmp_path, "--overwrite_output_dir", callbacks=[StopAfter(7)])
     aside = list(out.glob("overwritten-*"))
     assert len(aside) == 1
     assert sorted(p.name for p in aside[0].iterdir()) == ["all_results.json", "checkpoint-12", "checkpoint-4",

@@ -147,13 +147,21 @@ def test_empty_folder_and_existing_output_dir(tmp_path):
     assert (tmp_path / "out" / "precious.bin").read_text() == "keep me"
 
 
+class Killed(Exception):
+    pass
+
+
 class StopAfter(TrainerCallback):
+    """Ends training after `step` as a kill would: an exception as step `step` + 1 begins (step `step`'s checkpoint
+    and log are written), so no final model is saved. A graceful stop (`should_training_stop`, early stopping)
+    saves one, and a resume then rightly finds the run finished."""
+
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
-            control.should_training_stop = True
+            raise Killed(f"after step {state.global_step}")
 
 
 class FirstOptimizerState(TrainerCallback):
@@ -170,7 +178,8 @@ def test_resume_finishes_the_same_run(tmp_path):
     common = ["--dataset_name", "digits", "--max_steps", "8", "--save_steps", "4", "--do_eval", "false",
               "--max_train_samples", "256"]
     run(tmp_path, *common, out="straight")
-    run(tmp_path, *common, out="resumed", callbacks=[StopAfter(4)])
+    with pytest.raises(Killed):
+        run(tmp_path, *common, out="resumed", callbacks=[StopAfter(4)])
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "checkpoint-8").exists()
     restart = FirstOptimizerState()
     run(tmp_path, *common, "--resume_from_checkpoint", "latest", out="resumed", callbacks=[restart])
