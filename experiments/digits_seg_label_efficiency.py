@@ -175,6 +175,8 @@ def schedule(work: Path, args, extra: list[str]) -> dict:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
+                if future.exception() is not None:  # a failed run ends the experiment; the queued ones are dropped
+                    pool.shutdown(cancel_futures=True)
                 result = future.result()
                 if "encoder" in result:
                     encoder, pretrain_seconds = result["encoder"], result["seconds"]
