@@ -7,8 +7,9 @@
 1. MAE pretraining on the 10,000 unlabelled canvases (`--dataset_config_name unlabelled`,
    configs/pretrain_digits_seg.yaml);
 2. UperNet fine-tuning (configs/segment_digits.yaml) of that encoder and of a randomly initialised one, on 10 % of
-   the 800 labelled canvases (the first 80; seeds 0, 1, 2) and on all 800 (seed 0) -- every run the same number
-   of steps, each evaluated on the 200 validation canvases (digits no training canvas uses) every `--eval_steps`;
+   the 800 labelled canvases (the first 80; seeds 0, 1, 2) and on all 800 (seed 0) -- the config's 300 steps, or
+   `--steps`; the runs on all 800 `--full_steps` if given -- each evaluated on the 200 validation canvases (digits
+   no training canvas uses) every `--eval_steps` (the `--full_steps` runs 6 times);
 3. a table of mIoU (each seed and mean ± std), per-class IoU of the 100 % runs, the learning curves (mIoU against
    fine-tuning steps: table and figure) and the overlay figure of the MAE encoder's 100 % run (`--figures_dir`).
 
@@ -117,12 +118,13 @@ def table(results: dict, seeds: list[int]) -> str:
     for arm in ARMS:
         per_class = results[arm][most][0]["per_class_iou"]
         lines.append(f"| {arm} | " + " | ".join(f"{per_class[c]:.1f}" for c in classes) + " |")
-    curves = [r for arm in ARMS for n in counts for r in results[arm][n] if r["curve"]]
-    if curves:
-        steps = [step for step, _ in curves[0]["curve"]]
-        lines += ["", "mIoU during fine-tuning (steps):", "",
-                  "| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
-        lines += [f"| {r['run']} | " + " | ".join(f"{v:.1f}" for _, v in r["curve"]) + " |" for r in curves]
+    for n in counts:  # one table per label count: the runs of one count share their evaluation steps
+        curves = [r for arm in ARMS for r in results[arm][n] if r["curve"]]
+        if curves:
+            steps = [step for step, _ in curves[0]["curve"]]
+            lines += ["", f"mIoU during fine-tuning, {n} labelled canvases (steps):", "",
+                      "| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
+            lines += [f"| {r['run']} | " + " | ".join(f"{v:.1f}" for _, v in r["curve"]) + " |" for r in curves]
     return "\n".join(lines)
 
 
@@ -155,10 +157,13 @@ def curves_figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def schedule(work: Path, args, extra: list[str]) -> dict:
+def schedule(work: Path, args, extra: list[str], full: list[str]) -> dict:
     """Every run on `args.workers` processes: pretraining and the random-init fine-tunes first, the MAE fine-tunes
-    as soon as the encoder exists. {arm: {labelled: [result, ...]}} in seed order; the pretraining seconds."""
-    runs = [(labelled, seed) for labelled in args.labelled
+    as soon as the encoder exists; `full`: further arguments of the runs on all labels. {arm: {labelled: [result,
+    ...]}} in seed order; the pretraining seconds."""
+    # the longest runs (all labels) first, so that no worker is left alone with one at the end
+    runs = [(labelled, seed, extra + (full if labelled == LABELLED else []))
+            for labelled in sorted(args.labelled, reverse=True)
             for seed in (args.seeds if labelled < LABELLED else args.seeds[:1])]
     results = {arm: {n: [] for n in args.labelled} for arm in ARMS}
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch thread pool inherited by a fork
@@ -169,9 +174,9 @@ def schedule(work: Path, args, extra: list[str]) -> dict:
         else:
             encoder, pretrain_seconds, pretraining = None, 0.0, pool.submit(pretrain, work, args.tiny)
             pending.add(pretraining)
-        pending |= {pool.submit(finetune, work, None, n, seed, extra) for n, seed in runs}
+        pending |= {pool.submit(finetune, work, None, n, seed, more) for n, seed, more in runs}
         if encoder:
-            pending |= {pool.submit(finetune, work, encoder, n, seed, extra) for n, seed in runs}
+            pending |= {pool.submit(finetune, work, encoder, n, seed, more) for n, seed, more in runs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -181,7 +186,7 @@ def schedule(work: Path, args, extra: list[str]) -> dict:
                 if "encoder" in result:
                     encoder, pretrain_seconds = result["encoder"], result["seconds"]
                     print(f"MAE pretraining: {pretrain_seconds:.0f} s", flush=True)
-                    pending |= {pool.submit(finetune, work, encoder, n, seed, extra) for n, seed in runs}
+                    pending |= {pool.submit(finetune, work, encoder, n, seed, more) for n, seed, more in runs}
                     continue
                 results[result["arm"]][result["labelled"]].append(result)
                 print(f"{result['arm']}, {result['labelled']} labelled, seed {result['seed']}: "
@@ -205,6 +210,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--labelled", type=int, nargs="+", default=[LABELLED // 10, LABELLED],
                         help="labelled canvases per run (all seeds for fewer than 800, the first seed for 800)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the config's)")
+    parser.add_argument("--full_steps", type=int, default=None,
+                        help="fine-tuning steps of the runs on all 800 labels (default: --steps), evaluated 6 times")
     parser.add_argument("--eval_steps", type=int, default=None,
                         help="evaluate every N steps, the learning curves (default: the config's)")
     args = parser.parse_args(argv)
@@ -212,10 +219,12 @@ def main(argv=None) -> dict:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     extra = [*(TINY_FINETUNE if args.tiny else []), *(["--max_steps", str(args.steps)] if args.steps else []),
              *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else [])]
+    full = ["--max_steps", str(args.full_steps), "--eval_strategy", "steps",
+            "--eval_steps", str(max(args.full_steps // 6, 1))] if args.full_steps else []
     work = Path(args.work_dir)
     figures = Path(args.figures_dir or (work if args.tiny else ROOT / "docs"))
     start = time.perf_counter()
-    summary = schedule(work, args, extra)
+    summary = schedule(work, args, extra, full)
     summary["seconds"] = time.perf_counter() - start
     report(work, figures, args, summary)
     return summary

@@ -46,19 +46,22 @@ def test_label_efficiency_experiment_shows_progress(tmp_path, monkeypatch, capsy
 def test_digits_seg_label_efficiency_tiny(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "digits_seg_label_efficiency.py"), "--tiny", "--seeds", "0", "1",
-         "--workers", "2", "--work_dir", str(tmp_path), "--steps", "2", "--eval_steps", "1"],
+         "--workers", "2", "--work_dir", str(tmp_path), "--steps", "2", "--eval_steps", "1",
+         "--full_steps", "3"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "| encoder | 80 labelled canvases (10 %), mIoU | 800 labelled canvases (100 %), mIoU |" in out
     assert "| random init | " in out and "| MAE | " in out and "IoU per class" in out
-    assert "| run | 1 | 2 |" in out and "| mae_800_seed0 | " in out  # the learning curves (--eval_steps)
+    assert "| run | 1 | 2 |\n" in out and "| run | 1 | 2 | 3 |\n" in out  # the learning curves, 80 and 800 canvases
+    assert "| mae_800_seed0 | " in out and "| scratch_80_seed1 | " in out
     saved = json.loads((tmp_path / "results.json").read_text())
     runs = {arm: {n: len(r) for n, r in by_n.items()} for arm, by_n in saved["results"].items()}
     assert runs == {"random init": {"80": 2, "800": 1}, "MAE": {"80": 2, "800": 1}}
     assert (tmp_path / "pretrain" / "config.json").is_file()  # --tiny: the figures go to the work dir, not docs/
     assert (tmp_path / "digits_seg_mae_overlay.png").is_file() and (tmp_path / "digits_seg_learning_curves.png").is_file()
     assert [step for step, _ in saved["results"]["MAE"]["80"][1]["curve"]] == [1, 2]
+    assert [step for step, _ in saved["results"]["MAE"]["800"][0]["curve"]] == [1, 2, 3]  # --full_steps
     mae = json.loads((tmp_path / "mae_800_seed0" / "config.json").read_text())
     assert mae["model_type"] == "mae_upernet"
