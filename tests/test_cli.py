@@ -16,7 +16,7 @@ import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
 from mae_hf import MAEConfig
-from mae_hf.cli import build_parser, parse_arguments
+from mae_hf.cli import build_parser, file_values, parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"pretrain": run_pretraining, "classify": run_image_classification, "segment": run_semantic_segmentation}
@@ -274,3 +274,17 @@ def test_readme_recipe_table_is_what_the_scripts_use_without_a_config_file(tmp_p
             name = row[0].split("`")[1].removeprefix("--")
             expected, actual = cell_value(row[column]), effective(parsed, name)
             assert actual == pytest.approx(expected), f"{header[column]} {name}: README {expected}, parsed {actual}"
+
+
+@pytest.mark.parametrize("script", ["pretrain", "classify", "segment"])
+def test_unquoted_yaml_no_yes_on_off_mean_what_the_user_wrote(tmp_path, script):
+    """YAML 1.1 reads unquoted no/yes/on/off as booleans: `save_strategy: no` became False, which the string flag
+    refused (or took as another word). They now parse as on the command line, in string and bool fields alike."""
+    path = write(tmp_path, "save_strategy: no\neval_strategy: no\ndo_eval: off\noverwrite_output_dir: yes\n"
+                           "verify_images: No\ngpu_fast_paths: ON\n")
+    _, data_args, args = parse(script, path, "--output_dir", str(tmp_path / "out"))
+    assert (args.save_strategy, args.eval_strategy) == ("no", "no")
+    assert (args.do_eval, args.overwrite_output_dir, data_args.verify_images, args.gpu_fast_paths) == (
+        False, True, False, True)
+    assert file_values(write(tmp_path, "a: true\nb: False\nc: n\nd: 'no'\n")) == {"a": True, "b": False, "c": "n",
+                                                                                  "d": "no"}
