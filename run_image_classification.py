@@ -59,7 +59,9 @@ from mae_hf.run_utils import (
     check_output_dir,
     logger,
     parse_arguments,
+    reference_split,
     setup_logging,
+    train_size,
     train_evaluate_save,
     used_splits,
     verify_splits,
@@ -151,10 +153,11 @@ ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, Finetuni
 
 def prepare_data(data_args, training_args):
     """Datasets (train on the label subset, if any), the image and label columns, and the class names."""
-    datasets = load_image_datasets(data_args, seed=training_args.seed)
-    image_column = find_image_column(datasets["train"], data_args.image_column_name)
-    label_column = find_label_column(datasets["train"], data_args.label_column_name)
-    names = label_names(datasets["train"], label_column)
+    datasets = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    reference = reference_split(datasets)
+    image_column = find_image_column(reference, data_args.image_column_name)
+    label_column = find_label_column(reference, data_args.label_column_name)
+    names = label_names(reference, label_column)
     if training_args.do_train and data_args.label_fraction is not None and data_args.label_fraction < 1:
         datasets["train"] = class_balanced_subset(
             datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
@@ -197,13 +200,10 @@ def attach_transforms(datasets, image_column, label_column, config, data_args, t
         flip=data_args.flip_probability,
     )
     evaluation = eval_transform(config.image_hw, mean, std, crop_pct=training_args.crop_pct)
-    channels = config.num_channels
-    return {
-        "train": datasets["train"].with_transform(ImageTransform(train, image_column, channels, label_column)),
-        "validation": datasets["validation"].with_transform(
-            ImageTransform(evaluation, image_column, channels, label_column)
-        ),
-    }
+    transforms = {"train": train, "validation": evaluation}
+    return {split: datasets[split].with_transform(
+        ImageTransform(transforms[split], image_column, config.num_channels, label_column))
+        for split in transforms if split in datasets}
 
 
 def image_processor(config, training_args) -> ConvNextImageProcessor:
@@ -253,7 +253,7 @@ def start_banner(model, datasets, training_args) -> StartBanner:
     task = {"Classes": f"{model.config.num_labels}", "Encoder": f"{encoder}, pooling {model.config.pooling}, "
             f"drop path {model.config.drop_path_rate:g}"}
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner(title, datasets["train"], evaluated, task)
+    return StartBanner(title, datasets.get("train"), evaluated, task)
 
 
 def main(argv=None, callbacks=()):
@@ -276,9 +276,9 @@ def main(argv=None, callbacks=()):
     apply_runtime_defaults(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
-    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
+    apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
     batchnorm = LINEAR_PROBE_BATCHNORM if training_args.linear_probe else None
-    check_batchnorm_batches(training_args, len(datasets["train"]), batchnorm)
+    check_batchnorm_batches(training_args, train_size(datasets), batchnorm)
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
     model = build_model(model_args, training_args, names)
     for split in used_splits(datasets, training_args):

@@ -52,7 +52,9 @@ from mae_hf.run_utils import (
     check_output_dir,
     logger,
     parse_arguments,
+    reference_split,
     setup_logging,
+    train_size,
     train_evaluate_save,
     verify_splits,
 )
@@ -120,13 +122,9 @@ def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
     return MAEForPreTraining(config)
 
 
-def split_size(split) -> int | None:
-    return len(split) if hasattr(split, "__len__") else None  # a streamed split has no length
-
-
 def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
-    column = find_image_column(raw["train"], data_args.image_column_name)
+    column = find_image_column(reference_split(raw), data_args.image_column_name)
     verify_splits(raw, column, data_args, training_args)
     size, channels = config.image_hw, config.num_channels
     mean, std = normalisation(channels)
@@ -137,14 +135,14 @@ def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
         ),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
-    if data_args.image_decoding != "pil":  # the fast pipelines read the encoded bytes themselves
+    if data_args.image_decoding != "pil" and "train" in raw:  # the fast pipelines read the encoded bytes themselves
         raw["train"] = raw["train"].cast_column(column, Image(decode=False))
     if data_args.streaming:
         return {
             split: raw[split].map(transforms[split], batched=True, remove_columns=raw[split].column_names)
             for split in raw
         }
-    return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation")}
+    return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation") if split in raw}
 
 
 def gpu_decoding_arguments(data_args, config: MAEConfig, training_args) -> dict:
@@ -201,7 +199,7 @@ def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
     masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
                f"the encoder sees {config.num_patches - config.num_masked_patches}")
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner("Running MAE pretraining", datasets["train"], evaluated, {"Masked patches": masking})
+    return StartBanner("Running MAE pretraining", datasets.get("train"), evaluated, {"Masked patches": masking})
 
 
 def main(argv=None, callbacks=()):
@@ -219,8 +217,8 @@ def main(argv=None, callbacks=()):
     config = build_config(model_args)
     apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
 
-    raw = load_image_datasets(data_args, seed=training_args.seed)
-    apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
+    raw = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    apply_recipe_schedule(training_args, train_size(raw))  # before any image is decoded
     datasets = prepare_datasets(raw, data_args, config, training_args)
     monitor = build_monitor(monitor_args, config, data_args, training_args)
     set_seed(training_args.seed)  # the fresh model's weights too

@@ -52,6 +52,7 @@ from mae_hf.run_utils import (
     logger,
     parse_arguments,
     setup_logging,
+    train_size,
     train_evaluate_save,
     used_splits,
 )
@@ -202,10 +203,9 @@ def attach_transforms(datasets, columns, data_args, config):
         cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
     )
     evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), **common)
-    return {
-        "train": datasets["train"].with_transform(SegmentationBatchTransform(train, *columns)),
-        "validation": datasets["validation"].with_transform(SegmentationBatchTransform(evaluation, *columns)),
-    }
+    transforms = {"train": train, "validation": evaluation}
+    return {split: datasets[split].with_transform(SegmentationBatchTransform(transforms[split], *columns))
+            for split in transforms if split in datasets}
 
 
 def image_processor(config, data_args) -> SegformerImageProcessor:
@@ -244,7 +244,7 @@ def start_banner(config, datasets, data_args, training_args) -> StartBanner:
     task = {"Classes": f"{config.num_labels}", "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
             "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}"}
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner("Running semantic segmentation", datasets["train"], evaluated, task)
+    return StartBanner("Running semantic segmentation", datasets.get("train"), evaluated, task)
 
 
 def main(argv=None, callbacks=()):
@@ -262,12 +262,13 @@ def main(argv=None, callbacks=()):
     check_model_path(model_args.model_name_or_path)
     check_resume_argument(training_args)
 
-    datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
-    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
+    datasets, image_column, annotation_column, names = load_segmentation_datasets(
+        data_args, training=training_args.do_train)
+    apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
     config = build_config(model_args, num_labels, names)
-    check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
+    check_batchnorm_batches(training_args, train_size(datasets), per_device_batchnorm(config, training_args))
     apply_runtime_defaults(training_args, unused_parameters=has_unused_parameters(config))
     for split in used_splits(datasets, training_args):
         datasets[split], skipped = check_annotations(

@@ -60,6 +60,17 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
             logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
 
 
+def train_size(datasets) -> int | None:
+    """The training split's size; None when it is streamed (no length) or absent (evaluation alone)."""
+    train = datasets.get("train")
+    return len(train) if train is not None and has_length(train) else None
+
+
+def reference_split(datasets):
+    """The split whose columns name the data: train, or validation in an evaluation-only run without train."""
+    return datasets["train"] if "train" in datasets else datasets["validation"]
+
+
 def used_splits(datasets, training_args) -> list[str]:
     """The splits the run reads: an evaluation-only run does not read (so does not check) the training split."""
     return [split for split in datasets if training_args.do_train or split != "train"]

@@ -39,8 +39,10 @@ def _load_named(args: ImageDataArguments):
 
 
 def _load_folders(args: ImageDataArguments):
-    check_image_dir(args.train_dir, "--train_dir")
-    files = {"train": os.path.join(args.train_dir, "**")}
+    files = {}
+    if args.train_dir:
+        check_image_dir(args.train_dir, "--train_dir")
+        files["train"] = os.path.join(args.train_dir, "**")
     if args.validation_dir:
         check_image_dir(args.validation_dir, "--validation_dir")
         files["validation"] = os.path.join(args.validation_dir, "**")
@@ -49,14 +51,28 @@ def _load_folders(args: ImageDataArguments):
     )
 
 
-def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
-    """train + validation; validation is carved from train (`train_val_split`, seeded) when the source has none."""
-    if args.dataset_name is None and args.train_dir is None:
+def check_train_split(datasets, training: bool) -> None:
+    """Training needs a train split; evaluation alone (`training` False) needs a validation split or a train split
+    to carve one from."""
+    if "train" in datasets or (not training and "validation" in datasets):
+        return
+    if training:
+        raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
+    raise ValueError(f"the dataset has neither a 'validation' split to evaluate nor a 'train' split to carve one "
+                     f"from; splits: {list(datasets)}")
+
+
+def load_image_datasets(args: ImageDataArguments, seed: int = 42,
+                        training: bool = True) -> DatasetDict | IterableDatasetDict:
+    """train + validation; validation is carved from train (`train_val_split`, seeded) when the source has none.
+    Evaluation alone (`training` False) takes a source without a train split (e.g. --validation_dir alone): then
+    the result has only validation."""
+    no_folder = args.train_dir is None and (training or args.validation_dir is None)
+    if args.dataset_name is None and no_folder:
         raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
                          + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
     datasets = _load_named(args) if args.dataset_name is not None else _load_folders(args)
-    if "train" not in datasets:
-        raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
+    check_train_split(datasets, training)
     if "validation" not in datasets:
         if _streaming(args):
             raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
@@ -64,6 +80,6 @@ def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict
         datasets = DatasetDict(train=carved["train"], validation=carved["test"])
     if not _streaming(args):
         for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-            if limit is not None:
+            if limit is not None and split in datasets:
                 datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
     return datasets

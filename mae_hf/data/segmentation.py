@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
 from .images import load_reduced, to_model_mode
-from .loading import IMAGE_SUFFIXES
+from .loading import IMAGE_SUFFIXES, check_train_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,13 @@ def _unpaired(side: str, files: dict[str, str], missing: list[str]) -> str:
     return f" {len(missing)} {side}: {', '.join(files[stem] for stem in missing[:5])}{more}."
 
 
-def load_ade_folder(root: str) -> DatasetDict:
+def load_ade_folder(root: str, splits=tuple(ADE_SPLITS)) -> DatasetDict:
     """A local `ADEChallengeData2016/` folder (images/{training,validation}/*.jpg, annotations/.../*.png) as train
-    and validation with `image` and `annotation` columns (files read lazily; paths kept for error messages).
-    Images and annotations pair up by file name without suffix."""
-    splits = {}
-    for split, folder in ADE_SPLITS.items():
+    and validation (or the `splits` given) with `image` and `annotation` columns (files read lazily; paths kept for
+    error messages). Images and annotations pair up by file name without suffix."""
+    loaded = {}
+    for split in splits:
+        folder = ADE_SPLITS[split]
         images = _image_files(os.path.join(root, "images", folder))
         annotations = _image_files(os.path.join(root, "annotations", folder))
         lonely_images = sorted(set(images) - set(annotations))
@@ -97,23 +98,23 @@ def load_ade_folder(root: str) -> DatasetDict:
         if not images:
             raise ValueError(f"{os.path.join(root, 'images', folder)} contains no image files")
         stems = sorted(images)
-        splits[split] = Dataset.from_dict(
+        loaded[split] = Dataset.from_dict(
             {"image": [images[s] for s in stems], "annotation": [annotations[s] for s in stems]},
             features=SEGMENTATION_FEATURES,
         )
-    return DatasetDict(splits)
+    return DatasetDict(loaded)
 
 
 def _is_ade_folder(name: str) -> bool:
     return all(os.path.isdir(os.path.join(name, sub)) for sub in ("images", "annotations"))
 
 
-def _load(args) -> DatasetDict:
+def _load(args, training: bool) -> DatasetDict:
     name = args.dataset_name
     if name == "digits_seg":
         return load_digits_seg_dataset(args.dataset_config_name)
     if os.path.isdir(name) and _is_ade_folder(name):
-        return load_ade_folder(name)
+        return load_ade_folder(name, tuple(ADE_SPLITS) if training else ("validation",))
     if os.path.isdir(name) and any(os.path.exists(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
         loaded = load_from_disk(name)  # a folder written by save_to_disk
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
@@ -168,30 +169,32 @@ def _label_names(args, datasets: DatasetDict, image_column: str, annotation_colu
     return [str(i) for i in range(largest + 1)]
 
 
-def load_segmentation_datasets(args, seed: int = 42) -> tuple[DatasetDict, str, str, list[str]]:
+def load_segmentation_datasets(args, seed: int = 42, training: bool = True) -> tuple[DatasetDict, str, str, list[str]]:
     """(train + validation, image column, annotation column, class names by id).
 
     `args.dataset_name`: 'digits_seg', a local ADE20K-layout folder (images/ + annotations/), a save_to_disk or
     parquet/arrow folder, or a Hub id with image and annotation columns. Validation is carved from train
     (`train_val_split`, seeded) when the source has none; `max_train_samples` / `max_eval_samples` truncate.
+    Evaluation alone (`training` False) needs no train split (nor an ADE20K folder's images/training): then the
+    result has only validation.
     """
     if args.dataset_name is None:
         raise ValueError("give --dataset_name ('digits_seg', an ADEChallengeData2016 folder, a local "
                          "parquet/arrow folder or a Hub id)")
     if getattr(args, "streaming", False):
         raise ValueError("segmentation does not stream: every annotation is checked before training")
-    datasets = _load(args)
-    if "train" not in datasets:
-        raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
+    datasets = _load(args, training)
+    check_train_split(datasets, training)
     image_column, annotation_column = find_segmentation_columns(
-        datasets["train"], args.image_column_name, getattr(args, "annotation_column_name", None)
+        datasets["train" if "train" in datasets else "validation"], args.image_column_name,
+        getattr(args, "annotation_column_name", None)
     )
     if "validation" not in datasets:
         carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
         datasets = DatasetDict(train=carved["train"], validation=carved["test"])
-    datasets = DatasetDict(train=datasets["train"], validation=datasets["validation"])
+    datasets = DatasetDict({split: datasets[split] for split in ("train", "validation") if split in datasets})
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-        if limit is not None:
+        if limit is not None and split in datasets:
             datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
     return datasets, image_column, annotation_column, _label_names(args, datasets, image_column, annotation_column)
 
