@@ -2,7 +2,7 @@
 """Semantic segmentation with UperNet on an MAE encoder (mmsegmentation's ADE20K recipe) and transformers' Trainer.
 
     python run_semantic_segmentation.py configs/segment_digits.yaml --model_name_or_path outputs/pretrain_digits_seg
-    accelerate launch run_semantic_segmentation.py configs/upernet_vit_base_ade20k.yaml \\
+    accelerate launch run_semantic_segmentation.py configs/segment_ade20k_vit_base.yaml \\
         --model_name_or_path MAE_DIR --dataset_name /data/ADEChallengeData2016
 Without --model_name_or_path the encoder starts from random init.
 """
