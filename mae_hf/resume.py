@@ -59,8 +59,10 @@ def _jsonable(value):
 def run_identity(model_args, data_args, training_args, train_size: int | None) -> dict:
     """The arguments that define a run, JSON-ready: every model and data argument and the script's own recipe
     arguments (except NOT_DEFINING), the defining TrainingArguments, the global batch and the number of training
-    examples. Worker counts, logging, evaluation and checkpoint settings are left out."""
+    examples. Worker counts, logging, evaluation and checkpoint settings are left out, and so are the arguments the
+    script does not use (its IGNORED ones)."""
     recipe = {f.name for f in dataclasses.fields(training_args)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    recipe -= set(getattr(training_args, "IGNORED", {}))
     identity = {}
     for args, names in ((model_args, None), (data_args, None), (training_args, (*DEFINING_TRAINING, *sorted(recipe)))):
         for name in names or [f.name for f in dataclasses.fields(args)]:
