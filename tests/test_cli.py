@@ -2,6 +2,7 @@
 conflicts refused, presets under the flags, ignored flags refused, an honest --help, and the README's table of
 recipe defaults equal to the defaults without a config file."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -288,3 +289,19 @@ def test_unquoted_yaml_no_yes_on_off_mean_what_the_user_wrote(tmp_path, script):
         False, True, False, True)
     assert file_values(write(tmp_path, "a: true\nb: False\nc: n\nd: 'no'\n")) == {"a": True, "b": False, "c": "n",
                                                                                   "d": "no"}
+
+
+def test_recipe_options_are_declared_fields_checked_before_any_work():
+    """layer_decay and use_lars were read by the trainer through getattr (no field in pretraining, none of use_lars
+    in segmentation): now every script's training arguments declare them; where a script does not use one, giving
+    it is refused, and a layer decay outside (0, 1] is refused naming the flag."""
+    for script in SCRIPTS:
+        _, _, args = parse(script)
+        assert {"layer_decay", "use_lars"} <= {f.name for f in dataclasses.fields(args)}, script
+    for script in ("classify", "segment"):
+        with pytest.raises(ValueError, match=r"--layer_decay must be in \(0, 1\] \(1.0: off\), got 0.0"):
+            parse(script, "--layer_decay", "0")
+    with pytest.raises(ValueError, match="--layer_decay .* is not used by this script"):
+        parse("pretrain", "--layer_decay", "0.5")
+    with pytest.raises(ValueError, match="--use_lars .* is not used by this script"):
+        parse("segment", "--use_lars")
