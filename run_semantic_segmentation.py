@@ -148,7 +148,10 @@ def per_device_batchnorm(config, training_args) -> str | None:
     return None
 
 
-def attach_transforms(datasets, columns, data_args, processor):
+def attach_transforms(datasets, columns, data_args, config):
+    """mmsegmentation's training pipeline on train, the evaluation resize on validation; mean/std those of the
+    image processor saved with the model."""
+    processor = image_processor(config, data_args)
     common = dict(mean=processor.image_mean, std=processor.image_std, reduce_labels=data_args.reduce_labels)
     train = SegmentationTrainTransform(
         data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
@@ -239,7 +242,7 @@ def main(argv=None, callbacks=()):
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
     processor = image_processor(config, data_args)
-    datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, processor)
+    datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
 
     trainer = SegmentationTrainer(  # scores at each annotation's original size, as mmsegmentation
         model=model,
