@@ -85,13 +85,13 @@ class SegmentationTrainingArguments(RecipeArguments):
         "lr_scheduler_type": ("polynomial", MMSEG),
         "lr_scheduler_kwargs": ({"power": 1.0, "lr_end": 0.0}, MMSEG),
         "max_steps": (160_000, MMSEG),
-        "num_train_epochs": (3.0, None, "Training epochs, given instead of --max_steps (default: none, --max_steps "
-                                        "sets the length)"),
+        "num_train_epochs": (3.0, None, ("Training epochs, given instead of --max_steps (default: none, "
+                                         "--max_steps sets the length)")),
         "per_device_train_batch_size": (2, MMSEG + ": 8 GPUs x 2"),
         "per_device_eval_batch_size": (1,),
         "max_grad_norm": (0.0, MMSEG),
-        "batch_eval_metrics": (True, None, "Score evaluation batch by batch (a streaming confusion matrix: memory "
-                                           "does not grow with the number of images)."),
+        "batch_eval_metrics": (True, None, ("Score evaluation batch by batch (a streaming confusion matrix: "
+                                            "memory does not grow with the number of images).")),
         "eval_strategy": ("steps",),
         "eval_steps": (16_000, MMSEG),
         "save_strategy": ("steps",),

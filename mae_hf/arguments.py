@@ -47,12 +47,12 @@ SEGMENTATION = {  # MAESegmentationConfig's neck and heads
     "auxiliary_channels": (int, "FCN auxiliary head width."),
     "use_auxiliary_head": (bool, "Train with the FCN auxiliary head."),
     "auxiliary_loss_weight": (float, "Weight of the auxiliary loss."),
-    "classifier_dropout_prob": (float, "Dropout2d before both heads' 1x1 classifiers (mmsegmentation's "
-                                       "dropout_ratio)."),
-    "classifier_init_std": (float, "Std of the classifiers' normal init, 0 = kaiming-normal like the other "
-                                   "convolutions (mmsegmentation's conv_seg)."),
-    "avg_non_ignore": (bool, "Average the loss over the non-ignored pixels only (false: over all pixels, ignored "
-                             "ones adding 0; mmsegmentation)."),
+    "classifier_dropout_prob": (float, ("Dropout2d before both heads' 1x1 classifiers (mmsegmentation's "
+                                        "dropout_ratio).")),
+    "classifier_init_std": (float, ("Std of the classifiers' normal init, 0 = kaiming-normal like the other "
+                                    "convolutions (mmsegmentation's conv_seg).")),
+    "avg_non_ignore": (bool, ("Average the loss over the non-ignored pixels only (false: over all pixels, "
+                              "ignored ones adding 0; mmsegmentation).")),
     "inference_mode": (str, "'whole' image or 'slide' (sliding window; mmsegmentation's test mode)."),
     "test_crop_size": (int, "Sliding-window crop."),
     "test_stride": (int, "Sliding-window stride."),
@@ -180,8 +180,8 @@ RECIPE_SETTINGS = {
     "label_names": (list[str], None),  # hidden: the script's model decides
 }
 # The recipes that give a base learning rate: --learning_rate is derived from it unless given.
-SCALED_LEARNING_RATE = (None, None, "Peak learning rate, used as given instead of --base_learning_rate (default: "
-                        "base_learning_rate x global batch / 256)")
+SCALED_LEARNING_RATE = (None, None, ("Peak learning rate, used as given instead of --base_learning_rate "
+                                     "(default: base_learning_rate x global batch / 256)"))
 
 
 def recipe_field(name: str, default, source: str | None = None, help: str | None = None):
