@@ -237,8 +237,14 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, finished_run,
-                         move_aside_previous_checkpoints, run_identity)
+    from .resume import (
+        check_checkpoint_fits,
+        checkpoint_step,
+        choose_checkpoint,
+        finished_run,
+        move_aside_previous_checkpoints,
+        run_identity,
+    )
 
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_ade_folder
 import torch
+from conftest import write_ade_folder
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -20,9 +20,9 @@ from mae_hf.data.segmentation import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
     check_annotations,
-    find_segmentation_columns,
     collate_segmentation,
     collate_segmentation_with_sizes,
+    find_segmentation_columns,
     load_ade_folder,
     load_segmentation_datasets,
     reduce_labels_map,
