@@ -1,5 +1,6 @@
-"""Fitting a checkpoint to the model that `from_pretrained` builds: shape checks that name both shapes, and
-position tables resampled when the checkpoint was made for another patch grid.
+"""Fitting a checkpoint to the model that `from_pretrained` builds: shape checks that name both shapes, position
+tables resampled when the checkpoint was made for another patch grid, and a bare encoder built without the final
+norm its checkpoint lacks. Reading the files, their shapes and recorded grid is `checkpoint.py`'s.
 
 "Resample or not" is decided from the patch GRIDS (the checkpoint's, from the config.json saved beside it, and the
 model's), never from the token count: a (32, 48) checkpoint loaded at (48, 32) has as many tokens, but every token
