@@ -132,7 +132,7 @@ def test_training_length_checks_come_before_images_and_model(tmp_path, monkeypat
 def test_epochs_in_steps_are_the_trainers(tmp_path, size, batch, accumulation, drop_last):
     """--save_every_epochs counted floor(batches / accumulation) steps per epoch and ignored --dataloader_drop_last:
     with 24 batches and 5 accumulation steps, "every epoch" checkpointed every 4 of the epoch's 5 steps."""
-    *_, args = parse_arguments(run_pretraining.ARGUMENTS, [
+    _, _, args, _ = parse_arguments(run_pretraining.ARGUMENTS, [
         "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", "--per_device_train_batch_size", str(batch),
         "--gradient_accumulation_steps", str(accumulation), "--dataloader_drop_last", str(drop_last),
         "--save_every_epochs", "1", "--do_eval", "false"])
