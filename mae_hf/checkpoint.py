@@ -133,9 +133,7 @@ def infer_config(state_dict, num_attention_heads, decoder_num_attention_heads, i
         patches = tensor(state_dict, "pos_embed").shape[1] - 1
         side = square_side(patches)
         if side is None:
-            raise ValueError(
-                f"pos_embed has {patches} patch rows, not a square grid: pass image_size=(height, width)"
-            )
+            raise ValueError(f"pos_embed has {patches} patch rows, not a square grid: pass image_size=(height, width)")
         image_size = side * patch
     config = dict(
         image_size=image_size,
@@ -178,9 +176,7 @@ def head_count(width, override, known, name):
     if override is not None:
         return int(override)
     if width not in known:
-        raise ValueError(
-            f"cannot infer {name} for width {width} (known widths: {known}): pass {name}=... (--{name})"
-        )
+        raise ValueError(f"cannot infer {name} for width {width} (known widths: {known}): pass {name}=... (--{name})")
     return known[width]
 
 

@@ -24,10 +24,21 @@ def test_key_maps_round_trip_through_transformers():
     config = tiny_config()
     ours = MAEForPreTraining(config).state_dict()
     theirs = to_transformers_state_dict(ours)
-    fields = {k: getattr(config, k) for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers",
-                                               "num_attention_heads", "intermediate_size", "decoder_hidden_size",
-                                               "decoder_num_hidden_layers", "decoder_num_attention_heads",
-                                               "decoder_intermediate_size")}
+    fields = {
+        k: getattr(config, k)
+        for k in (
+            "image_size",
+            "patch_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+        )
+    }
     model = ViTMAEForPreTraining(ViTMAEConfig(**fields))
     model.load_state_dict(theirs, strict=True)  # every transformers key filled, none left over
     back = {our_name(key, "vit."): value for key, value in transformers_to_official(theirs).items()}
