@@ -23,9 +23,8 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from .arguments import ImageDataArguments, recipe
 from .data import ImageTransform, check_labels, eval_transform, label_names, load_image_datasets, normalisation
-from .data.columns import find_column
-from .data.images import IMAGE_COLUMN_NAMES, verify_images
-from .data.labels import LABEL_COLUMN_NAMES
+from .data.columns import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, find_column
+from .data.images import verify_images
 from .data.loading import BUILTIN
 from .feature_metrics import KNN_K, KNN_TEMPERATURE, knn_top1, linear_probe_top1
 

@@ -146,6 +146,7 @@ def trained_steps(model_dir: str) -> int | None:
 
 def main(argv=None) -> str:
     from .data import eval_transform, to_model_mode
+    from .data.images import upright
     from .modeling_mae import MAEForPreTraining
 
     parser = argparse.ArgumentParser(description="Reconstruction figure of a saved MAE pretraining model.")
@@ -167,7 +168,8 @@ def main(argv=None) -> str:
     mean, std = load_normalisation(args.model_dir)
     transform = eval_transform(model.config.image_hw, mean, std)
     channels = model.config.num_channels
-    pixel_values = torch.stack([transform(to_model_mode(Image.open(p), channels)) for p in args.images])
+    # upright as `datasets` decodes training images: a photo's EXIF orientation applies here too
+    pixel_values = torch.stack([transform(to_model_mode(upright(Image.open(p)), channels)) for p in args.images])
     noise = fixed_noise(len(args.images), model.config.num_patches, args.seed)
     grid = reconstruction_grid(model, pixel_values, mean, std, noise, step=trained_steps(args.model_dir))
     grid.save(output)

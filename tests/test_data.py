@@ -115,3 +115,21 @@ def test_randaugment_draws_a_magnitude_per_image():
         augment(image)
         drawn.add(augment.magnitude)
     assert len(drawn) > 3 and all(70 <= m <= 100 for m in drawn)  # N(9, 0.5) in tenths, clipped at 10
+
+
+def test_one_normalisation_matches_torchvision_within_float32_rounding():
+    from torchvision.transforms import v2
+
+    from mae_hf.data import Normalize, normalisation
+
+    pixels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(3, 16, 16)  # every uint8 value per channel
+    for mean, std in (normalisation(3), normalisation(1), ((0.0,) * 3, (1.0,) * 3)):
+        inputs = pixels[: len(mean)]
+        reference = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(inputs))
+        assert torch.allclose(Normalize(mean, std)(inputs), reference, rtol=0, atol=1e-6)
+    # mean 0 / std 1 reads back as colour / 255 exactly, as torchvision's scaling gives it
+    assert torch.equal(Normalize((0.0,) * 3, (1.0,) * 3)(pixels), v2.ToDtype(torch.float32, scale=True)(pixels))
+    with pytest.raises(TypeError, match="uint8"):
+        Normalize()(pixels.float())
+    with pytest.raises(ValueError, match="std must not be 0"):
+        Normalize((0.5,), (0.0,))

@@ -10,16 +10,12 @@ import torch
 from datasets import Image
 from PIL import Image as PILImage
 
-from mae_hf.data.decoding import (
-    DCT_HEADROOM,
-    EncodedImageTransform,
-    FastRandomResizedCrop,
-    _dct_scale,
-    pretrain_image_transform,
-)
+from mae_hf.data.decoding import EncodedImageTransform, FastRandomResizedCrop, pretrain_image_transform
+from mae_hf.data.encoded import DCT_HEADROOM, _dct_scale
 from mae_hf.data.gpu_decoding import EncodedCropFlip, GPUImageDecoder, collate_encoded
 from mae_hf.data.images import to_model_mode
-from mae_hf.data.transforms import IMAGENET_STD, ImageTransform, normalisation, pretrain_transform
+from mae_hf.data.normalise import IMAGENET_STD, normalisation
+from mae_hf.data.transforms import ImageTransform, pretrain_transform
 
 LEVEL = 1 / 255 / IMAGENET_STD[1]  # one uint8 level in normalised units (green channel)
 
@@ -70,7 +66,7 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_distribution(monkeypa
     data = encode(photo(1024, 1024))
     scales = []
     original = _dct_scale
-    monkeypatch.setattr("mae_hf.data.decoding._dct_scale", lambda *a: scales.append(original(*a)) or scales[-1])
+    monkeypatch.setattr("mae_hf.data.encoded._dct_scale", lambda *a: scales.append(original(*a)) or scales[-1])
     diffs, plain_std, fast_std = [], [], []
     for seed in range(12):
         plain, fast = both(data, 32, seed)

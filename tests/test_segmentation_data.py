@@ -11,11 +11,8 @@ from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from mae_hf.data import load_image_datasets
-from mae_hf.data.digits_seg import DIGITS_SEG_LABELS, digit_pools, load_digits_seg_dataset
-from mae_hf.data.segmentation import (
+from mae_hf.data import (
     ADE20K_LABELS,
-    CatMaxRandomCrop,
     SegmentationBatchTransform,
     SegmentationEvalTransform,
     SegmentationTrainTransform,
@@ -24,9 +21,12 @@ from mae_hf.data.segmentation import (
     collate_segmentation_with_sizes,
     find_segmentation_columns,
     load_ade_folder,
+    load_image_datasets,
     load_segmentation_datasets,
     reduce_labels_map,
 )
+from mae_hf.data.digits_seg import DIGITS_SEG_LABELS, digit_pools, load_digits_seg_dataset
+from mae_hf.data.transforms import CatMaxRandomCrop
 
 PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixel_values = colour / 255, easy to read back
 

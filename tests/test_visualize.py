@@ -69,3 +69,30 @@ def test_grid_is_a_titled_figure_with_one_row_per_image():
     three = reconstruction_grid(model, torch.randn(3, 3, 32, 32), (0.5,) * 3, (0.5,) * 3, step=7)
     one = reconstruction_grid(model, torch.randn(1, 3, 32, 32), (0.5,) * 3, (0.5,) * 3)
     assert three.mode == "RGB" and three.width == one.width and three.height - one.height == 2 * 115  # 1.15 in rows
+
+
+def test_cli_turns_photos_upright_by_their_exif_orientation_as_training_does(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from mae_hf import visualize
+    from mae_hf.data import eval_transform, to_model_mode
+
+    model_dir = tmp_path / "model"
+    MAEForPreTraining(tiny_config()).save_pretrained(model_dir)
+    pixels = np.zeros((16, 48, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # a white left third: its place after the crop shows the orientation
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # stored sideways, shown rotated by 90 degrees
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif)
+    seen = {}
+    def spy(model, pixel_values, *args, **kwargs):
+        seen["pixels"] = pixel_values
+        return Image.new("RGB", (1, 1))
+
+    monkeypatch.setattr(visualize, "reconstruction_grid", spy)
+    visualize.main([str(model_dir), str(tmp_path / "photo.jpg"), "--output", str(tmp_path / "figure.png")])
+    upright = ImageOps.exif_transpose(Image.open(tmp_path / "photo.jpg"))
+    assert upright.size == (16, 48)
+    expected = eval_transform(32)(to_model_mode(upright))
+    assert torch.equal(seen["pixels"][0], expected)

@@ -9,8 +9,8 @@ import torchvision
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
-from .decoding import BICUBIC, CropFlipDraw, Normalize, as_uint8_tensor, libjpeg_decodable, open_encoded
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .encoded import BICUBIC, CropFlipDraw, as_uint8_tensor, libjpeg_decodable, open_encoded
+from .normalise import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 
 class EncodedCropFlip:

@@ -1,20 +1,12 @@
-"""Image columns: finding them, converting any PIL mode to what the model takes, and catching corrupt files
-before training starts."""
+"""Images as the model takes them: opening `datasets.Image(decode=False)` values lazily, EXIF orientation as
+`datasets` applies it, any PIL mode converted to RGB / L, and catching corrupt files before training starts."""
 
 import io
 
 import numpy as np
 from datasets import Dataset, Image
+from PIL import ExifTags, ImageOps
 from PIL import Image as PILImage
-
-from .columns import find_column
-
-IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "jpg", "png")
-
-
-def find_image_column(dataset, name: str | None = None) -> str:
-    """The image column: `name` when given, else the first `datasets.Image` feature, else a usual name."""
-    return find_column(dataset, name, Image, IMAGE_COLUMN_NAMES, "--image_column_name", "image")
 
 
 def to_model_mode(image: PILImage.Image, num_channels: int = 3) -> PILImage.Image:
@@ -28,6 +20,33 @@ def to_model_mode(image: PILImage.Image, num_channels: int = 3) -> PILImage.Imag
     return image if image.mode == target else image.convert(target)
 
 
+def open_lazily(value: dict) -> PILImage.Image:
+    """A lazily opened image (header read, pixels not yet decoded) from a local `datasets.Image(decode=False)`
+    value."""
+    return PILImage.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+
+
+def exif_orientation(image: PILImage.Image, header_only: bool = False) -> int:
+    """The EXIF orientation tag (1 = upright, 5..8 = sides swapped), 1 when absent. PIL's `getexif` on a PNG decodes
+    the pixels to look for an eXIf chunk after them; `header_only` skips that (PNGs then count as upright unless
+    the chunk came before the pixels)."""
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def upright(image: PILImage.Image) -> PILImage.Image:
+    """The image turned upright by its EXIF orientation, as `datasets.Image` decodes it (decoded when turned; the
+    same lazily opened image otherwise)."""
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
+
+
+def upright_size(image: PILImage.Image) -> list[int]:
+    """[width, height] as `datasets` decodes the image, from the header (see `exif_orientation(header_only=True)`)."""
+    width, height = image.size
+    return [height, width] if exif_orientation(image, header_only=True) in (5, 6, 7, 8) else [width, height]
+
+
 def load_reduced(image: PILImage.Image) -> None:
     """Decode a lazily opened image (JPEGs at 1/8 scale, which reads every entropy-coded byte at a fraction of the
     cost): raises on a truncated or corrupt file."""
@@ -37,8 +56,7 @@ def load_reduced(image: PILImage.Image) -> None:
 
 def _decodes(value) -> bool:
     try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        with PILImage.open(source) as image:
+        with open_lazily(value) as image:
             load_reduced(image)
         return True
     except Exception:  # noqa: BLE001 - any failure to decode is what we are looking for

@@ -1,18 +1,39 @@
-"""Class labels: the label column, its names, range checks, and fixed class-balanced label subsets."""
+"""Class labels: their names, range checks, and fixed class-balanced label subsets; for segmentation, class maps
+(one class id per pixel): reading them, ADE20K's label reduction, and checks of every annotation before training."""
 
+import functools
+import logging
 from collections import defaultdict
 
 import numpy as np
-from datasets import ClassLabel
+from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
+from PIL import Image as PILImage
 
-from .columns import find_column
+from .images import load_reduced, open_lazily, upright_size
 
-LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "fine_label")
+logger = logging.getLogger(__name__)
 
-
-def find_label_column(dataset, name: str | None = None) -> str:
-    """The label column: `name` when given, else the first `ClassLabel` feature, else a usual name."""
-    return find_column(dataset, name, ClassLabel, LABEL_COLUMN_NAMES, "--label_column_name", "label")
+IGNORE_INDEX = 255
+# PIL modes that hold one class id per pixel; RGB "colour maps" need converting to ids first.
+CLASS_MAP_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+# The 150 SceneParsing classes, ids 1..150 in the PNGs (0 = "other"), as mmsegmentation's ADE20KDataset names them.
+ADE20K_LABELS = [
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+]  # fmt: skip
 
 
 def label_names(dataset, column: str) -> list[str]:
@@ -52,3 +73,119 @@ def class_balanced_subset(dataset, column: str, fraction: float, seed: int = 0):
             )
         keep += rng.choice(by_class[label], size=count, replace=False).tolist()
     return dataset.select(sorted(keep))
+
+
+def annotation_array(annotation: PILImage.Image) -> np.ndarray:
+    """A class map as a writable (H, W) array: uint8 for 8-bit maps, int64 for 16/32-bit ones."""
+    if annotation.mode not in CLASS_MAP_MODES:
+        raise ValueError(f"an annotation must hold one class id per pixel (PIL modes {', '.join(CLASS_MAP_MODES)}); "
+                         f"got mode {annotation.mode}")
+    array = np.array(annotation)  # a copy: PIL's buffer is read-only
+    return array if array.dtype == np.uint8 else array.astype(np.int64)
+
+
+def reduce_labels_map(array: np.ndarray) -> np.ndarray:
+    """ADE20K's convention: 0 ("other") -> 255 (ignored), 1..150 -> 0..149; 255 stays 255. Same shape and dtype."""
+    reduced = array.astype(np.int64) - 1
+    reduced[(array == 0) | (array == IGNORE_INDEX)] = IGNORE_INDEX
+    return reduced.astype(array.dtype)
+
+
+def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_labels: bool,
+                 decode_images: bool = True) -> dict:
+    out = {"image_size": [], "annotation_size": [], "labels": [], "error": []}
+    for image_value, annotation_value in zip(batch[image_column], batch[annotation_column]):
+        image_size, annotation_size, labels, error = [], [], [], ""
+        try:
+            with open_lazily(image_value) as image:
+                image_size = upright_size(image)
+                if decode_images:
+                    load_reduced(image)  # a truncated image fails here, not in the first training step
+            with open_lazily(annotation_value) as annotation:
+                annotation_size = upright_size(annotation)
+                array = annotation_array(annotation)
+            if reduce_labels:
+                array = reduce_labels_map(array)
+            # bincount is a single pass for 8-bit maps; np.unique sorts
+            labels = (np.flatnonzero(np.bincount(array.ravel(), minlength=256)) if array.dtype == np.uint8
+                      else np.unique(array)).tolist()
+        except Exception as exception:  # noqa: BLE001 - reported with the file's name below
+            error = f"{type(exception).__name__}: {exception}"
+        for key, value in zip(out, (image_size, annotation_size, labels, error)):
+            out[key].append(value)
+    return out
+
+
+def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: str, reduce_labels: bool,
+                      num_proc: int | None = None, split: str = "train", decode_images: bool = True) -> Dataset:
+    """Per row: image and annotation sizes from the headers, the class ids present (decoding the map), any error.
+    The same function and arguments each time, so `datasets` reuses its cache for file-backed sets."""
+    raw = dataset.select_columns([image_column, annotation_column])
+    raw = raw.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
+    ints = Sequence(Value("int64"))  # explicit: a first batch of empty lists would otherwise infer nulls
+    features = Features({"image_size": ints, "annotation_size": ints, "labels": ints, "error": Value("string")})
+    function = functools.partial(_stats_batch, image_column=image_column, annotation_column=annotation_column,
+                                 reduce_labels=reduce_labels, decode_images=decode_images)
+    return raw.map(function, batched=True, num_proc=num_proc, remove_columns=raw.column_names, features=features,
+                   desc=f"checking {split} annotations")
+
+
+def check_annotations(dataset: Dataset, image_column: str, annotation_column: str, num_labels: int,
+                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None,
+                      skip_corrupt: bool = False, decode_images: bool = True) -> tuple[Dataset, int]:
+    """Before training: every image decodes (JPEGs at 1/8 scale; skipped when `decode_images` is False), every
+    annotation opens, is a class map the size of its image, and holds only class ids in [0, num_labels) or 255
+    (ignored), after `reduce_labels` when set. A ValueError counts the bad rows and names the first three files
+    (rows when there is no file) with both sizes or the offending value. With `skip_corrupt`, rows whose image or
+    annotation cannot be read are left out instead (other faults still raise). Returns (the dataset, the number
+    of rows left out)."""
+    stats = _annotation_stats(dataset, image_column, annotation_column, reduce_labels, num_proc, split, decode_images)
+    files = dataset.select_columns([image_column, annotation_column])
+    files = files.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
+
+    def name(index: int, column: str) -> str:
+        return files[index][column].get("path") or f"row {index}"
+
+    problems, unreadable = [], []
+    for index, (image_size, annotation_size, labels, error) in enumerate(
+        zip(stats["image_size"], stats["annotation_size"], stats["labels"], stats["error"])
+    ):
+        if error:
+            unreadable.append(index)
+            if not skip_corrupt:
+                problems.append(f"annotation {name(index, annotation_column)} or its image "
+                                f"{name(index, image_column)} cannot be read ({error})")
+        elif image_size != annotation_size:
+            problems.append(f"annotation {name(index, annotation_column)} has size {tuple(annotation_size)} but its "
+                            f"image {name(index, image_column)} has size {tuple(image_size)} (width, height)")
+        elif bad := [v for v in labels if v >= num_labels and v != IGNORE_INDEX]:
+            raw = f" ({bad[0] + 1} before --reduce_labels)" if reduce_labels else ""
+            problems.append(f"annotation {name(index, annotation_column)} has label {bad[0]}{raw}, outside "
+                            f"num_labels={num_labels} (ids must be 0..{num_labels - 1}, or 255 = ignored)")
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        hint = "" if skip_corrupt or not unreadable else " (--skip_corrupt_images leaves unreadable pairs out)"
+        raise ValueError(f"{len(problems)} bad {split} annotation(s): {'; '.join(problems[:3])}{more}{hint}")
+    if unreadable:
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(unreadable)))
+    return dataset, len(unreadable)
+
+
+def class_map_names(datasets, image_column: str, annotation_column: str, reduce_labels: bool = False,
+                    num_labels: int | None = None, known: list[str] | None = None) -> list[str]:
+    """Segmentation class names by id: `known` (the source's own names, id 0 first; id 0 dropped with
+    `reduce_labels`), else the ids up to `num_labels`, else up to the largest id in the annotations of every split
+    (which reads every map; ValueError when they hold only 255)."""
+    if known is not None:
+        return list(known[1:]) if reduce_labels else list(known)
+    if num_labels:
+        return [str(i) for i in range(num_labels)]
+    logger.info("no --num_labels: scanning the annotations for the largest class id (pass --num_labels to skip)")
+    largest = max(
+        max((v for row in _annotation_stats(d, image_column, annotation_column, reduce_labels, split=split)["labels"]
+             for v in row if v != IGNORE_INDEX), default=-1)
+        for split, d in datasets.items()
+    )
+    if largest < 0:
+        raise ValueError("the annotations hold no class ids other than 255 (ignored); pass --num_labels")
+    return [str(i) for i in range(largest + 1)]

@@ -1,16 +1,22 @@
-"""Image datasets from the Hub, local folders (ImageFolder, parquet, arrow) or the built-in demo sets, as a
-DatasetDict with `train` and `validation` splits."""
+"""The one dataset loader of every script: the built-in demo sets, a local ADE20K-layout folder, a `save_to_disk`
+folder, a parquet / arrow folder or Hub id, or ImageFolders (`--train_dir` / `--validation_dir`), as a DatasetDict
+with `train` and `validation` splits (validation carved from train when the source has none; both truncated by
+`--max_train_samples` / `--max_eval_samples`)."""
 
 import os
 
-from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Image, IterableDatasetDict, load_dataset, load_from_disk
 
 from ..arguments import ImageDataArguments
+from .columns import find_segmentation_columns
 from .digits import load_digits_dataset
-from .digits_seg import load_digits_seg_dataset
+from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
+from .labels import ADE20K_LABELS, class_map_names
 
 BUILTIN = {"digits": load_digits_dataset, "digits_seg": load_digits_seg_dataset}  # pretraining uses their images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+ADE_SPLITS = {"train": "training", "validation": "validation"}
+SEGMENTATION_FEATURES = Features({"image": Image(), "annotation": Image()})
 
 
 def check_image_dir(path: str, flag: str) -> None:
@@ -23,18 +29,80 @@ def check_image_dir(path: str, flag: str) -> None:
     raise ValueError(f"{flag} {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
 
 
+def _image_files(folder: str) -> dict[str, str]:
+    """{file name without suffix: path} of the image files in `folder`."""
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"{folder} does not exist: an ADE20K-layout folder has images/training, images/validation, "
+            "annotations/training and annotations/validation"
+        )
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+            stem = os.path.splitext(name)[0]
+            if stem in files:
+                raise ValueError(f"{files[stem]} and {os.path.join(folder, name)} share a name: images and "
+                                 "annotations pair up by file name without suffix")
+            files[stem] = os.path.join(folder, name)
+    return files
+
+
+def _unpaired(side: str, files: dict[str, str], missing: list[str]) -> str:
+    if not missing:
+        return ""
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f" {len(missing)} {side}: {', '.join(files[stem] for stem in missing[:5])}{more}."
+
+
+def load_ade_folder(root: str) -> DatasetDict:
+    """A local `ADEChallengeData2016/` folder (images/{training,validation}/*.jpg, annotations/.../*.png) as train
+    and validation with `image` and `annotation` columns (files read lazily; paths kept for error messages).
+    Images and annotations pair up by file name without suffix."""
+    splits = {}
+    for split, folder in ADE_SPLITS.items():
+        images = _image_files(os.path.join(root, "images", folder))
+        annotations = _image_files(os.path.join(root, "annotations", folder))
+        lonely_images = sorted(set(images) - set(annotations))
+        lonely_annotations = sorted(set(annotations) - set(images))
+        if lonely_images or lonely_annotations:
+            raise ValueError(
+                f"{root}: {folder} images and annotations do not pair up (by file name without suffix)."
+                + _unpaired("image(s) without an annotation", images, lonely_images)
+                + _unpaired("annotation(s) without an image", annotations, lonely_annotations)
+            )
+        if not images:
+            raise ValueError(f"{os.path.join(root, 'images', folder)} contains no image files")
+        stems = sorted(images)
+        splits[split] = Dataset.from_dict(
+            {"image": [images[s] for s in stems], "annotation": [annotations[s] for s in stems]},
+            features=SEGMENTATION_FEATURES,
+        )
+    return DatasetDict(splits)
+
+
+def is_ade_folder(name: str) -> bool:
+    return os.path.isdir(name) and all(os.path.isdir(os.path.join(name, sub)) for sub in ("images", "annotations"))
+
+
+def _is_saved(name: str) -> bool:
+    """A folder written by `save_to_disk` (a DatasetDict or a single Dataset)."""
+    markers = ("dataset_dict.json", "state.json")
+    return os.path.isdir(name) and any(os.path.exists(os.path.join(name, marker)) for marker in markers)
+
+
 def _streaming(args) -> bool:
     return getattr(args, "streaming", False)  # only pretraining streams
 
 
-def _load_named(args: ImageDataArguments):
+def _load_named(args):
     name = args.dataset_name
     if name in BUILTIN:
         return BUILTIN[name](args.dataset_config_name)
-    if os.path.isdir(name) and (
-        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
-    ):
-        return load_from_disk(name)  # a folder written by save_to_disk
+    if is_ade_folder(name):
+        return load_ade_folder(name)
+    if _is_saved(name):
+        loaded = load_from_disk(name)
+        return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
     return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=_streaming(args))
 
 
@@ -49,11 +117,9 @@ def _load_folders(args: ImageDataArguments):
     )
 
 
-def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
-    """train + validation; validation is carved from train (`train_val_split`, seeded) when the source has none."""
-    if args.dataset_name is None and args.train_dir is None:
-        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
-                         + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
+def _load_splits(args, seed: int) -> DatasetDict | IterableDatasetDict:
+    """The source's splits with `train` required and `validation` carved from it (`train_val_split`, seeded) when
+    missing; both truncated unless streamed."""
     datasets = _load_named(args) if args.dataset_name is not None else _load_folders(args)
     if "train" not in datasets:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
@@ -67,3 +133,40 @@ def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict
             if limit is not None:
                 datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
     return datasets
+
+
+def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
+    """train + validation (and any other split of the source) for classification and pretraining."""
+    if args.dataset_name is None and args.train_dir is None:
+        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
+                         + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
+    return _load_splits(args, seed)
+
+
+def _known_class_names(name: str) -> list[str] | None:
+    """The class names (id 0 first) of a source that defines them."""
+    if name == "digits_seg":
+        return DIGITS_SEG_LABELS
+    return ["other", *ADE20K_LABELS] if is_ade_folder(name) else None
+
+
+def load_segmentation_datasets(args, seed: int = 42) -> tuple[DatasetDict, str, str, list[str]]:
+    """(train + validation, image column, annotation column, class names by id).
+
+    `args.dataset_name`: 'digits_seg', a local ADE20K-layout folder (images/ + annotations/), a save_to_disk or
+    parquet/arrow folder, or a Hub id with image and annotation columns. Validation is carved from train
+    (`train_val_split`, seeded) when the source has none; `max_train_samples` / `max_eval_samples` truncate.
+    """
+    if args.dataset_name is None:
+        raise ValueError("give --dataset_name ('digits_seg', an ADEChallengeData2016 folder, a local "
+                         "parquet/arrow folder or a Hub id)")
+    if _streaming(args):
+        raise ValueError("segmentation does not stream: every annotation is checked before training")
+    datasets = _load_splits(args, seed)
+    image_column, annotation_column = find_segmentation_columns(
+        datasets["train"], args.image_column_name, getattr(args, "annotation_column_name", None)
+    )
+    datasets = DatasetDict(train=datasets["train"], validation=datasets["validation"])
+    names = class_map_names(datasets, image_column, annotation_column, getattr(args, "reduce_labels", False),
+                            getattr(args, "num_labels", None), _known_class_names(args.dataset_name))
+    return datasets, image_column, annotation_column, names

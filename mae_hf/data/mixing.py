@@ -4,7 +4,7 @@ torchvision v2's MixUp and CutMix."""
 import torch
 from torchvision.transforms import v2
 
-from .transforms import collate_pixel_values
+from .collate import collate_pixel_values
 
 
 class MixupCollator:
