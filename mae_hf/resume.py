@@ -11,6 +11,7 @@ import time
 
 from transformers import TrainingArguments
 
+from .checkpoint import read_shapes, weight_files
 from .checkpointing import (
     MANIFEST_NAME,
     checkpoint_folders,
@@ -160,21 +161,10 @@ def choose_checkpoint(training_args, identity: dict) -> str | None:
 
 def _weight_shapes(folder: str) -> dict[str, tuple] | None:
     """{tensor name: shape} from the safetensors headers of a saved model (no tensor read); None without them."""
-    from safetensors import safe_open
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as file:
-            files = sorted(set(json.load(file)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
+    files = weight_files(folder)
+    if not files or not files[0].endswith(".safetensors"):
         return None
-    shapes = {}
-    for name in files:
-        with safe_open(os.path.join(folder, name), "pt") as weights:
-            shapes.update({key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()})
-    return shapes
+    return read_shapes([os.path.join(folder, name) for name in files])
 
 
 def _describe(saved, current) -> str:

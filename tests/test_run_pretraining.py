@@ -2,8 +2,8 @@
 processes, and the errors that must come before any training."""
 
 import itertools
-import logging
 import json
+import logging
 import os
 import subprocess
 import sys
