@@ -187,7 +187,7 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
     run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
     repo = Path(__file__).resolve().parent.parent
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(repo / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path / "two"), *TINY, *data,
          "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false", "--use_cpu",
          "--per_device_eval_batch_size", "2"],
