@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo demo-seg test bench-smoke clean
+.PHONY: setup demo demo-seg test lint-format bench-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,14 @@ demo: setup
 demo-seg: setup
 	$(PY) experiments/digits_seg_label_efficiency.py
 
+# Lint (rules in pyproject.toml), then the tests.
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Formatting check, not yet part of `make test` (the tree is formatted once, when the parallel work has landed).
+lint-format: setup
+	$(PY) -m ruff format --check .
 
 bench-smoke: setup
 	$(PY) benchmarks/bench_pretrain_step.py --smoke

@@ -17,20 +17,14 @@ from transformers.image_utils import PILImageResampling
 from transformers.training_args import OptimizerNames
 
 from mae_hf import MAEConfig, MAEForImageClassification
-from mae_hf.argument_checks import (
-    CLASSIFICATION_METRICS,
-    check_batchnorm_batches,
-    check_trainer_arguments,
-    check_training_plan,
-)
+from mae_hf.argument_checks import CLASSIFICATION_METRICS, check_batchnorm_batches
 from mae_hf.arguments import (
+    SCALED_LEARNING_RATE,
     ImageDataArguments,
     ModelArguments,
     RecipeArguments,
     config_overrides,
-    each_epoch,
     recipe,
-    scaled_learning_rate,
 )
 from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
@@ -49,18 +43,15 @@ from mae_hf.data import (
     normalisation,
 )
 from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
-from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
-    apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
-    check_hub_access,
-    check_model_path,
-    check_output_dir,
     logger,
     parse_arguments,
-    setup_logging,
+    reference_split,
+    start_run,
     train_evaluate_save,
+    train_size,
     used_splits,
     verify_splits,
 )
@@ -113,25 +104,29 @@ class FinetuningArguments(RecipeArguments):
                   "BatchNorm + linear head, LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/"
                   "erasing/label smoothing/drop path/layer decay; flags given with it still win (default: False)"},
     )
-    learning_rate: float | None = scaled_learning_rate()
-    base_learning_rate: float | None = recipe(
-        5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.", FINETUNE_MD)
-    layer_decay: float | None = recipe(0.65, "Layer-wise lr decay (0.75 for ViT-L; 1.0: off).", FINETUNE_MD)
+    RECIPE: ClassVar[dict[str, tuple]] = {
+        "learning_rate": SCALED_LEARNING_RATE,
+        "base_learning_rate": (5e-4, FINETUNE_MD),
+        "layer_decay": (0.65, FINETUNE_MD, "Layer-wise lr decay (0.75 for ViT-L; 1.0: off)."),
+        "weight_decay": (0.05, FINETUNE_MD),
+        "adam_beta1": (0.9, MAIN_FINETUNE + " (torch's default)"),
+        "adam_beta2": (0.999, MAIN_FINETUNE + " (torch's default)"),
+        "num_train_epochs": (100, FINETUNE_MD),
+        "warmup_epochs": (5, FINETUNE_MD),
+        "lr_scheduler_type": ("cosine_with_min_lr", MAIN_FINETUNE),
+        "lr_scheduler_kwargs": ({"min_lr": 1e-6}, MAIN_FINETUNE),
+        "max_grad_norm": (0.0, MAIN_FINETUNE),
+        "per_device_train_batch_size": (64, "ours; FINETUNE.md: global batch 1024"),
+        "use_lars": (False, "paper Tab. 10"),
+        "label_names": (["labels"],),
+        "eval_strategy": ("epoch",),
+        "save_strategy": ("epoch",),
+    }
+
     optim: OptimizerNames | str = field(
         default=RecipeArguments.default_optim,
         metadata={"help": "The optimizer, unless --use_lars (default: %(default)s)"},
     )
-    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", FINETUNE_MD)
-    adam_beta1: float = recipe(0.9, "AdamW beta1.", MAIN_FINETUNE + " (torch's default)")
-    adam_beta2: float = recipe(0.999, "AdamW beta2.", MAIN_FINETUNE + " (torch's default)")
-    num_train_epochs: float = recipe(100, "Training epochs.", FINETUNE_MD)
-    warmup_epochs: float | None = recipe(
-        5, "Linear warmup epochs; --warmup_steps given instead replaces it.", FINETUNE_MD)
-    lr_scheduler_type: str = recipe("cosine_with_min_lr", "Learning-rate decay after warmup.", MAIN_FINETUNE)
-    lr_scheduler_kwargs: dict | str | None = recipe({"min_lr": 1e-6}, "Scheduler settings (JSON).", MAIN_FINETUNE)
-    max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none.", MAIN_FINETUNE)
-    per_device_train_batch_size: int = recipe(
-        64, "Images per device and step.", "ours; FINETUNE.md: global batch 1024")
     mixup_alpha: float = recipe(0.8, "Mixup alpha, 0: off.", FINETUNE_MD)
     cutmix_alpha: float = recipe(1.0, "CutMix alpha, 0: off.", FINETUNE_MD)
     mixup_switch_prob: float = recipe(0.5, "Probability of CutMix instead of mixup.", MAIN_FINETUNE)
@@ -140,10 +135,6 @@ class FinetuningArguments(RecipeArguments):
     rand_augment_std: float = recipe(0.5, "RandAugment magnitude noise.", FINETUNE_MD)
     random_erasing: float = recipe(0.25, "Random erasing probability.", FINETUNE_MD)
     crop_pct: float = recipe(0.875, "Evaluation: resize to image_size / crop_pct, centre-crop.", MAIN_FINETUNE)
-    use_lars: bool = recipe(False, "LARS instead of --optim (the linear probe's optimizer).", "paper Tab. 10")
-    label_names: list[str] = field(default_factory=lambda: ["labels"])
-    eval_strategy: str = each_epoch("evaluate")
-    save_strategy: str = each_epoch("checkpoint")
 
 
 ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, FinetuningArguments)
@@ -151,10 +142,11 @@ ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, Finetuni
 
 def prepare_data(data_args, training_args):
     """Datasets (train on the label subset, if any), the image and label columns, and the class names."""
-    datasets = load_image_datasets(data_args, seed=training_args.seed)
-    image_column = find_image_column(datasets["train"], data_args.image_column_name)
-    label_column = find_label_column(datasets["train"], data_args.label_column_name)
-    names = label_names(datasets["train"], label_column)
+    datasets = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    reference = reference_split(datasets)
+    image_column = find_image_column(reference, data_args.image_column_name)
+    label_column = find_label_column(reference, data_args.label_column_name)
+    names = label_names(reference, label_column)
     if training_args.do_train and data_args.label_fraction is not None and data_args.label_fraction < 1:
         datasets["train"] = class_balanced_subset(
             datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
@@ -184,8 +176,8 @@ def build_model(model_args, training_args, names: list[str]) -> MAEForImageClass
     return model
 
 
-def attach_transforms(datasets, image_column, label_column, config, data_args, training_args):
-    mean, std = normalisation(config.num_channels)
+def attach_transforms(datasets, image_column, label_column, config, processor, data_args, training_args):
+    mean, std = processor.image_mean, processor.image_std
     train = finetune_transform(
         config.image_hw,
         mean,
@@ -197,17 +189,15 @@ def attach_transforms(datasets, image_column, label_column, config, data_args, t
         flip=data_args.flip_probability,
     )
     evaluation = eval_transform(config.image_hw, mean, std, crop_pct=training_args.crop_pct)
-    channels = config.num_channels
-    return {
-        "train": datasets["train"].with_transform(ImageTransform(train, image_column, channels, label_column)),
-        "validation": datasets["validation"].with_transform(
-            ImageTransform(evaluation, image_column, channels, label_column)
-        ),
-    }
+    transforms = {"train": train, "validation": evaluation}
+    return {split: datasets[split].with_transform(
+        ImageTransform(transforms[split], image_column, config.num_channels, label_column))
+        for split in transforms if split in datasets}
 
 
 def image_processor(config, training_args) -> ConvNextImageProcessor:
-    """Resize the shorter side to image_size / crop_pct, centre-crop: the evaluation above, for pipelines."""
+    """Resize the shorter side to image_size / crop_pct, centre-crop: the evaluation above, for pipelines. Saved
+    with the model: the one source of the mean/std that the transforms use."""
     mean, std = normalisation(config.num_channels)
     return ConvNextImageProcessor(
         size={"shortest_edge": config.image_hw[0]},
@@ -253,38 +243,33 @@ def start_banner(model, datasets, training_args) -> StartBanner:
     task = {"Classes": f"{model.config.num_labels}", "Encoder": f"{encoder}, pooling {model.config.pooling}, "
             f"drop path {model.config.drop_path_rate:g}"}
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner(title, datasets["train"], evaluated, task)
+    return StartBanner(title, datasets.get("train"), evaluated, task)
+
+
+def check_data(datasets, image_column, label_column, model, data_args, training_args) -> None:
+    """Before any training: the labels fit the model's classes, every image decodes (or is skipped)."""
+    for split in used_splits(datasets, training_args):
+        check_labels(datasets[split], label_column, model.config.num_labels, split)
+    verify_splits(datasets, image_column, data_args, training_args)
 
 
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
-    apply_gpu_fast_paths(training_args)
-    if not training_args.do_eval:
-        training_args.eval_strategy = "no"
-    if training_args.layer_decay == 1.0:
-        training_args.layer_decay = None
-    check_trainer_arguments(
-        training_args, ["labels"], CLASSIFICATION_METRICS,
-        "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too",
-    )
-    check_training_plan(training_args)
-    check_output_dir(training_args)
-    check_hub_access(training_args)
-    check_model_path(model_args.model_name_or_path)
-    check_resume_argument(training_args)
+    start_run(model_args, training_args, ["labels"], CLASSIFICATION_METRICS,
+              "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too")
     apply_runtime_defaults(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
-    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
+    apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
     batchnorm = LINEAR_PROBE_BATCHNORM if training_args.linear_probe else None
-    check_batchnorm_batches(training_args, len(datasets["train"]), batchnorm)
+    check_batchnorm_batches(training_args, train_size(datasets), batchnorm)
+
     set_seed(training_args.seed)  # the new head (or the whole model) starts the same for the same seed
     model = build_model(model_args, training_args, names)
-    for split in used_splits(datasets, training_args):
-        check_labels(datasets[split], label_column, model.config.num_labels, split)
-    verify_splits(datasets, image_column, data_args, training_args)
-    datasets = attach_transforms(datasets, image_column, label_column, model.config, data_args, training_args)
+    check_data(datasets, image_column, label_column, model, data_args, training_args)
+    processor = image_processor(model.config, training_args)
+    datasets = attach_transforms(datasets, image_column, label_column, model.config, processor, data_args,
+                                 training_args)
 
     trainer = MAETrainer(
         model=model,
@@ -293,12 +278,11 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         data_collator=train_collator(model.config, training_args),
         eval_data_collator=collate_pixel_values,
-        processing_class=image_processor(model.config, training_args),
+        processing_class=processor,
         compute_metrics=metrics_function(),
         preprocess_logits_for_metrics=lambda logits, labels: top_k_predictions(logits),
         callbacks=[start_banner(model, datasets, training_args), training_curves(training_args.output_dir), *callbacks],
     )
-
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 

@@ -7,6 +7,7 @@ Any flag overrides the config file given first.
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from datasets import Image
@@ -14,19 +15,14 @@ from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 
 from mae_hf import MAEConfig, MAEForPreTraining
-from mae_hf.argument_checks import (
-    PRETRAINING_METRICS,
-    check_trainer_arguments,
-    check_training_plan,
-)
+from mae_hf.argument_checks import PRETRAINING_METRICS
 from mae_hf.arguments import (
+    SCALED_LEARNING_RATE,
     DecoderModelArguments,
     ImageDataArguments,
     RecipeArguments,
     config_overrides,
-    each_epoch,
     recipe,
-    scaled_learning_rate,
 )
 from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
@@ -42,18 +38,15 @@ from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
-from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
-    apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
-    check_hub_access,
-    check_model_path,
-    check_output_dir,
     logger,
     parse_arguments,
-    setup_logging,
+    reference_split,
+    start_run,
     train_evaluate_save,
+    train_size,
     verify_splits,
 )
 from mae_hf.trainer import MAETrainer, ReconstructionCallback
@@ -80,28 +73,33 @@ class PretrainDataArguments(ImageDataArguments):
     )
 
 
+TAB8 = "paper Tab. 8"
+
+
 @dataclass
 class PretrainingArguments(RecipeArguments):
     """The official pretraining defaults (PRETRAIN.md / paper Tab. 8)."""
 
-    learning_rate: float | None = scaled_learning_rate()
-    base_learning_rate: float | None = recipe(
-        1.5e-4, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.",
-        "paper Tab. 8")
-    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", "paper Tab. 8")
-    adam_beta1: float = recipe(0.9, "AdamW beta1.", "paper Tab. 8")
-    adam_beta2: float = recipe(0.95, "AdamW beta2.", "paper Tab. 8")
-    num_train_epochs: float = recipe(800, "Training epochs.", "PRETRAIN.md")
-    warmup_epochs: float | None = recipe(
-        40, "Linear warmup epochs; --warmup_steps given instead replaces it.", "paper Tab. 8")
-    lr_scheduler_type: str = recipe("cosine", "Learning-rate decay after warmup.", "paper Tab. 8")
-    max_grad_norm: float = recipe(
-        0.0, "Gradient clipping norm, 0: none (the seed used 1.0).", "official main_pretrain.py")
-    per_device_train_batch_size: int = recipe(
-        64, "Images per device and step.", "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096")
-    label_names: list[str] = field(default_factory=lambda: ["pixel_values"])  # so evaluation reports eval_loss
-    eval_strategy: str = each_epoch("evaluate")
-    save_strategy: str = each_epoch("checkpoint")
+    IGNORED: ClassVar[dict[str, str]] = {
+        **RecipeArguments.IGNORED,
+        "layer_decay": "pretraining trains every block at one learning rate (paper Tab. 8)",
+        "use_lars": "pretraining uses AdamW (paper Tab. 8)",
+    }
+    RECIPE: ClassVar[dict[str, tuple]] = {
+        "learning_rate": SCALED_LEARNING_RATE,
+        "base_learning_rate": (1.5e-4, TAB8),
+        "weight_decay": (0.05, TAB8),
+        "adam_beta1": (0.9, TAB8),
+        "adam_beta2": (0.95, TAB8),
+        "num_train_epochs": (800, "PRETRAIN.md"),
+        "warmup_epochs": (40, TAB8),
+        "lr_scheduler_type": ("cosine", TAB8),
+        "max_grad_norm": (0.0, "official main_pretrain.py", "Gradient clipping norm, 0: none (the seed used 1.0)."),
+        "per_device_train_batch_size": (64, "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096"),
+        "label_names": (["pixel_values"],),  # so evaluation reports eval_loss
+        "eval_strategy": ("epoch",),
+        "save_strategy": ("epoch",),
+    }
 
 
 ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments)
@@ -120,16 +118,12 @@ def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
     return MAEForPreTraining(config)
 
 
-def split_size(split) -> int | None:
-    return len(split) if hasattr(split, "__len__") else None  # a streamed split has no length
-
-
-def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
+def prepare_datasets(raw, data_args, config: MAEConfig, processor, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
-    column = find_image_column(raw["train"], data_args.image_column_name)
+    column = find_image_column(reference_split(raw), data_args.image_column_name)
     verify_splits(raw, column, data_args, training_args)
     size, channels = config.image_hw, config.num_channels
-    mean, std = normalisation(channels)
+    mean, std = processor.image_mean, processor.image_std
     transforms = {
         "train": pretrain_image_transform(
             data_args.image_decoding, column, size, mean, std, min_scale=data_args.crop_min_scale,
@@ -137,17 +131,17 @@ def prepare_datasets(raw, data_args, config: MAEConfig, training_args):
         ),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
-    if data_args.image_decoding != "pil":  # the fast pipelines read the encoded bytes themselves
+    if data_args.image_decoding != "pil" and "train" in raw:  # the fast pipelines read the encoded bytes themselves
         raw["train"] = raw["train"].cast_column(column, Image(decode=False))
     if data_args.streaming:
         return {
             split: raw[split].map(transforms[split], batched=True, remove_columns=raw[split].column_names)
             for split in raw
         }
-    return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation")}
+    return {split: raw[split].with_transform(transforms[split]) for split in ("train", "validation") if split in raw}
 
 
-def gpu_decoding_arguments(data_args, config: MAEConfig, training_args) -> dict:
+def gpu_decoding_arguments(data_args, config: MAEConfig, processor, training_args) -> dict:
     """MAETrainer arguments: training batches of encoded images, decoded on the device (`--image_decoding gpu`)."""
     if data_args.image_decoding != "gpu":
         return {"data_collator": collate_pixel_values}
@@ -155,15 +149,16 @@ def gpu_decoding_arguments(data_args, config: MAEConfig, training_args) -> dict:
         # accelerate dispatches streamed batches from process 0 by slicing tensors; encoded batches hold numpy
         # arrays, so each process reads its own share of the stream instead.
         training_args.accelerator_config.dispatch_batches = False
-    mean, std = normalisation(config.num_channels)
     return {
         "data_collator": collate_encoded,
         "eval_data_collator": collate_pixel_values,
-        "image_decoder": GPUImageDecoder(config.image_hw, mean, std, config.num_channels),
+        "image_decoder": GPUImageDecoder(config.image_hw, processor.image_mean, processor.image_std,
+                                         config.num_channels),
     }
 
 
 def image_processor(config: MAEConfig) -> ViTImageProcessor:
+    """Saved with the model: the one source of the mean/std that the transforms and figures use."""
     mean, std = normalisation(config.num_channels)
     height, width = config.image_hw
     return ViTImageProcessor(
@@ -174,10 +169,14 @@ def image_processor(config: MAEConfig) -> ViTImageProcessor:
     )
 
 
-def visualized_images(eval_dataset, count: int) -> torch.Tensor:
+def reconstruction_figures(eval_dataset, processor, model_args, training_args) -> ReconstructionCallback:
+    """Reconstructions of the first validation images at each evaluation and at the end."""
+    count = model_args.num_visualized_images
     if hasattr(eval_dataset, "__len__"):
-        return torch.stack([eval_dataset[i]["pixel_values"] for i in range(min(count, len(eval_dataset)))])
-    return torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
+        images = torch.stack([eval_dataset[i]["pixel_values"] for i in range(min(count, len(eval_dataset)))])
+    else:
+        images = torch.stack([example["pixel_values"] for _, example in zip(range(count), eval_dataset)])
+    return ReconstructionCallback(images, processor.image_mean, processor.image_std, training_args.output_dir)
 
 
 def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> FeatureMonitor | None:
@@ -201,47 +200,38 @@ def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
     masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
                f"the encoder sees {config.num_patches - config.num_masked_patches}")
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner("Running MAE pretraining", datasets["train"], evaluated, {"Masked patches": masking})
+    return StartBanner("Running MAE pretraining", datasets.get("train"), evaluated, {"Masked patches": masking})
 
 
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args, monitor_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
-    apply_gpu_fast_paths(training_args)
-    if not training_args.do_eval:
-        training_args.eval_strategy = "no"
-    check_trainer_arguments(training_args, ["pixel_values"], PRETRAINING_METRICS + monitor_args.metric_names())
-    check_training_plan(training_args, data_args.streaming)
-    check_output_dir(training_args)
-    check_hub_access(training_args)
-    check_model_path(model_args.model_name_or_path)
-    check_resume_argument(training_args)
+    start_run(model_args, training_args, ["pixel_values"], PRETRAINING_METRICS + monitor_args.metric_names(),
+              streaming=data_args.streaming)
     config = build_config(model_args)
     apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
+    processor = image_processor(config)
 
-    raw = load_image_datasets(data_args, seed=training_args.seed)
-    apply_recipe_schedule(training_args, split_size(raw["train"]))  # before any image is decoded
-    datasets = prepare_datasets(raw, data_args, config, training_args)
+    raw = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    apply_recipe_schedule(training_args, train_size(raw))  # before any image is decoded
+    datasets = prepare_datasets(raw, data_args, config, processor, training_args)
     monitor = build_monitor(monitor_args, config, data_args, training_args)
+
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)
-    mean, std = normalisation(config.num_channels)
-    figures = ReconstructionCallback(
-        visualized_images(datasets["validation"], model_args.num_visualized_images), mean, std, training_args.output_dir
-    )
+
     trainer = MAETrainer(
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
-        **gpu_decoding_arguments(data_args, config, training_args),
-        processing_class=image_processor(config),
+        **gpu_decoding_arguments(data_args, config, processor, training_args),
+        processing_class=processor,
         sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
         monitor=monitor,
-        callbacks=[figures, start_banner(config, datasets, training_args),
+        callbacks=[reconstruction_figures(datasets["validation"], processor, model_args, training_args),
+                   start_banner(config, datasets, training_args),
                    training_curves(config, monitor, training_args.output_dir), *callbacks],
     )
-
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 

@@ -2,28 +2,25 @@
 """Semantic segmentation with UperNet on an MAE encoder (mmsegmentation's ADE20K recipe) and transformers' Trainer.
 
     python run_semantic_segmentation.py configs/segment_digits.yaml --model_name_or_path outputs/pretrain_digits_seg
-    accelerate launch run_semantic_segmentation.py configs/upernet_vit_base_ade20k.yaml \\
+    accelerate launch run_semantic_segmentation.py configs/segment_ade20k_vit_base.yaml \\
         --model_name_or_path MAE_DIR --dataset_name /data/ADEChallengeData2016
 Without --model_name_or_path the encoder starts from random init.
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import SegformerImageProcessor, set_seed
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
-from mae_hf.argument_checks import (
-    SEGMENTATION_METRICS,
-    check_batchnorm_batches,
-    check_trainer_arguments,
-    check_training_plan,
-)
+from mae_hf.argument_checks import SEGMENTATION_METRICS, check_batchnorm_batches
 from mae_hf.arguments import (
+    SEGMENTATION,
     DataArguments,
-    ModelArguments,
     RecipeArguments,
+    SegmenterModelArguments,
     config_overrides,
     recipe,
 )
@@ -41,67 +38,24 @@ from mae_hf.data import (
     normalisation,
 )
 from mae_hf.metrics import StreamingMeanIoU, eval_batches
-from mae_hf.resume import check_resume_argument
 from mae_hf.run_utils import (
-    apply_gpu_fast_paths,
     apply_recipe_schedule,
     apply_runtime_defaults,
-    check_hub_access,
-    check_model_path,
-    check_output_dir,
     logger,
     parse_arguments,
-    setup_logging,
+    start_run,
     train_evaluate_save,
+    train_size,
     used_splits,
 )
 from mae_hf.trainer import SegmentationFigureCallback, SegmentationTrainer
-
-SEGMENTATION_FIELDS = (
-    "out_indices neck_rescales decode_channels auxiliary_channels use_auxiliary_head auxiliary_loss_weight "
-    "classifier_dropout_prob classifier_init_std avg_non_ignore inference_mode test_crop_size test_stride"
-).split()
-
 
 MMSEG = "mmsegmentation configs/mae (ADE20K, ViT-B)"
 
 
 @dataclass
-class SegmentationModelArguments(ModelArguments):
+class SegmentationModelArguments(SegmenterModelArguments):
     drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate of the encoder.", MMSEG)
-    out_indices: list[int] | None = field(
-        default=None, metadata={"help": "Blocks whose outputs feed the neck (default: the checkpoint's, else "
-                                "3 5 7 11; mmsegmentation configs/mae)"})
-    neck_rescales: list[float] | None = field(
-        default=None, metadata={"help": "Neck scale factor per level (default: the checkpoint's, else 4 2 1 0.5; "
-                                "mmsegmentation configs/mae)"})
-    decode_channels: int | None = field(
-        default=None, metadata={"help": "UperNet width (default: the checkpoint's, else 768; mmsegmentation "
-                                "configs/mae)"})
-    auxiliary_channels: int | None = field(
-        default=None, metadata={"help": "FCN auxiliary head width (default: the checkpoint's, else 256; "
-                                "mmsegmentation configs/mae)"})
-    use_auxiliary_head: bool | None = field(
-        default=None, metadata={"help": "Train with the FCN auxiliary head (default: the checkpoint's, else true)"})
-    auxiliary_loss_weight: float | None = field(
-        default=None, metadata={"help": "Weight of the auxiliary loss (default: the checkpoint's, else 0.4; "
-                                "mmsegmentation configs/mae)"})
-    classifier_dropout_prob: float | None = field(
-        default=None, metadata={"help": "Dropout2d before both heads' 1x1 classifiers (default: the checkpoint's, "
-                                "else 0.1; mmsegmentation's dropout_ratio)"})
-    classifier_init_std: float | None = field(
-        default=None, metadata={"help": "Std of the classifiers' normal init, 0 = kaiming-normal like the other "
-                                "convolutions (default: the checkpoint's, else 0.01; mmsegmentation's conv_seg)"})
-    avg_non_ignore: bool | None = field(
-        default=None, metadata={"help": "Average the loss over the non-ignored pixels only (default: the "
-                                "checkpoint's, else false: over all pixels, ignored ones adding 0; mmsegmentation)"})
-    inference_mode: str | None = field(
-        default=None, metadata={"help": "'whole' image or 'slide' (sliding window; mmsegmentation's test mode) "
-                                "(default: the checkpoint's, else whole)"})
-    test_crop_size: int | None = field(
-        default=None, metadata={"help": "Sliding-window crop (default: the checkpoint's, else 512; mmsegmentation)"})
-    test_stride: int | None = field(
-        default=None, metadata={"help": "Sliding-window stride (default: the checkpoint's, else 341; mmsegmentation)"})
     num_visualized_images: int = field(default=4, metadata={"help": "Images in each segmentation figure."})
 
 
@@ -121,47 +75,47 @@ class SegmentationTrainingArguments(RecipeArguments):
     """mmsegmentation's MAE + UperNet ADE20K schedule: AdamW 1e-4, β (0.9, 0.999), wd 0.05, layer decay 0.65,
     1500 linear warmup iterations then polynomial decay, 160k iterations at batch 16 (8 GPUs x 2)."""
 
-    learning_rate: float | None = recipe(
-        1e-4, "Peak learning rate (or give --base_learning_rate: lr = blr x global batch / 256).", MMSEG)
-    weight_decay: float = recipe(0.05, "AdamW weight decay (none on biases, norms, tokens).", MMSEG)
-    adam_beta1: float = recipe(0.9, "AdamW beta1.", MMSEG)
-    adam_beta2: float = recipe(0.999, "AdamW beta2.", MMSEG)
-    layer_decay: float | None = recipe(0.65, "Layer-wise lr decay (1.0: off).", MMSEG)
-    warmup_steps: float = recipe(1500, "Linear warmup steps (or a share of training if < 1).", MMSEG)
-    lr_scheduler_type: str = recipe("polynomial", "Learning-rate decay after warmup.", MMSEG)
-    lr_scheduler_kwargs: dict | str | None = recipe(
-        {"power": 1.0, "lr_end": 0.0}, "Scheduler settings (JSON).", MMSEG)
-    max_steps: int = recipe(160_000, "Training steps; --num_train_epochs given instead replaces it.", MMSEG)
-    num_train_epochs: float = field(
-        default=3.0, metadata={"help": "Training epochs, given instead of --max_steps (default: none, --max_steps "
-                               "sets the length)"})
-    per_device_train_batch_size: int = recipe(2, "Images per device and step.", MMSEG + ": 8 GPUs x 2")
-    per_device_eval_batch_size: int = field(default=1, metadata={"help": "Images per device in evaluation."})
-    max_grad_norm: float = recipe(0.0, "Gradient clipping norm, 0: none.", MMSEG)
+    RECIPE: ClassVar[dict[str, tuple]] = {
+        "learning_rate": (1e-4, MMSEG),
+        "weight_decay": (0.05, MMSEG),
+        "adam_beta1": (0.9, MMSEG),
+        "adam_beta2": (0.999, MMSEG),
+        "layer_decay": (0.65, MMSEG),
+        "warmup_steps": (1500, MMSEG),
+        "lr_scheduler_type": ("polynomial", MMSEG),
+        "lr_scheduler_kwargs": ({"power": 1.0, "lr_end": 0.0}, MMSEG),
+        "max_steps": (160_000, MMSEG),
+        "num_train_epochs": (3.0, None, ("Training epochs, given instead of --max_steps (default: none, "
+                                         "--max_steps sets the length)")),
+        "per_device_train_batch_size": (2, MMSEG + ": 8 GPUs x 2"),
+        "per_device_eval_batch_size": (1,),
+        "max_grad_norm": (0.0, MMSEG),
+        "batch_eval_metrics": (True, None, ("Score evaluation batch by batch (a streaming confusion matrix: "
+                                            "memory does not grow with the number of images).")),
+        "eval_strategy": ("steps",),
+        "eval_steps": (16_000, MMSEG),
+        "save_strategy": ("steps",),
+        "save_steps": (16_000, MMSEG),
+        "label_names": (["labels"],),
+    }
+    IGNORED: ClassVar[dict[str, str]] = {
+        **RecipeArguments.IGNORED, "use_lars": "LARS is the linear probe's optimizer (run_image_classification.py)"}
+
     sync_batchnorm: bool = recipe(True, "SyncBatchNorm in the neck on several GPUs.", MMSEG)
-    batch_eval_metrics: bool = field(
-        default=True, metadata={"help": "Score evaluation batch by batch (a streaming confusion matrix: memory does "
-                                "not grow with the number of images)."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
-    eval_steps: float = recipe(16_000, "Evaluate every N steps.", MMSEG)
-    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
-    save_steps: float = recipe(16_000, "Checkpoint every N steps.", MMSEG)
-    label_names: list[str] = field(default_factory=lambda: ["labels"])
 
 
 ARGUMENTS = (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments)
 
 
 def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentationConfig:
-    overrides = {**config_overrides(model_args), **{n: getattr(model_args, n) for n in SEGMENTATION_FIELDS
-                                                    if getattr(model_args, n) is not None}}
+    overrides = config_overrides(model_args)
     overrides.update(num_labels=num_labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     if model_args.model_name_or_path:
         saved = MAEConfig.from_pretrained(model_args.model_name_or_path)
         if isinstance(saved, MAESegmentationConfig) or saved.model_type == MAESegmentationConfig.model_type:
             saved = MAESegmentationConfig.from_pretrained(model_args.model_name_or_path)
         return segmentation_config(saved, **{k: v for k, v in saved.to_dict().items()
-                                            if k in SEGMENTATION_FIELDS and k not in overrides}, **overrides)
+                                            if k in SEGMENTATION and k not in overrides}, **overrides)
     return MAESegmentationConfig(**overrides)
 
 
@@ -195,21 +149,23 @@ def per_device_batchnorm(config, training_args) -> str | None:
 
 
 def attach_transforms(datasets, columns, data_args, config):
-    mean, std = normalisation(config.num_channels)
-    common = dict(mean=mean, std=std, reduce_labels=data_args.reduce_labels)
+    """mmsegmentation's training pipeline on train, the evaluation resize on validation; mean/std those of the
+    image processor saved with the model."""
+    processor = image_processor(config, data_args)
+    common = dict(mean=processor.image_mean, std=processor.image_std, reduce_labels=data_args.reduce_labels)
     train = SegmentationTrainTransform(
         data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
         cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
     )
     evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), **common)
-    return {
-        "train": datasets["train"].with_transform(SegmentationBatchTransform(train, *columns)),
-        "validation": datasets["validation"].with_transform(SegmentationBatchTransform(evaluation, *columns)),
-    }
+    transforms = {"train": train, "validation": evaluation}
+    return {split: datasets[split].with_transform(SegmentationBatchTransform(transforms[split], *columns))
+            for split in transforms if split in datasets}
 
 
 def image_processor(config, data_args) -> SegformerImageProcessor:
-    """For pipelines: resize to the crop size, normalise; post-processing resizes the map back."""
+    """For pipelines: resize to the crop size, normalise; post-processing resizes the map back. Saved with the
+    model: the one source of the mean/std that the transforms and figures use."""
     mean, std = normalisation(config.num_channels)
     return SegformerImageProcessor(
         size={"height": data_args.crop_size, "width": data_args.crop_size},
@@ -244,45 +200,50 @@ def start_banner(config, datasets, data_args, training_args) -> StartBanner:
     task = {"Classes": f"{config.num_labels}", "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
             "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}"}
     evaluated = datasets["validation"] if training_args.do_eval else None
-    return StartBanner("Running semantic segmentation", datasets["train"], evaluated, task)
+    return StartBanner("Running semantic segmentation", datasets.get("train"), evaluated, task)
 
 
-def main(argv=None, callbacks=()):
-    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
-    apply_gpu_fast_paths(training_args)
-    if not training_args.do_eval:
-        training_args.eval_strategy = "no"
-    if training_args.layer_decay == 1.0:
-        training_args.layer_decay = None
-    check_trainer_arguments(training_args, ["labels"], SEGMENTATION_METRICS)
-    check_training_plan(training_args)
-    check_output_dir(training_args)
-    check_hub_access(training_args)
-    check_model_path(model_args.model_name_or_path)
-    check_resume_argument(training_args)
-
-    datasets, image_column, annotation_column, names = load_segmentation_datasets(data_args)
-    apply_recipe_schedule(training_args, len(datasets["train"]))  # before any image is decoded
-    num_labels = data_args.num_labels or len(names)
-    names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
-    config = build_config(model_args, num_labels, names)
-    check_batchnorm_batches(training_args, len(datasets["train"]), per_device_batchnorm(config, training_args))
-    apply_runtime_defaults(training_args, unused_parameters=has_unused_parameters(config))
+def check_data(datasets, columns, num_labels: int, data_args, training_args) -> None:
+    """Before any training, in place: every annotation fits the classes and its image (pairs that cannot be read
+    fail, or are skipped with --skip_corrupt_images)."""
     for split in used_splits(datasets, training_args):
         datasets[split], skipped = check_annotations(
-            datasets[split], image_column, annotation_column, num_labels, data_args.reduce_labels, split,
+            datasets[split], *columns, num_labels, data_args.reduce_labels, split,
             skip_corrupt=data_args.skip_corrupt_images, decode_images=data_args.verify_images,
         )
         if skipped:
             logger.warning(f"skipped {skipped} {split} image/annotation pair(s) that cannot be read "
                            "(--skip_corrupt_images)")
+
+
+def segmentation_figures(eval_dataset, processor, model_args, training_args) -> list[SegmentationFigureCallback]:
+    """Image, ground truth and prediction of the first validation images at each evaluation (none: no images)."""
+    count = min(model_args.num_visualized_images, len(eval_dataset))
+    shown = [eval_dataset[i] for i in range(count)]
+    if not shown:
+        return []
+    return [SegmentationFigureCallback(shown, processor.image_mean, processor.image_std, training_args.output_dir)]
+
+
+def main(argv=None, callbacks=()):
+    model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
+    start_run(model_args, training_args, ["labels"], SEGMENTATION_METRICS)
+
+    datasets, image_column, annotation_column, names = load_segmentation_datasets(
+        data_args, training=training_args.do_train)
+    apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
+    num_labels = data_args.num_labels or len(names)
+    names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
+    config = build_config(model_args, num_labels, names)
+    check_batchnorm_batches(training_args, train_size(datasets), per_device_batchnorm(config, training_args))
+    apply_runtime_defaults(training_args, unused_parameters=has_unused_parameters(config))
+    check_data(datasets, (image_column, annotation_column), num_labels, data_args, training_args)
+
     set_seed(training_args.seed)
     model = build_model(model_args, config, training_args)
+    processor = image_processor(config, data_args)
     datasets = attach_transforms(datasets, (image_column, annotation_column), data_args, config)
 
-    mean, std = normalisation(config.num_channels)
-    shown = [datasets["validation"][i] for i in range(min(model_args.num_visualized_images, len(datasets["validation"])))]
     trainer = SegmentationTrainer(  # scores at each annotation's original size, as mmsegmentation
         model=model,
         args=training_args,
@@ -290,13 +251,12 @@ def main(argv=None, callbacks=()):
         eval_dataset=datasets["validation"] if training_args.do_eval else None,
         data_collator=collate_segmentation,
         eval_data_collator=collate_segmentation_with_sizes,
-        processing_class=image_processor(config, data_args),
+        processing_class=processor,
         compute_metrics=metrics_function(config),
-        callbacks=[*([SegmentationFigureCallback(shown, mean, std, training_args.output_dir)] if shown else []),
+        callbacks=[*segmentation_figures(datasets["validation"], processor, model_args, training_args),
                    start_banner(config, datasets, data_args, training_args),
                    training_curves(training_args.output_dir), *callbacks],
     )
-
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 
 

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from harness import median_ratio
 from PIL import Image
 
 from mae_hf.data.decoding import FastRandomResizedCrop
@@ -123,7 +124,7 @@ def main(argv=None):
     for _ in range(args.rounds):
         for name, pipeline in pipelines.items():
             rates[name].append(rate(files, pipeline))
-    ratio = statistics.median(ours / plain for ours, plain in zip(rates["ours"], rates["plain"]))
+    ratio = median_ratio(rates["ours"], rates["plain"])
     mean_kb = sum(map(len, files)) / len(files) / 1024
     mean_px = statistics.mean(Image.open(io.BytesIO(data)).width * Image.open(io.BytesIO(data)).height
                               for data in files)

@@ -57,22 +57,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
 
 import torch
+from harness import (
+    environment,
+    format_mib,
+    malloc_trim,
+    matmul_peak_flops,
+    median_ratio,
+    mfu,
+    reset_peak_rss,
+    status_kib,
+    timed,
+)
 
-MIB = 2**20
 ENCODERS = {  # name -> (hidden, depth, heads, mlp)
     "base": (768, 12, 12, 3072),
     "large": (1024, 24, 16, 4096),
@@ -207,57 +216,9 @@ def build_transformers(fields: dict, seed: int, attn: str, device: torch.device)
     return ViTMAEForPreTraining(config).to(device).train()
 
 
-def _block_key(rest: str, value: torch.Tensor, prefix: str) -> dict:
-    """One of our block tensors (`norm1.weight`, `attn.qkv.bias`...) -> transformers' ViTMAELayer tensors."""
-    if rest.startswith("attn.qkv."):
-        kind = rest.rsplit(".", 1)[1]
-        q, k, v = value.chunk(3, dim=0)  # fused rows are [q; k; v]
-        return {f"{prefix}attention.{n}_proj.{kind}": t for n, t in zip("qkv", (q, k, v))}
-    renames = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after.", "attn.proj.": "attention.o_proj.",
-               "mlp.": "mlp."}
-    for old, new in renames.items():
-        if rest.startswith(old):
-            return {prefix + new + rest[len(old):]: value}
-    raise KeyError(rest)
-
-
-def to_transformers_state_dict(state_dict: dict) -> dict:
-    """mae_hf MAEForPreTraining state dict -> transformers ViTMAEForPreTraining state dict."""
-    singles = {
-        "vit.cls_token": "vit.embeddings.cls_token",
-        "vit.pos_embed": "vit.embeddings.position_embeddings",
-        "decoder.mask_token": "decoder.mask_token",
-        "decoder.pos_embed": "decoder.decoder_pos_embed",
-    }
-    prefixes = {
-        "vit.patch_embed.proj.": "vit.embeddings.patch_embeddings.projection.",
-        "vit.norm.": "vit.layernorm.",
-        "decoder.embed.": "decoder.decoder_embed.",
-        "decoder.norm.": "decoder.decoder_norm.",
-        "decoder.pred.": "decoder.decoder_pred.",
-    }
-    blocks = {"vit.blocks.": "vit.layers.", "decoder.blocks.": "decoder.decoder_layers."}
-    out = {}
-    for name, value in state_dict.items():
-        if name in singles:
-            out[singles[name]] = value
-            continue
-        for old, new in prefixes.items():
-            if name.startswith(old):
-                out[new + name[len(old):]] = value
-                break
-        else:
-            for old, new in blocks.items():
-                if name.startswith(old):
-                    index, rest = name[len(old):].split(".", 1)
-                    out.update(_block_key(rest, value, f"{new}{index}."))
-                    break
-            else:
-                raise KeyError(f"no transformers name for {name}")
-    return out
-
-
 def copy_weights(ours, theirs) -> None:
+    from mae_hf.checkpoint import to_transformers_state_dict
+
     theirs.load_state_dict(to_transformers_state_dict(ours.state_dict()), strict=True)
 
 
@@ -345,23 +306,6 @@ def train_step(variant: Variant, autocast) -> torch.Tensor:
     return loss.detach()
 
 
-def timed_block(variant: Variant, steps: int, device: torch.device, autocast) -> tuple[float, int | None]:
-    """Seconds for `steps` consecutive steps; on CUDA also the peak bytes allocated above the resting state."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(variant, autocast)
-    if cuda:
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
-    return elapsed, peak
-
-
 def state_bytes(variant: Variant) -> int:
     """Parameters + buffers + optimizer state (exact tensor bytes)."""
     total = sum(t.numel() * t.element_size() for t in variant.model.parameters())
@@ -372,30 +316,6 @@ def state_bytes(variant: Variant) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- CPU memory
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def memory_worker(args) -> int:
     """Runs in a fresh process: peak RSS above the resting state during one train step of one model."""
     device = torch.device("cpu")
@@ -405,25 +325,21 @@ def memory_worker(args) -> int:
     gc.collect()
     autocast = autocast_factory(args, device)
     result = {}
-    if _reset_peak_rss():
+    if reset_peak_rss():
         for _ in range(max(1, args.warmup)):
             train_step(variant, autocast)
-        deltas = []
-        for _ in range(args.steps_per_round):
-            gc.collect()
-            _malloc_trim()
-            base = _status_kib("VmRSS")
-            _reset_peak_rss()
-            train_step(variant, autocast)
-            deltas.append(_status_kib("VmHWM") - base)
+        deltas = [
+            timed(partial(train_step, variant, autocast), 1, device, cpu_rss=True)[1]
+            for _ in range(args.steps_per_round)
+        ]
         result["method"] = ("fresh subprocess per model; max over steps of VmHWM - VmRSS around one step after "
                             "warm-up (peak reset via /proc/self/clear_refs, malloc_trim before the baseline)")
-        result["step_peak_bytes"] = max(deltas) * 1024
-        result["step_peak_bytes_all"] = [d * 1024 for d in deltas]
+        result["step_peak_bytes"] = max(deltas)
+        result["step_peak_bytes_all"] = deltas
     else:
         gc.collect()
-        _malloc_trim()
-        base = _status_kib("VmRSS")
+        malloc_trim()
+        base = status_kib("VmRSS")
         train_step(variant, autocast)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         result["method"] = ("fresh subprocess per model; ru_maxrss - VmRSS around the FIRST step (upper bound: "
@@ -463,63 +379,7 @@ def train_flops_per_image(fields: dict, mask_ratio: float) -> float:
     return 3.0 * forward
 
 
-def matmul_peak_flops(device: torch.device, bf16: bool, seconds: float = 1.0) -> float:
-    """Best measured FLOP/s of a square matmul in the step's compute dtype (fp32 weights autocast to bf16 when bf16)."""
-    n = 8192 if device.type == "cuda" else 2048
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    a @ b  # warm-up
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or best == float("inf"):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
 # ------------------------------------------------------------------------------------------------------ reporting
-def environment(device: torch.device) -> dict:
-    import transformers
-
-    import mae_hf
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "mae_hf": getattr(mae_hf, "__version__", "?"),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-    else:
-        env["device_name"] = _cpu_name()
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _fmt_mib(value) -> str:
-    return "-" if value is None else f"{value / MIB:.0f}" if value >= 10 * MIB else f"{value / MIB:.2f}"
-
-
 def print_table(rows: list[dict], show_memory: bool, show_mfu: bool) -> None:
     header = ["model", "attn", "mask", "median img/s", "min-max img/s", "median step ms", "state MiB"]
     if show_memory:
@@ -531,9 +391,9 @@ def print_table(rows: list[dict], show_memory: bool, show_mfu: bool) -> None:
     for row in rows:
         cells = [row["label"], row["attn"], f"{row['mask_ratio']:g}", f"{row['median_images_per_s']:.2f}",
                  f"{min(row['round_images_per_s']):.2f}-{max(row['round_images_per_s']):.2f}",
-                 f"{row['median_step_s'] * 1000:.1f}", _fmt_mib(row["state_bytes"])]
+                 f"{row['median_step_s'] * 1000:.1f}", format_mib(row["state_bytes"])]
         if show_memory:
-            cells.append(_fmt_mib(row.get("step_peak_bytes")))
+            cells.append(format_mib(row.get("step_peak_bytes")))
         if show_mfu:
             cells += [f"{row['train_flops_per_image'] / 1e9:.2f}", f"{row['mfu'] * 100:.1f}%"]
         print("| " + " | ".join(cells) + " |")
@@ -551,6 +411,46 @@ def main(argv=None) -> int:
     fields = config_fields(args)
     desc = describe(fields, args.smoke)
     env = environment(device)
+    print_header(args, desc, env, load_before)
+
+    pixel_values, noise = make_batch(fields, args.batch_size, args.seed, device)
+    built = time.perf_counter()
+    variants = build_variants(args, fields, device, pixel_values, noise)
+    print(f"# built in {time.perf_counter() - built:.1f} s; trainable parameters: "
+          + ", ".join(f"{v.label} {sum(p.numel() for p in v.model.parameters() if p.requires_grad):,}"
+                      for v in variants))
+    autocast = autocast_factory(args, device)
+    loss_check = warm_up(args, variants, autocast)
+    states = {id(v): state_bytes(v) for v in variants}
+    timed_s = run_rounds(args, variants, device, autocast)
+    ratios = [x / y for x, y in zip(variants[0].round_ips, variants[1].round_ips, strict=True)]
+    ratio = median_ratio(variants[0].round_ips, variants[1].round_ips)
+    rows, memory_method, peak_flops = result_rows(args, fields, variants, states, device)
+
+    summary, setting, load_after = report(args, desc, rows, ratios, ratio, memory_method, peak_flops, timed_s)
+    if args.json:
+        write_json(args.json, {
+            "summary": summary,
+            "mode": "mask_speedup" if args.mask_speedup else "compare",
+            "ratio_definition": ("step time at mask 0 / step time at --mask-ratio (= images/s ratio)"
+                                 if args.mask_speedup else "mae_hf images/s / transformers images/s"),
+            "median_ratio": ratio,
+            "round_ratios": ratios,
+            "setting": setting,
+            "args": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "worker_mask_ratio", "argv")},
+            "config": fields,
+            "environment": env,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "loss_check": loss_check,
+            "memory_method": memory_method,
+            "matmul_peak_flops": peak_flops,
+            "results": rows,
+        })
+    return 0
+
+
+def print_header(args, desc: str, env: dict, load_before) -> None:
     print(f"# {desc}, batch {args.batch_size}, {args.device} {args.dtype}, threads {env['threads']}, "
           f"torch {env['torch']}, transformers {env['transformers']}, {env['device_name']}")
     print(f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
@@ -560,41 +460,39 @@ def main(argv=None) -> int:
     if not args.mask_speedup and args.mask_ratio == 0.0:
         print("# WARNING: mask ratio 0 makes transformers' loss 0/0 = NaN (the work done is the same)")
 
-    pixel_values, noise = make_batch(fields, args.batch_size, args.seed, device)
-    built = time.perf_counter()
-    variants = build_variants(args, fields, device, pixel_values, noise)
-    print(f"# built in {time.perf_counter() - built:.1f} s; trainable parameters: "
-          + ", ".join(f"{v.label} {sum(p.numel() for p in v.model.parameters() if p.requires_grad):,}"
-                      for v in variants))
-    autocast = autocast_factory(args, device)
 
+def warm_up(args, variants: list[Variant], autocast) -> dict | None:
+    """`--warmup` untimed steps per model; in compare mode, the first losses of both models side by side."""
     for i in range(args.warmup):
         for variant in variants:
             loss = train_step(variant, autocast)
             if i == 0:
                 variant.first_loss = float(loss)
-    loss_check = None
-    if args.warmup and not args.mask_speedup:
-        a, b = (v.first_loss for v in variants)
-        loss_check = {"mae_hf": a, "transformers": b, "abs_diff": abs(a - b)}
-        print(f"# same weights, input and noise: first warm-up loss mae_hf {a:.6f}, transformers {b:.6f} "
-              f"(|diff| {abs(a - b):.2e})")
-    states = {id(v): state_bytes(v) for v in variants}
+    if not args.warmup or args.mask_speedup:
+        return None
+    a, b = (v.first_loss for v in variants)
+    print(f"# same weights, input and noise: first warm-up loss mae_hf {a:.6f}, transformers {b:.6f} "
+          f"(|diff| {abs(a - b):.2e})")
+    return {"mae_hf": a, "transformers": b, "abs_diff": abs(a - b)}
 
+
+def run_rounds(args, variants: list[Variant], device, autocast) -> float:
+    """The timed rounds, the order of the variants alternating; returns the seconds they took."""
     started = time.perf_counter()
     for r in range(args.rounds):
         for variant in variants if r % 2 == 0 else variants[::-1]:
-            seconds, peak = timed_block(variant, args.steps_per_round, device, autocast)
+            seconds, peak = timed(partial(train_step, variant, autocast), args.steps_per_round, device)
             variant.round_seconds.append(seconds / args.steps_per_round)
             variant.round_ips.append(args.batch_size * args.steps_per_round / seconds)
             if peak is not None:
                 variant.step_peak_bytes.append(peak)
         print(f"# round {r + 1}/{args.rounds}: "
               + ", ".join(f"{v.label} {v.round_ips[-1]:.2f} img/s" for v in variants), flush=True)
-    timed_s = time.perf_counter() - started
-    ratios = [x / y for x, y in zip(variants[0].round_ips, variants[1].round_ips)]
-    median_ratio = statistics.median(ratios)
+    return time.perf_counter() - started
 
+
+def result_rows(args, fields, variants: list[Variant], states: dict, device):
+    """(one row per variant, how the step peak memory was measured, the matmul peak FLOP/s or None)."""
     memory_method = None
     if device.type == "cuda":
         memory_method = "in-process torch.cuda.max_memory_allocated() - memory_allocated() around each timed block"
@@ -622,9 +520,13 @@ def main(argv=None) -> int:
             row["memory_worker"] = measured
             memory_method = measured["method"]
         if peak_flops:
-            row["mfu"] = row["median_images_per_s"] * row["train_flops_per_image"] / peak_flops
+            row["mfu"] = mfu(row["median_images_per_s"], row["train_flops_per_image"], peak_flops)
         rows.append(row)
+    return rows, memory_method, peak_flops
 
+
+def report(args, desc, rows, ratios, ratio, memory_method, peak_flops, timed_s) -> tuple[str, str, tuple]:
+    """Print the table and the summary line; returns (summary, setting, load average after)."""
     print()
     print_table(rows, show_memory="step_peak_bytes" in rows[0], show_mfu=peak_flops is not None)
     print()
@@ -636,40 +538,23 @@ def main(argv=None) -> int:
               f"{peak_flops / 1e9:.1f} GFLOP/s")
     setting = f"{desc}, batch {args.batch_size}, {args.device} {args.dtype}"
     if args.mask_speedup:
-        summary = (f"mae_hf train-step time mask 0 / mask {args.mask_ratio:g}: {median_ratio:.2f}x "
+        summary = (f"mae_hf train-step time mask 0 / mask {args.mask_ratio:g}: {ratio:.2f}x "
                    f"(median of {args.rounds} rounds), {setting}")
     else:
-        summary = (f"mae_hf / transformers train-step images/s: {median_ratio:.2f}x (median of {args.rounds} "
+        summary = (f"mae_hf / transformers train-step images/s: {ratio:.2f}x (median of {args.rounds} "
                    f"rounds), {setting}, transformers attn {args.attn}")
     load_after = os.getloadavg()
     print(f"# timed part {timed_s:.1f} s; load average after: {load_after[0]:.2f} {load_after[1]:.2f} "
           f"{load_after[2]:.2f}")
     print(summary)
+    return summary, setting, load_after
 
-    if args.json:
-        result = {
-            "summary": summary,
-            "mode": "mask_speedup" if args.mask_speedup else "compare",
-            "ratio_definition": ("step time at mask 0 / step time at --mask-ratio (= images/s ratio)"
-                                 if args.mask_speedup else "mae_hf images/s / transformers images/s"),
-            "median_ratio": median_ratio,
-            "round_ratios": ratios,
-            "setting": setting,
-            "args": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "worker_mask_ratio", "argv")},
-            "config": fields,
-            "environment": env,
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-            "loss_check": loss_check,
-            "memory_method": memory_method,
-            "matmul_peak_flops": peak_flops,
-            "results": rows,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0
+
+def write_json(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@
   the mmseg recipe's sizes): `mae_hf.MAEForSemanticSegmentation` alone (transformers has no plain-ViT UperNet
   to compare with).
 
-A step is forward (loss) + backward + AdamW step + zero_grad, like `bench_pretrain_step.py` (whose timing, CPU
-peak-RSS and matmul-peak helpers this script reuses). FLOPs are COUNTED, not estimated: `torch.utils.flop_counter`
+A step is forward (loss) + backward + AdamW step + zero_grad, like `bench_pretrain_step.py` (timing, CPU peak RSS
+and the matmul peak from `harness.py`). FLOPs are COUNTED, not estimated: `torch.utils.flop_counter`
 over one forward + backward (matmuls and convolutions); MFU = images/s x FLOPs/image / the measured matmul peak.
 Peak memory: CUDA `max_memory_allocated` above the resting state; CPU the step's peak RSS above the resting RSS
 (in this process, `/proc/self/clear_refs`), per model.
@@ -23,12 +23,11 @@ Peak memory: CUDA `max_memory_allocated` above the resting state; CPU the step's
 """
 
 import argparse
-import gc
 import statistics
-import time
+from functools import partial
 
 import torch
-from bench_pretrain_step import _malloc_trim, _reset_peak_rss, _status_kib, environment, matmul_peak_flops
+from harness import environment, matmul_peak_flops, median_ratio, mfu, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from mae_hf import MAEConfig, MAEForImageClassification, MAEForSemanticSegmentation
@@ -107,28 +106,6 @@ def counted_flops(model, inputs, autocast) -> int:
     return counter.get_total_flops()
 
 
-def timed(model, inputs, optimizer, autocast, steps, device) -> tuple[float, int]:
-    """Seconds for `steps` steps and the peak bytes above the resting state (CUDA allocator / CPU RSS)."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        gc.collect()
-        _malloc_trim()
-        base = _status_kib("VmRSS") * 1024
-        _reset_peak_rss()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(model, inputs, optimizer, autocast)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if cuda else _status_kib("VmHWM") * 1024
-    return seconds, peak - base
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -150,8 +127,8 @@ def main(argv=None):
     for round_index in range(args.rounds):
         order = rows if round_index % 2 == 0 else rows[::-1]
         for row in order:
-            seconds, peak = timed(row["model"], row["inputs"], row["optimizer"], autocast, args.steps_per_round,
-                                  device)
+            train_step = partial(step, row["model"], row["inputs"], row["optimizer"], autocast)
+            seconds, peak = timed(train_step, args.steps_per_round, device, cpu_rss=True)
             row["ips"].append(args.batch_size * args.steps_per_round / seconds)
             row["peak"].append(peak)
     peak_flops = matmul_peak_flops(device, bf16)
@@ -164,14 +141,14 @@ def main(argv=None):
     for row in rows:
         ips = statistics.median(row["ips"])
         print(f"| {row['name']} | {ips:.3g} | {min(row['ips']):.3g}-{max(row['ips']):.3g} | "
-              f"{max(row['peak']) / 2**20:.0f} | {row['flops'] / 1e9:.1f} | {ips * row['flops'] / peak_flops:.1%} |")
+              f"{max(row['peak']) / 2**20:.0f} | {row['flops'] / 1e9:.1f} | {mfu(ips, row['flops'], peak_flops):.1%} |")
     if len(rows) == 2:
-        ratio = statistics.median(a / b for a, b in zip(rows[0]["ips"], rows[1]["ips"]))
+        ratio = median_ratio(rows[0]["ips"], rows[1]["ips"])
         print(f"{args.task} step: mae_hf {ratio:.2f}x transformers' images/s (median of {args.rounds} per-round "
               "ratios)")
     else:
         ips = statistics.median(rows[0]["ips"])
-        print(f"{args.task} step: mae_hf {ips:.3g} images/s, MFU {ips * rows[0]['flops'] / peak_flops:.1%}")
+        print(f"{args.task} step: mae_hf {ips:.3g} images/s, MFU {mfu(ips, rows[0]['flops'], peak_flops):.1%}")
 
 
 if __name__ == "__main__":

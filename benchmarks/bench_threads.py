@@ -20,17 +20,13 @@ import statistics
 import time
 
 import torch
+from harness import load_average, median_ratio
 
 from mae_hf import MAEConfig, MAEForPreTraining
 
 DEMO = dict(image_size=16, patch_size=2, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=512, decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
             decoder_intermediate_size=256)
-
-
-def load() -> str:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
 
 
 def images_per_second(model, optimizer, pixels, threads: int, steps: int) -> float:
@@ -61,7 +57,7 @@ def main(argv=None):
     model = MAEForPreTraining(MAEConfig(**DEMO)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3.75e-4, betas=(0.9, 0.95), weight_decay=0.05)
     pixels = torch.randn(batch, 3, 16, 16)
-    print(f"{os.cpu_count()} CPU cores; load average before: {load()}", flush=True)
+    print(f"{os.cpu_count()} CPU cores; load average before: {load_average()}", flush=True)
     rates = {threads: [] for threads in args.threads}
     for number in range(rounds):
         order = args.threads[number % len(args.threads):] + args.threads[: number % len(args.threads)]
@@ -70,9 +66,9 @@ def main(argv=None):
         print(f"round {number + 1}: " + ", ".join(f"{t} thread(s) {rates[t][-1]:.0f} images/s" for t in args.threads),
               flush=True)
     first = args.threads[0]
-    print(f"load average after: {load()}")
+    print(f"load average after: {load_average()}")
     for threads in args.threads:
-        ratio = statistics.median(a / b for a, b in zip(rates[threads], rates[first], strict=True))
+        ratio = median_ratio(rates[threads], rates[first])
         print(f"threads {threads}: median {statistics.median(rates[threads]):.0f} images/s, "
               f"{ratio:.2f}x the speed at {first} thread(s)")
 

@@ -23,7 +23,7 @@ def banner_lines(args, state, model, optimizer, train_size: int | None, eval_siz
         lr += f" = base {args.base_learning_rate:g} x {global_batch:,} / 256"
     lr += f", {getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} after "
     lr += f"{args.get_warmup_steps(state.max_steps):,} warmup steps"
-    if getattr(args, "layer_decay", None):
+    if args.layer_decay:
         lr += f", layer decay {args.layer_decay:g}"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -40,7 +40,7 @@ def _fsync(path: str) -> None:
 
 def fsync_tree(folder: str) -> None:
     """Flush every file under `folder`, then the folders themselves (so that their entries are on disk too)."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             _fsync(os.path.join(root, name))
         _fsync(root)

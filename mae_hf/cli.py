@@ -15,12 +15,14 @@ flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) an
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, fields
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as transformers_logging
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -75,15 +77,43 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return ", ".join(f"{s} {metavar}" for s in spellings)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 (and JSON): only true/false. YAML 1.1 also reads unquoted yes/no/on/off as
+    booleans, which turned `save_strategy: no` into False; here they stay the words written, which every flag parses
+    as it would on the command line (`--save_strategy no`, `--do_eval no`; on/off: `yaml_words`)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def file_values(path: str) -> dict:
     """The settings of a .json/.yaml config file (YAML is a superset of JSON); null values are left out."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path} does not exist")
     with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        values = yaml.load(f, Loader=ConfigLoader) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values")
     return {key: value for key, value in values.items() if value is not None}
+
+
+# The YAML 1.1 booleans that transformers' flag parser does not take (it takes yes/no, true/false, y/n, 1/0).
+ON_OFF = {"on": "true", "off": "false"}
+
+
+def yaml_words(parser: argparse.ArgumentParser, values: dict) -> dict:
+    """A config file's on/off (YAML 1.1 booleans) as true/false in the boolean flags; the words stay as written in
+    the others (`report_to: off` is the string)."""
+    booleans = {action.dest for action in parser._actions if action.type is string_to_bool}
+    return {key: ON_OFF.get(value.lower(), value) if key in booleans and isinstance(value, str) else value
+            for key, value in values.items()}
 
 
 def to_words(values: dict) -> list[str]:
@@ -141,7 +171,7 @@ def layers_of(parser, dataclass_types, argv: list[str]) -> list[Layer]:
     """The config file (if the first word names one), the flags, and the presets that either switches on."""
     layers = []
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        words = to_words(file_values(argv[0]))
+        words = to_words(yaml_words(parser, file_values(argv[0])))
         layers.append(Layer(f"in the config file {argv[0]}", words, explicit_values(parser, words)))
         argv = argv[1:]
     layers.append(Layer("on the command line", argv, explicit_values(parser, argv)))

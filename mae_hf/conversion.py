@@ -22,15 +22,23 @@ Every conversion is strict: each source tensor must land in the model and each m
 """
 
 import argparse
-import contextlib
 import json
 import os
-import re
 import sys
 
-import torch
 from transformers.utils import logging
 
+from .checkpoint import (
+    DECODER_HEADS,
+    ENCODER_HEADS,
+    infer_config,
+    is_decoder_key,
+    load_files,
+    our_name,
+    read_state_dict,
+    transformers_to_official,
+    weight_files,
+)
 from .configuration_mae import MAEConfig, to_pair
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
 
@@ -38,58 +46,6 @@ logger = logging.get_logger(__name__)
 
 FORMATS = ("official", "transformers", "timm")
 
-# Head counts of the standard ViT widths (Ti, S, B, L, H) and of the official 512-wide decoder. Any other width
-# is ambiguous (the weights do not record the head count) and must be given explicitly.
-ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-DECODER_HEADS = {512: 16}
-
-# Official-layout name -> ours, for the decoder (the encoder only gains the `vit.` prefix in task models).
-DECODER_RENAMES = {
-    "decoder_embed.": "decoder.embed.",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.pos_embed",
-    "decoder_blocks.": "decoder.blocks.",
-    "decoder_norm.": "decoder.norm.",
-    "decoder_pred.": "decoder.pred.",
-}
-
-# transformers v4 -> v5 names, applied in order as plain substring replacements, as transformers itself does.
-# "encoder.layer." also catches "decoder.decoder_encoder.layer.", which transformers 5.x writes for the decoder
-# when it saves in the "original" (v4) format.
-TRANSFORMERS_V4_TO_V5 = (
-    ("encoder.layer.", "layers."),
-    ("attention.query", "q_proj"),
-    ("attention.key", "k_proj"),
-    ("attention.value", "v_proj"),
-    ("attention.output.dense", "attention.o_proj"),
-    ("intermediate.dense", "mlp.fc1"),
-    ("output.dense", "mlp.fc2"),
-)
-
-# transformers v5 names (without the `vit.` prefix) -> official layout; the whole key must match.
-TRANSFORMERS_V5_TO_OFFICIAL = (
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
-    (r"layers\.(\d+)\.(.+)", r"blocks.\1.\2"),
-    (r"decoder\.decoder_embed\.(weight|bias)", r"decoder_embed.\1"),
-    (r"decoder\.mask_token", "mask_token"),
-    (r"decoder\.decoder_pos_embed", "decoder_pos_embed"),
-    (r"decoder\.decoder_layers\.(\d+)\.(.+)", r"decoder_blocks.\1.\2"),
-    (r"decoder\.decoder_norm\.(weight|bias)", r"decoder_norm.\1"),
-    (r"decoder\.decoder_pred\.(weight|bias)", r"decoder_pred.\1"),
-)
-TRANSFORMERS_BLOCK_TO_OFFICIAL = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.q_proj": "attn.q",  # q/k/v are fused into attn.qkv afterwards
-    "attention.k_proj": "attn.k",
-    "attention.v_proj": "attn.v",
-    "attention.o_proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
 TRANSFORMERS_CONFIG_FIELDS = (
     "image_size patch_size num_channels hidden_size num_hidden_layers num_attention_heads intermediate_size "
     "hidden_act qkv_bias layer_norm_eps decoder_hidden_size decoder_num_hidden_layers decoder_num_attention_heads "
@@ -200,27 +156,6 @@ def convert(source, output_dir, format=None, overwrite=False, **kwargs):
 # ---- reading files ---------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path):
-    """A `.safetensors` or `torch.save`d file -> flat {name: tensor}, unwrapping a "model" or "state_dict" entry
-    (official training checkpoints also hold the optimizer, epoch and argparse arguments)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    # weights_only: never run pickled code. The argparse Namespace stored by official training checkpoints is
-    # plain data, so it is allowed.
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
-
-
 def read_transformers_folder(path):
     """(state dict, config dict) of a transformers folder: config.json + model.safetensors (optionally sharded
     with model.safetensors.index.json) or pytorch_model.bin."""
@@ -231,19 +166,10 @@ def read_transformers_folder(path):
         config_dict = json.load(f)
     if config_dict.get("model_type") != "vit_mae":
         raise ValueError(f"{config_path} has model_type {config_dict.get('model_type')!r}, expected 'vit_mae'")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        candidates = ("model.safetensors", "pytorch_model.bin")  # safetensors first, as transformers does
-        files = [name for name in candidates if os.path.isfile(os.path.join(path, name))][:1]
+    files = weight_files(path)
     if not files:
         raise ValueError(f"{path} has no model.safetensors or pytorch_model.bin")
-    state_dict = {}
-    for name in files:
-        state_dict.update(read_state_dict(os.path.join(path, name)))
-    return state_dict, config_dict
+    return load_files([os.path.join(path, name) for name in files]), config_dict
 
 
 def detect_file_format(path, state_dict):
@@ -258,48 +184,7 @@ def detect_file_format(path, state_dict):
     return "timm" if path.endswith(".safetensors") else "official"
 
 
-# ---- key and config mapping ------------------------------------------------------------------------------------
-
-
-def is_decoder_key(key):
-    return key == "mask_token" or key.startswith("decoder_")
-
-
-def transformers_to_official(state_dict):
-    """transformers ViTMAE keys (v4 or v5) -> official layout, with q/k/v fused into `attn.qkv`."""
-    converted, qkv, unknown = {}, {}, []
-    for key, tensor in state_dict.items():
-        name = official_name_of_transformers_key(key)
-        if name is None:
-            unknown.append(key)
-        elif match := re.fullmatch(r"(.+)\.attn\.([qkv])\.(weight|bias)", name):
-            qkv.setdefault((match[1], match[3]), {})[match[2]] = tensor
-        else:
-            converted[name] = tensor
-    if unknown:
-        raise ValueError(f"unknown keys in the transformers checkpoint: {sorted(unknown)}")
-    for (block, kind), parts in qkv.items():
-        if sorted(parts) != ["k", "q", "v"]:
-            raise ValueError(f"{block}: attention {kind} needs query, key and value, found only {sorted(parts)}")
-        converted[f"{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return converted
-
-
-def official_name_of_transformers_key(key):
-    """One transformers key -> its official-layout name (q/k/v as `attn.q` etc.), or None when unknown."""
-    for old, new in TRANSFORMERS_V4_TO_V5:
-        key = key.replace(old, new)
-    key = key.removeprefix("vit.")
-    for pattern, replacement in TRANSFORMERS_V5_TO_OFFICIAL:
-        if re.fullmatch(pattern, key):
-            key = re.sub(pattern, replacement, key)
-            break
-    else:
-        return None
-    if block := re.fullmatch(r"((?:decoder_)?blocks\.\d+)\.(.+)\.(weight|bias)", key):
-        inner = TRANSFORMERS_BLOCK_TO_OFFICIAL.get(block[2])
-        return None if inner is None else f"{block[1]}.{inner}.{block[3]}"
-    return key
+# ---- config mapping ------------------------------------------------------------------------------------
 
 
 def transformers_config(config_dict):
@@ -337,70 +222,6 @@ def check_recorded_grid(config_dict, overrides):
         )
 
 
-def infer_config(state_dict, num_attention_heads, decoder_num_attention_heads, image_size=None):
-    """MAEConfig fields read off official/timm-layout tensor shapes: `cls_token` (1, 1, D), `pos_embed`
-    (1, 1 + N, D) (a square grid unless `image_size` is given), `patch_embed.proj.weight` (D, C, p, p),
-    `blocks.0.mlp.fc1.weight` (I, D), and likewise for the decoder (`decoder_embed.weight` (D_dec, D))."""
-    hidden = tensor(state_dict, "cls_token").shape[-1]
-    _, channels, patch, _ = tensor(state_dict, "patch_embed.proj.weight").shape
-    if image_size is None:
-        image_size = square_side(tensor(state_dict, "pos_embed"), "pos_embed") * patch
-    config = dict(
-        image_size=image_size,
-        patch_size=patch,
-        num_channels=channels,
-        hidden_size=hidden,
-        num_hidden_layers=count_blocks(state_dict, "blocks."),
-        num_attention_heads=head_count(hidden, num_attention_heads, ENCODER_HEADS, "num_attention_heads"),
-        intermediate_size=tensor(state_dict, "blocks.0.mlp.fc1.weight").shape[0],
-        qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
-        layer_norm_eps=1e-6,  # official and timm ViTs: partial(nn.LayerNorm, eps=1e-6)
-    )
-    if "decoder_embed.weight" in state_dict:
-        width = state_dict["decoder_embed.weight"].shape[0]
-        config.update(
-            decoder_hidden_size=width,
-            decoder_num_hidden_layers=count_blocks(state_dict, "decoder_blocks."),
-            decoder_num_attention_heads=head_count(
-                width, decoder_num_attention_heads, DECODER_HEADS, "decoder_num_attention_heads"
-            ),
-            decoder_intermediate_size=tensor(state_dict, "decoder_blocks.0.mlp.fc1.weight").shape[0],
-        )
-    return config
-
-
-def tensor(state_dict, key):
-    if key not in state_dict:
-        raise ValueError(f"missing key {key!r}: not an MAE / ViT checkpoint in the expected layout")
-    return state_dict[key]
-
-
-def square_side(table, name):
-    """Patches per side of a (1, 1 + side**2, D) position table; non-square grids need an image_size override."""
-    patches = table.shape[1] - 1
-    side = round(patches**0.5)
-    if side * side != patches:
-        raise ValueError(f"{name} has {patches} patch rows, not a square grid: pass image_size=(height, width)")
-    return side
-
-
-def count_blocks(state_dict, prefix):
-    indices = {int(key[len(prefix) :].split(".")[0]) for key in state_dict if key.startswith(prefix)}
-    if not indices or indices != set(range(len(indices))):
-        raise ValueError(f"{prefix}N blocks must be numbered 0..N-1, found {sorted(indices)}")
-    return len(indices)
-
-
-def head_count(width, override, known, name):
-    if override is not None:
-        return int(override)
-    if width not in known:
-        raise ValueError(
-            f"cannot infer {name} for width {width} (known widths: {known}): pass {name}=... (--{name})"
-        )
-    return known[width]
-
-
 def fold_linprobe_head(state_dict):
     """main_linprobe.py's head, `Sequential(BatchNorm1d(affine=False), Linear)` (keys `head.0.running_*`,
     `head.1.*`), folded into one Linear `head.*`: W (x - mean) / s + b = (W / s) x + (b - W @ (mean / s)),
@@ -430,16 +251,6 @@ def model_kind(state_dict):
         pooling = "mean" if "fc_norm.weight" in state_dict else "cls"
         return MAEForImageClassification, {"num_labels": num_labels, "pooling": pooling}
     return MAEModel, {}
-
-
-def our_name(key, encoder_prefix):
-    """Official-layout key -> ours: `decoder_blocks.0.x` -> `decoder.blocks.0.x`, `blocks.0.x` -> `vit.blocks.0.x`."""
-    for old, new in DECODER_RENAMES.items():
-        if key.startswith(old):
-            return new + key[len(old) :]
-    if key.startswith(("fc_norm.", "head.")):
-        return key
-    return encoder_prefix + key
 
 
 def build_model(state_dict, config_fields):

@@ -7,6 +7,7 @@ their checkpoints map onto these modules one to one.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -136,3 +137,25 @@ def make_blocks(
         Block(hidden_size, num_heads, intermediate_size, config.qkv_bias, config.layer_norm_eps, rate, config.hidden_act)
         for rate in rates
     )
+
+
+def run_blocks(blocks, x, output_hidden_states: bool, output_attentions: bool, eager: bool = False):
+    """x through every block; returns (x, hidden states or None, attention maps or None)."""
+    hidden_states = (x,) if output_hidden_states else None
+    attentions = () if output_attentions else None
+    for block in blocks:
+        x, weights = block(x, eager or output_attentions)
+        if output_hidden_states:
+            hidden_states += (x,)
+        if output_attentions:
+            attentions += (weights,)
+    return x, hidden_states, attentions
+
+
+def init_patch_embed(proj: nn.Conv2d) -> None:
+    """Xavier-uniform on the kernel seen as a (D, C*p*p) Linear; the bias keeps PyTorch's Conv2d default, which
+    the official code leaves as it is."""
+    if not getattr(proj.weight, "_is_hf_initialized", False):  # a view drops the flag: check it here
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    bound = 1.0 / (proj.weight[0].numel() ** 0.5)
+    init.uniform_(proj.bias, -bound, bound)

@@ -39,7 +39,7 @@ datasets: [{data}]
 
 # {type(model).__name__} ({config.model_type})
 
-Trained with [mae_hf](https://github.com/) (Masked Autoencoders, He et al. 2021, arXiv:2111.06377).
+Trained with mae_hf (Masked Autoencoders, He et al. 2021, [arXiv:2111.06377](https://arxiv.org/abs/2111.06377)).
 
 - Architecture: {architecture}
 - Data: `{data}`

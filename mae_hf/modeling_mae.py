@@ -9,19 +9,17 @@ Only relative imports below: saved models copy these files so they load with `tr
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_mae import MAEConfig, to_pair
-from .layers import PatchEmbed, make_blocks
-from .pos_embed import resample_pos_embed, sincos_2d
-from .weight_loading import adapt_checkpoint, checkpoint_shapes
-
-logger = logging.get_logger(__name__)
+from .layers import PatchEmbed, init_patch_embed, make_blocks, run_blocks
+from .losses import classification_loss
+from .pos_embed import position_table, sincos_2d
+from .weight_loading import fit_checkpoint
 
 AUTO_CLASSES = {
     "MAEModel": "AutoModel",
@@ -146,41 +144,18 @@ class MAEPreTrainedModel(PreTrainedModel):
 
     @staticmethod
     def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
-        """Load as transformers does, after checking shapes and resampling position tables (`adapt_checkpoint`)."""
-        shapes = checkpoint_shapes(state_dict, checkpoint_files)
-        drop_final_norm_absent_from(model, shapes)
-        resampled = adapt_checkpoint(model, state_dict, checkpoint_files, shapes)
-        if resampled is not None:
-            state_dict, checkpoint_files = resampled, None
+        """Load as transformers does, after checking shapes and resampling position tables (`fit_checkpoint`)."""
+        state_dict, checkpoint_files = fit_checkpoint(
+            model, state_dict, checkpoint_files, is_encoder=isinstance(model, MAEModel)
+        )
         return PreTrainedModel._load_pretrained_model(
             model, state_dict, checkpoint_files, load_config, expected_keys=expected_keys
         )
 
 
-def drop_final_norm_absent_from(model, shapes) -> None:
-    """A bare encoder loaded from a checkpoint whose encoder has no final norm (a mean-pooled classifier's, a
-    segmenter's) is built without one as well: it then computes what that encoder computed, and no norm is
-    reported as newly initialised (`AutoModel.from_pretrained(classifier_dir)`)."""
-    if not isinstance(model, MAEModel) or not isinstance(model.norm, nn.LayerNorm):
-        return
-    has_encoder = bool({"patch_embed.proj.weight", "vit.patch_embed.proj.weight"} & shapes.keys())
-    if has_encoder and not {"norm.weight", "vit.norm.weight"} & shapes.keys():
-        model.norm = nn.Identity()
-        logger.info("The checkpoint's encoder has no final norm (a mean-pooled classifier or a segmenter): loaded without one.")
-
-
 def head_linear(model) -> nn.Linear | None:
     head = getattr(model, "head", None)
     return head[-1] if isinstance(head, nn.Sequential) else head
-
-
-def init_patch_embed(proj: nn.Conv2d) -> None:
-    """Xavier-uniform on the kernel seen as a (D, C*p*p) Linear; the bias keeps PyTorch's Conv2d default, which
-    the official code leaves as it is."""
-    if not getattr(proj.weight, "_is_hf_initialized", False):  # a view drops the flag: check it here
-        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-    bound = 1.0 / (proj.weight[0].numel() ** 0.5)
-    init.uniform_(proj.bias, -bound, bound)
 
 
 class MAEModel(MAEPreTrainedModel):
@@ -275,31 +250,6 @@ class MAEModel(MAEPreTrainedModel):
             tokens = hidden_states[index + 1][:, 1:]  # (B, N, D) without the class token
             maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid_h, grid_w))  # -> (B, D, h, w)
         return maps
-
-
-def position_table(table: torch.Tensor, config: MAEConfig, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
-    if grid == config.grid_size:
-        return table
-    if not interpolate:
-        height, width = grid[0] * config.patch_size, grid[1] * config.patch_size
-        raise ValueError(
-            f"image size {height}x{width} differs from config.image_size {config.image_size}; "
-            "pass interpolate_pos_encoding=True to resample the position tables"
-        )
-    return resample_pos_embed(table, config.grid_size, grid)
-
-
-def run_blocks(blocks, x, output_hidden_states: bool, output_attentions: bool, eager: bool = False):
-    """x through every block; returns (x, hidden states or None, attention maps or None)."""
-    hidden_states = (x,) if output_hidden_states else None
-    attentions = () if output_attentions else None
-    for block in blocks:
-        x, weights = block(x, eager or output_attentions)
-        if output_hidden_states:
-            hidden_states += (x,)
-        if output_attentions:
-            attentions += (weights,)
-    return x, hidden_states, attentions
 
 
 class MAEDecoder(nn.Module):
@@ -467,48 +417,6 @@ class MAEForImageClassification(MAEPreTrainedModel):
             loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
         )
         return output if return_dict else output.to_tuple()
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The loss of transformers' ViTForImageClassification (`ForSequenceClassificationLoss`) for
-    `config.problem_type`, computed in float32: "regression" MSE, "single_label_classification" cross-entropy,
-    "multi_label_classification" BCE-with-logits. Unset, it is inferred as ViT does (one label: regression;
-    integer labels: single-label), except that float (B, num_labels) labels are soft targets of one class (mixup /
-    cutmix / label smoothing: cross-entropy against the distribution), not multi-label; unlike ViT, the inferred
-    type is not written into the config. Single-label cross-entropy also takes soft targets.
-
-    logits (B, num_labels); labels (B,) class ids, (B, num_labels) soft targets / multi-hot / regression targets.
-    Raises ValueError for soft targets of another shape and for an unknown problem_type.
-    """
-    problem_type = config.problem_type or infer_problem_type(logits, labels)
-    logits = logits.float()
-    if problem_type == "regression":
-        labels = labels.to(logits)
-        if logits.shape[-1] == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze())
-        return F.mse_loss(logits, labels)
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits))
-    if problem_type != "single_label_classification":
-        raise ValueError(f"config.problem_type {problem_type!r} is not one of {PROBLEM_TYPES}")
-    if labels.is_floating_point() and labels.ndim > 1:
-        if labels.shape != logits.shape:
-            raise ValueError(
-                f"soft labels must have shape (batch, num_labels) = {tuple(logits.shape)}, got {tuple(labels.shape)}"
-            )
-        return F.cross_entropy(logits, labels.float())
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1).long())
-
-
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-def infer_problem_type(logits: torch.Tensor, labels: torch.Tensor) -> str:
-    if logits.shape[-1] == 1:
-        return "regression"
-    if not labels.is_floating_point() or labels.ndim == logits.ndim:  # class ids, or soft targets (B, C)
-        return "single_label_classification"
-    return "multi_label_classification"
 
 
 __all__ = [

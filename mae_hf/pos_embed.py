@@ -1,4 +1,5 @@
-"""Fixed 2-D sin-cos position tables (official MAE layout) and their bicubic resampling."""
+"""Fixed 2-D sin-cos position tables (official MAE layout), their bicubic resampling, and the table a model uses
+for a given patch grid."""
 
 import torch
 import torch.nn.functional as F
@@ -50,3 +51,17 @@ def resample_pos_embed(
     grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False).to(table.dtype)
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)  # back to (1, N, D)
     return torch.cat([prefix, patches], dim=1)
+
+
+def position_table(table: torch.Tensor, config, grid: tuple[int, int], interpolate: bool) -> torch.Tensor:
+    """A model's (1, 1 + h * w, D) table for a (rows, columns) patch grid: as it is at `config.grid_size`, resampled
+    when `interpolate`; another grid without `interpolate` raises a ValueError naming both image sizes."""
+    if grid == config.grid_size:
+        return table
+    if not interpolate:
+        height, width = grid[0] * config.patch_size, grid[1] * config.patch_size
+        raise ValueError(
+            f"image size {height}x{width} differs from config.image_size {config.image_size}; "
+            "pass interpolate_pos_encoding=True to resample the position tables"
+        )
+    return resample_pos_embed(table, config.grid_size, grid)

@@ -11,6 +11,7 @@ import time
 
 from transformers import TrainingArguments
 
+from .checkpoint import read_shapes, weight_files
 from .checkpointing import (
     MANIFEST_NAME,
     checkpoint_folders,
@@ -59,8 +60,10 @@ def _jsonable(value):
 def run_identity(model_args, data_args, training_args, train_size: int | None) -> dict:
     """The arguments that define a run, JSON-ready: every model and data argument and the script's own recipe
     arguments (except NOT_DEFINING), the defining TrainingArguments, the global batch and the number of training
-    examples. Worker counts, logging, evaluation and checkpoint settings are left out."""
+    examples. Worker counts, logging, evaluation and checkpoint settings are left out, and so are the arguments the
+    script does not use (its IGNORED ones)."""
     recipe = {f.name for f in dataclasses.fields(training_args)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    recipe -= set(getattr(training_args, "IGNORED", {}))
     identity = {}
     for args, names in ((model_args, None), (data_args, None), (training_args, (*DEFINING_TRAINING, *sorted(recipe)))):
         for name in names or [f.name for f in dataclasses.fields(args)]:
@@ -158,21 +161,10 @@ def choose_checkpoint(training_args, identity: dict) -> str | None:
 
 def _weight_shapes(folder: str) -> dict[str, tuple] | None:
     """{tensor name: shape} from the safetensors headers of a saved model (no tensor read); None without them."""
-    from safetensors import safe_open
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as file:
-            files = sorted(set(json.load(file)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
+    files = weight_files(folder)
+    if not files or not files[0].endswith(".safetensors"):
         return None
-    shapes = {}
-    for name in files:
-        with safe_open(os.path.join(folder, name), "pt") as weights:
-            shapes.update({key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()})
-    return shapes
+    return read_shapes([os.path.join(folder, name) for name in files])
 
 
 def _describe(saved, current) -> str:

@@ -10,10 +10,38 @@ import torch
 import transformers
 from transformers.trainer_utils import has_length
 
-from .argument_checks import check_steps_per_epoch, check_warmup_steps, steps_per_epoch
+from .argument_checks import (
+    check_steps_per_epoch,
+    check_trainer_arguments,
+    check_training_plan,
+    check_warmup_steps,
+    steps_per_epoch,
+)
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
 
 logger = logging.getLogger("mae_hf")
+
+
+def start_run(model_args, training_args, label_names: list[str], metrics: tuple[str, ...], smoothing_hint: str = "",
+              streaming: bool = False) -> None:
+    """What every script does first, before any data or model work: logging, the GPU fast paths, the settings that
+    follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
+    needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
+    that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
+    from .resume import check_resume_argument
+
+    setup_logging(training_args)
+    apply_gpu_fast_paths(training_args)
+    if not training_args.do_eval:
+        training_args.eval_strategy = "no"
+    if training_args.layer_decay == 1.0:
+        training_args.layer_decay = None
+    check_trainer_arguments(training_args, label_names, metrics, smoothing_hint)
+    check_training_plan(training_args, streaming)
+    check_output_dir(training_args)
+    check_hub_access(training_args)
+    check_model_path(model_args.model_name_or_path)
+    check_resume_argument(training_args)
 
 
 def apply_gpu_fast_paths(training_args) -> list[str]:
@@ -58,6 +86,17 @@ def verify_splits(datasets, column: str, data_args, training_args) -> None:
         )
         if skipped:
             logger.warning(f"skipped {skipped} corrupt {split} image(s) (--skip_corrupt_images)")
+
+
+def train_size(datasets) -> int | None:
+    """The training split's size; None when it is streamed (no length) or absent (evaluation alone)."""
+    train = datasets.get("train")
+    return len(train) if train is not None and has_length(train) else None
+
+
+def reference_split(datasets):
+    """The split whose columns name the data: train, or validation in an evaluation-only run without train."""
+    return datasets["train"] if "train" in datasets else datasets["validation"]
 
 
 def used_splits(datasets, training_args) -> list[str]:
@@ -237,8 +276,14 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import (check_checkpoint_fits, checkpoint_step, choose_checkpoint, finished_run,
-                         move_aside_previous_checkpoints, run_identity)
+    from .resume import (
+        check_checkpoint_fits,
+        checkpoint_step,
+        choose_checkpoint,
+        finished_run,
+        move_aside_previous_checkpoints,
+        run_identity,
+    )
 
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)

@@ -38,7 +38,7 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
     `sample_draws`: name -> function drawing a per-example model input (the pretraining mask noise).
     `monitor`: a `FeatureMonitor` whose k-NN / linear-probe metrics join every evaluation's metrics.
-    Reads `args.sdpa_backend` (force one attention kernel) and `args.finite_loss_check` (see RecipeArguments).
+    `args`: RecipeArguments (its sdpa_backend, finite_loss_check, layer_decay and use_lars are read).
 
     Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
     example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
@@ -99,9 +99,8 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         `args.layer_decay` is set), with the optimizer the arguments name (fused AdamW by default), or LARS with
         `args.use_lars`."""
         if self.optimizer is None:
-            layer_decay = getattr(self.args, "layer_decay", None)
-            groups = param_groups(self.model, self.args.learning_rate, self.args.weight_decay, layer_decay)
-            if getattr(self.args, "use_lars", False):
+            groups = param_groups(self.model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay)
+            if self.args.use_lars:
                 from .lars import LARS
 
                 self.optimizer = LARS(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
@@ -126,11 +125,11 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         return super().floating_point_ops(inputs)
 
     def _attention_kernels(self):
-        backend = getattr(self.args, "sdpa_backend", "auto")
+        backend = self.args.sdpa_backend
         return contextlib.nullcontext() if backend == "auto" else sdpa_kernel(SDPA_BACKENDS[backend])
 
     def _check_every_step(self) -> bool:
-        mode = getattr(self.args, "finite_loss_check", "auto")
+        mode = self.args.finite_loss_check
         return mode == "step" or (mode == "auto" and self.args.device.type == "cpu")
 
     def training_step(self, model, inputs, num_items_in_batch=None):

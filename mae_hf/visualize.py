@@ -177,10 +177,6 @@ def main(argv=None) -> str:
     return output
 
 
-if __name__ == "__main__":
-    main()
-
-
 BACKGROUND_NAMES = ("background", "other")  # classes left uncoloured in segmentation figures
 IGNORED_COLOUR = (128, 128, 128)
 
@@ -258,3 +254,7 @@ def segmentation_figure(images, labels, predictions, id2label: dict, ignore_inde
     fig.savefig(buffer, format="png", dpi=100)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
+
+
+if __name__ == "__main__":
+    main()

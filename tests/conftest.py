@@ -6,8 +6,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from mae_hf import MAEConfig  # noqa: E402
 

@@ -2,6 +2,7 @@
 conflicts refused, presets under the flags, ignored flags refused, an honest --help, and the README's table of
 recipe defaults equal to the defaults without a config file."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,7 +17,7 @@ import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
 from mae_hf import MAEConfig
-from mae_hf.cli import build_parser, parse_arguments
+from mae_hf.cli import build_parser, file_values, parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"pretrain": run_pretraining, "classify": run_image_classification, "segment": run_semantic_segmentation}
@@ -274,3 +275,33 @@ def test_readme_recipe_table_is_what_the_scripts_use_without_a_config_file(tmp_p
             name = row[0].split("`")[1].removeprefix("--")
             expected, actual = cell_value(row[column]), effective(parsed, name)
             assert actual == pytest.approx(expected), f"{header[column]} {name}: README {expected}, parsed {actual}"
+
+
+@pytest.mark.parametrize("script", ["pretrain", "classify", "segment"])
+def test_unquoted_yaml_no_yes_on_off_mean_what_the_user_wrote(tmp_path, script):
+    """YAML 1.1 reads unquoted no/yes/on/off as booleans: `save_strategy: no` became False, which the string flag
+    refused (or took as another word). They now parse as on the command line, in string and bool fields alike."""
+    path = write(tmp_path, "save_strategy: no\neval_strategy: no\ndo_eval: off\noverwrite_output_dir: yes\n"
+                           "verify_images: No\ngpu_fast_paths: ON\n")
+    _, data_args, args = parse(script, path, "--output_dir", str(tmp_path / "out"))
+    assert (args.save_strategy, args.eval_strategy) == ("no", "no")
+    assert (args.do_eval, args.overwrite_output_dir, data_args.verify_images, args.gpu_fast_paths) == (
+        False, True, False, True)
+    assert file_values(write(tmp_path, "a: true\nb: False\nc: n\nd: 'no'\n")) == {"a": True, "b": False, "c": "n",
+                                                                                  "d": "no"}
+
+
+def test_recipe_options_are_declared_fields_checked_before_any_work():
+    """layer_decay and use_lars were read by the trainer through getattr (no field in pretraining, none of use_lars
+    in segmentation): now every script's training arguments declare them; where a script does not use one, giving
+    it is refused, and a layer decay outside (0, 1] is refused naming the flag."""
+    for script in SCRIPTS:
+        _, _, args = parse(script)
+        assert {"layer_decay", "use_lars"} <= {f.name for f in dataclasses.fields(args)}, script
+    for script in ("classify", "segment"):
+        with pytest.raises(ValueError, match=r"--layer_decay must be in \(0, 1\] \(1.0: off\), got 0.0"):
+            parse(script, "--layer_decay", "0")
+    with pytest.raises(ValueError, match="--layer_decay .* is not used by this script"):
+        parse("pretrain", "--layer_decay", "0.5")
+    with pytest.raises(ValueError, match="--use_lars .* is not used by this script"):
+        parse("segment", "--use_lars")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Image as ImageFeature
+from datasets import Dataset
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from mae_hf.data import (

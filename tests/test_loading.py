@@ -3,11 +3,11 @@
 from types import SimpleNamespace
 
 import numpy as np
+from conftest import write_ade_folder
 from datasets import Dataset, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from conftest import write_ade_folder
 from mae_hf.data import find_image_column, load_image_datasets, load_segmentation_datasets
 
 

@@ -18,3 +18,11 @@ def test_cpu_wheel_index_is_an_option(tmp_path):
     torch_line = next(i for i, line in enumerate(lines) if f"--index-url {index} torch torchvision" in line)
     assert torch_line < next(i for i, line in enumerate(lines) if '-e ".[test]"' in line)
     assert not [line for line in dry_run(tmp_path) if "--index-url" in line]  # default: PyPI
+
+
+def test_make_test_lints_before_the_tests(tmp_path):
+    result = subprocess.run(["make", "-n", "test", f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    lines = result.stdout.splitlines()
+    lint = next(i for i, line in enumerate(lines) if line.endswith("-m ruff check ."))
+    assert lint < next(i for i, line in enumerate(lines) if line.endswith("-m pytest"))

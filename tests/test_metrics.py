@@ -10,8 +10,6 @@ import torch
 from mae_hf.metrics import ACCURACY_PATH, METRICS_DIR, load_accuracy, top_k_predictions
 
 
-
-
 @pytest.fixture
 def accuracy(no_network, tmp_path):
     return load_accuracy(cache_dir=str(tmp_path))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from datasets import DatasetDict
 from PIL import Image
 from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
@@ -123,3 +124,27 @@ def test_labels_outside_the_models_classes(tmp_path):
     with pytest.raises(ValueError, match=r"validation label 1\d is outside num_labels=10"):
         run(tmp_path, "--model_name_or_path", str(tmp_path / "out"), "--dataset_name", str(shifted),
             "--do_train", "false", out="eval")
+
+
+def test_evaluation_alone_needs_no_train_split(tmp_path):
+    """--do_train false scores a dataset that has only a validation split (a save_to_disk folder), or an ImageFolder
+    given as --validation_dir alone, with the trained model's classes."""
+    from mae_hf.data import load_digits_dataset
+
+    trained = run(tmp_path, *ARCHITECTURE, "--max_steps", "2")
+    validation = load_digits_dataset()["validation"]
+    saved = tmp_path / "validation_only"
+    DatasetDict(validation=validation).save_to_disk(str(saved))
+    model = ["--model_name_or_path", str(tmp_path / "out"), "--do_train", "false"]
+    again = run(tmp_path, *model, "--dataset_name", str(saved), out="eval")
+    assert again["eval_accuracy"] == pytest.approx(trained["eval_accuracy"])
+    folder = tmp_path / "images"
+    for i, example in enumerate(validation.select(range(48))):
+        (folder / str(example["label"])).mkdir(parents=True, exist_ok=True)
+        example["image"].save(folder / str(example["label"]) / f"{i}.png")
+    words = [w for w in TINY if w not in ("--dataset_name", "digits")]  # the folder instead
+    from_folder = run_image_classification.main(
+        ["--output_dir", str(tmp_path / "eval_folder"), *words, *model, "--validation_dir", str(folder)])
+    assert from_folder["eval_accuracy"] == pytest.approx(again["eval_accuracy"])  # the same 48 images
+    with pytest.raises(ValueError, match="the dataset has no 'train' split"):
+        run(tmp_path, "--dataset_name", str(saved), *ARCHITECTURE, out="train")

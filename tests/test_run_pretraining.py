@@ -2,8 +2,8 @@
 processes, and the errors that must come before any training."""
 
 import itertools
-import logging
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -444,3 +444,24 @@ def test_monitor_without_evaluations_is_skipped_with_a_warning(tmp_path, caplog)
         run(tmp_path, "--dataset_name", "digits", "--max_steps", "1", "--do_eval", "false", *MONITOR, callbacks=[Spy()])
     assert "--monitor_dataset is scored at evaluations, and this run has none" in caplog.text
     assert logged and not any("eval_knn_top1_cls" in logs for logs in logged)
+
+
+def test_evaluation_alone_needs_no_train_split(tmp_path):
+    """--do_train false reads only validation: an ImageFolder given as --validation_dir alone, a parquet folder
+    without train. A training run still needs a train split, and says so."""
+    from mae_hf.data import load_digits_dataset
+
+    folder = make_image_folder(tmp_path / "val", count=6)
+    metrics = run(tmp_path, "--validation_dir", str(folder), "--do_train", "false", out="folder")
+    assert np.isfinite(metrics["eval_loss"]) and "train_loss" not in metrics
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    load_digits_dataset()["validation"].select(range(16)).to_parquet(str(parquet / "validation.parquet"))
+    for decoding in ("fast", "pil"):
+        metrics = run(tmp_path, "--dataset_name", str(parquet), "--do_train", "false", "--image_decoding", decoding,
+                      out=f"parquet_{decoding}")
+        assert np.isfinite(metrics["eval_loss"])
+    with pytest.raises(ValueError, match="the dataset has no 'train' split"):
+        run(tmp_path, "--dataset_name", str(parquet), out="train")
+    with pytest.raises(ValueError, match="--validation_dir needs --train_dir"):
+        run(tmp_path, "--validation_dir", str(folder), out="train")

@@ -187,7 +187,7 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
     run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
     repo = Path(__file__).resolve().parent.parent
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(repo / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path / "two"), *TINY, *data,
          "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false", "--use_cpu",
          "--per_device_eval_batch_size", "2"],
@@ -229,3 +229,29 @@ def test_truncated_image_is_named_before_training_or_skipped(tmp_path, split, ca
     assert metrics["train_loss"] > 0 and "eval_mean_iou" in metrics
     name = {"training": "train", "validation": "validation"}[split]
     assert f"skipped 1 {name} image/annotation pair(s) that cannot be read (--skip_corrupt_images)" in caplog.text
+
+
+def test_evaluation_alone_needs_no_train_split(tmp_path):
+    """--do_train false scores an ADE20K folder that has only images/validation and annotations/validation, and a
+    save_to_disk folder that has only a validation split; training still needs the training part."""
+    import shutil
+
+    from datasets import DatasetDict
+
+    from mae_hf.data import load_digits_seg_dataset
+
+    root = make_ade_folder(tmp_path / "ADEChallengeData2016")
+    data = ["--dataset_name", str(root), "--reduce_labels"]
+    run(tmp_path, *data, "--max_steps", "2", "--do_eval", "false", out="model")
+    model = ["--model_name_or_path", str(tmp_path / "model"), "--do_train", "false"]
+    full = run(tmp_path, *data, *model, out="eval")
+    for side in ("images", "annotations"):
+        shutil.rmtree(root / side / "training")
+    alone = run(tmp_path, *data, *model, out="eval_alone")
+    assert alone["eval_mean_iou"] == pytest.approx(full["eval_mean_iou"])
+    with pytest.raises(ValueError, match="images/training"):
+        run(tmp_path, *data, "--max_steps", "1", out="train")
+    saved = tmp_path / "validation_only"
+    DatasetDict(validation=load_digits_seg_dataset()["validation"].select(range(8))).save_to_disk(str(saved))
+    metrics = run(tmp_path, "--dataset_name", str(saved), "--num_labels", "11", "--do_train", "false", out="saved")
+    assert 0 <= metrics["eval_mean_iou"] <= 1

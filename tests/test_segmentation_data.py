@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_ade_folder
 import torch
+from conftest import write_ade_folder
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image

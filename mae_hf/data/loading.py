@@ -54,12 +54,13 @@ def _unpaired(side: str, files: dict[str, str], missing: list[str]) -> str:
     return f" {len(missing)} {side}: {', '.join(files[stem] for stem in missing[:5])}{more}."
 
 
-def load_ade_folder(root: str) -> DatasetDict:
+def load_ade_folder(root: str, splits=tuple(ADE_SPLITS)) -> DatasetDict:
     """A local `ADEChallengeData2016/` folder (images/{training,validation}/*.jpg, annotations/.../*.png) as train
-    and validation with `image` and `annotation` columns (files read lazily; paths kept for error messages).
-    Images and annotations pair up by file name without suffix."""
-    splits = {}
-    for split, folder in ADE_SPLITS.items():
+    and validation (or the `splits` given) with `image` and `annotation` columns (files read lazily; paths kept for
+    error messages). Images and annotations pair up by file name without suffix."""
+    loaded = {}
+    for split in splits:
+        folder = ADE_SPLITS[split]
         images = _image_files(os.path.join(root, "images", folder))
         annotations = _image_files(os.path.join(root, "annotations", folder))
         lonely_images = sorted(set(images) - set(annotations))
@@ -73,11 +74,11 @@ def load_ade_folder(root: str) -> DatasetDict:
         if not images:
             raise ValueError(f"{os.path.join(root, 'images', folder)} contains no image files")
         stems = sorted(images)
-        splits[split] = Dataset.from_dict(
+        loaded[split] = Dataset.from_dict(
             {"image": [images[s] for s in stems], "annotation": [annotations[s] for s in stems]},
             features=SEGMENTATION_FEATURES,
         )
-    return DatasetDict(splits)
+    return DatasetDict(loaded)
 
 
 def is_ade_folder(name: str) -> bool:
@@ -94,12 +95,12 @@ def _streaming(args) -> bool:
     return getattr(args, "streaming", False)  # only pretraining streams
 
 
-def _load_named(args):
+def _load_named(args, training: bool):
     name = args.dataset_name
     if name in BUILTIN:
         return BUILTIN[name](args.dataset_config_name)
-    if is_ade_folder(name):
-        return load_ade_folder(name)
+    if is_ade_folder(name):  # evaluation alone reads no images/training
+        return load_ade_folder(name, tuple(ADE_SPLITS) if training else ("validation",))
     if _is_saved(name):
         loaded = load_from_disk(name)
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
@@ -107,8 +108,10 @@ def _load_named(args):
 
 
 def _load_folders(args: ImageDataArguments):
-    check_image_dir(args.train_dir, "--train_dir")
-    files = {"train": os.path.join(args.train_dir, "**")}
+    files = {}
+    if args.train_dir:
+        check_image_dir(args.train_dir, "--train_dir")
+        files["train"] = os.path.join(args.train_dir, "**")
     if args.validation_dir:
         check_image_dir(args.validation_dir, "--validation_dir")
         files["validation"] = os.path.join(args.validation_dir, "**")
@@ -117,12 +120,23 @@ def _load_folders(args: ImageDataArguments):
     )
 
 
-def _load_splits(args, seed: int) -> DatasetDict | IterableDatasetDict:
-    """The source's splits with `train` required and `validation` carved from it (`train_val_split`, seeded) when
-    missing; both truncated unless streamed."""
-    datasets = _load_named(args) if args.dataset_name is not None else _load_folders(args)
-    if "train" not in datasets:
+def check_train_split(datasets, training: bool) -> None:
+    """Training needs a train split; evaluation alone (`training` False) needs a validation split or a train split
+    to carve one from."""
+    if "train" in datasets or (not training and "validation" in datasets):
+        return
+    if training:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
+    raise ValueError(f"the dataset has neither a 'validation' split to evaluate nor a 'train' split to carve one "
+                     f"from; splits: {list(datasets)}")
+
+
+def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatasetDict:
+    """The source's splits with `train` required when `training` and `validation` carved from it
+    (`train_val_split`, seeded) when missing; both truncated unless streamed. Evaluation alone takes a source
+    without a train split: then there is only validation."""
+    datasets = _load_named(args, training) if args.dataset_name is not None else _load_folders(args)
+    check_train_split(datasets, training)
     if "validation" not in datasets:
         if _streaming(args):
             raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
@@ -130,17 +144,20 @@ def _load_splits(args, seed: int) -> DatasetDict | IterableDatasetDict:
         datasets = DatasetDict(train=carved["train"], validation=carved["test"])
     if not _streaming(args):
         for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-            if limit is not None:
+            if limit is not None and split in datasets:
                 datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
     return datasets
 
 
-def load_image_datasets(args: ImageDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
-    """train + validation (and any other split of the source) for classification and pretraining."""
-    if args.dataset_name is None and args.train_dir is None:
+def load_image_datasets(args: ImageDataArguments, seed: int = 42,
+                        training: bool = True) -> DatasetDict | IterableDatasetDict:
+    """train + validation (and any other split of the source) for classification and pretraining. Evaluation alone
+    (`training` False) takes a source without a train split (e.g. --validation_dir alone): then only validation."""
+    no_folder = args.train_dir is None and (training or args.validation_dir is None)
+    if args.dataset_name is None and no_folder:
         raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
                          + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
-    return _load_splits(args, seed)
+    return _load_splits(args, seed, training)
 
 
 def _known_class_names(name: str) -> list[str] | None:
@@ -150,7 +167,8 @@ def _known_class_names(name: str) -> list[str] | None:
     return ["other", *ADE20K_LABELS] if is_ade_folder(name) else None
 
 
-def load_segmentation_datasets(args, seed: int = 42) -> tuple[DatasetDict, str, str, list[str]]:
+def load_segmentation_datasets(args, seed: int = 42,
+                               training: bool = True) -> tuple[DatasetDict, str, str, list[str]]:
     """(train + validation, image column, annotation column, class names by id).
 
     `args.dataset_name`: 'digits_seg', a local ADE20K-layout folder (images/ + annotations/), a save_to_disk or
@@ -162,11 +180,12 @@ def load_segmentation_datasets(args, seed: int = 42) -> tuple[DatasetDict, str, 
                          "parquet/arrow folder or a Hub id)")
     if _streaming(args):
         raise ValueError("segmentation does not stream: every annotation is checked before training")
-    datasets = _load_splits(args, seed)
+    datasets = _load_splits(args, seed, training)
     image_column, annotation_column = find_segmentation_columns(
-        datasets["train"], args.image_column_name, getattr(args, "annotation_column_name", None)
+        datasets["train" if "train" in datasets else "validation"], args.image_column_name,
+        getattr(args, "annotation_column_name", None)
     )
-    datasets = DatasetDict(train=datasets["train"], validation=datasets["validation"])
+    datasets = DatasetDict({split: datasets[split] for split in ("train", "validation") if split in datasets})
     names = class_map_names(datasets, image_column, annotation_column, getattr(args, "reduce_labels", False),
                             getattr(args, "num_labels", None), _known_class_names(args.dataset_name))
     return datasets, image_column, annotation_column, names
