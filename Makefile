@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo demo-seg test lint-format bench-smoke clean
+.PHONY: setup demo demo-seg test bench-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -32,12 +32,10 @@ demo-seg: setup
 # Lint (rules in pyproject.toml), then the tests.
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 # Formatting check, not yet part of `make test` (the tree is formatted once, when the parallel work has landed).
-lint-format: setup
-	$(PY) -m ruff format --check .
-
 bench-smoke: setup
 	$(PY) benchmarks/bench_pretrain_step.py --smoke
 

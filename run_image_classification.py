@@ -60,10 +60,34 @@ from mae_hf.trainer import MAETrainer
 # The paper's linear probe (Tab. 10, main_linprobe.py), put under the layer that switches --linear_probe on: the
 # flags of that layer and of the layers above still win.
 LINEAR_PROBE_PRESET = [
-    "--base_learning_rate", "0.1", "--weight_decay", "0", "--num_train_epochs", "90", "--warmup_epochs", "10",
-    "--lr_scheduler_kwargs", '{"min_lr": 0.0}', "--layer_decay", "1.0", "--use_lars", "true", "--mixup_alpha", "0",
-    "--cutmix_alpha", "0", "--label_smoothing", "0", "--rand_augment_magnitude", "0", "--random_erasing", "0",
-    "--drop_path_rate", "0", "--pooling", "cls",
+    "--base_learning_rate",
+    "0.1",
+    "--weight_decay",
+    "0",
+    "--num_train_epochs",
+    "90",
+    "--warmup_epochs",
+    "10",
+    "--lr_scheduler_kwargs",
+    '{"min_lr": 0.0}',
+    "--layer_decay",
+    "1.0",
+    "--use_lars",
+    "true",
+    "--mixup_alpha",
+    "0",
+    "--cutmix_alpha",
+    "0",
+    "--label_smoothing",
+    "0",
+    "--rand_augment_magnitude",
+    "0",
+    "--random_erasing",
+    "0",
+    "--drop_path_rate",
+    "0",
+    "--pooling",
+    "cls",
 ]
 FINETUNE_MD = "FINETUNE.md (ViT-B), paper Tab. 9"
 MAIN_FINETUNE = "official main_finetune.py"
@@ -77,8 +101,10 @@ class ClassificationModelArguments(ModelArguments):
     drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate.", FINETUNE_MD)
     pooling: str | None = field(
         default=None,
-        metadata={"help": "'mean' (global pool + fc_norm; FINETUNE.md) or 'cls' (class token; the linear probe) "
-                  "(default: the checkpoint's; a new model or a pretraining checkpoint: mean)"},
+        metadata={
+            "help": "'mean' (global pool + fc_norm; FINETUNE.md) or 'cls' (class token; the linear probe) "
+            "(default: the checkpoint's; a new model or a pretraining checkpoint: mean)"
+        },
     )
 
 
@@ -100,9 +126,11 @@ class FinetuningArguments(RecipeArguments):
 
     linear_probe: bool = field(
         default=False,
-        metadata={"help": "The paper's linear probe (Tab. 10, main_linprobe.py): frozen encoder, class token, "
-                  "BatchNorm + linear head, LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/"
-                  "erasing/label smoothing/drop path/layer decay; flags given with it still win (default: False)"},
+        metadata={
+            "help": "The paper's linear probe (Tab. 10, main_linprobe.py): frozen encoder, class token, "
+            "BatchNorm + linear head, LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/"
+            "erasing/label smoothing/drop path/layer decay; flags given with it still win (default: False)"
+        },
     )
     RECIPE: ClassVar[dict[str, tuple]] = {
         "learning_rate": SCALED_LEARNING_RATE,
@@ -163,7 +191,9 @@ def build_model(model_args, training_args, names: list[str]) -> MAEForImageClass
         overrides.update(head_batchnorm=True)  # the preset's --pooling cls, unless a flag says otherwise
     if training_args.do_train:  # the dataset's classes, one per example: ViT's single-label cross-entropy
         overrides.update(
-            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
             problem_type="single_label_classification",
         )
     path = model_args.model_name_or_path
@@ -190,9 +220,13 @@ def attach_transforms(datasets, image_column, label_column, config, processor, d
     )
     evaluation = eval_transform(config.image_hw, mean, std, crop_pct=training_args.crop_pct)
     transforms = {"train": train, "validation": evaluation}
-    return {split: datasets[split].with_transform(
-        ImageTransform(transforms[split], image_column, config.num_channels, label_column))
-        for split in transforms if split in datasets}
+    return {
+        split: datasets[split].with_transform(
+            ImageTransform(transforms[split], image_column, config.num_channels, label_column)
+        )
+        for split in transforms
+        if split in datasets
+    }
 
 
 def image_processor(config, training_args) -> ConvNextImageProcessor:
@@ -240,8 +274,10 @@ def training_curves(output_dir: str) -> TrainingCurvesCallback:
 def start_banner(model, datasets, training_args) -> StartBanner:
     title = "Running linear probing" if training_args.linear_probe else "Running fine-tuning"
     encoder = "frozen (linear probe)" if training_args.linear_probe else "trained"
-    task = {"Classes": f"{model.config.num_labels}", "Encoder": f"{encoder}, pooling {model.config.pooling}, "
-            f"drop path {model.config.drop_path_rate:g}"}
+    task = {
+        "Classes": f"{model.config.num_labels}",
+        "Encoder": f"{encoder}, pooling {model.config.pooling}, drop path {model.config.drop_path_rate:g}",
+    }
     evaluated = datasets["validation"] if training_args.do_eval else None
     return StartBanner(title, datasets.get("train"), evaluated, task)
 
@@ -255,8 +291,13 @@ def check_data(datasets, image_column, label_column, model, data_args, training_
 
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
-    start_run(model_args, training_args, ["labels"], CLASSIFICATION_METRICS,
-              "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too")
+    start_run(
+        model_args,
+        training_args,
+        ["labels"],
+        CLASSIFICATION_METRICS,
+        "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too",
+    )
     apply_runtime_defaults(training_args)
 
     datasets, image_column, label_column, names = prepare_data(data_args, training_args)
@@ -268,8 +309,9 @@ def main(argv=None, callbacks=()):
     model = build_model(model_args, training_args, names)
     check_data(datasets, image_column, label_column, model, data_args, training_args)
     processor = image_processor(model.config, training_args)
-    datasets = attach_transforms(datasets, image_column, label_column, model.config, processor, data_args,
-                                 training_args)
+    datasets = attach_transforms(
+        datasets, image_column, label_column, model.config, processor, data_args, training_args
+    )
 
     trainer = MAETrainer(
         model=model,

@@ -66,10 +66,13 @@ class PretrainDataArguments(ImageDataArguments):
     )
     image_decoding: str = field(
         default="fast",
-        metadata={"help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
-                  "crop/flip/normalise on uint8 tensors; same output distribution as 'pil', 1.6-2x its images/s "
-                  "per worker), 'pil' (torchvision v2 on PIL images), 'gpu' (workers read bytes; nvJPEG decodes the "
-                  "batch and crop/flip/normalise run on the device).", "choices": ["fast", "pil", "gpu"]},
+        metadata={
+            "help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
+            "crop/flip/normalise on uint8 tensors; same output distribution as 'pil', 1.6-2x its images/s "
+            "per worker), 'pil' (torchvision v2 on PIL images), 'gpu' (workers read bytes; nvJPEG decodes the "
+            "batch and crop/flip/normalise run on the device).",
+            "choices": ["fast", "pil", "gpu"],
+        },
     )
 
 
@@ -126,8 +129,14 @@ def prepare_datasets(raw, data_args, config: MAEConfig, processor, training_args
     mean, std = processor.image_mean, processor.image_std
     transforms = {
         "train": pretrain_image_transform(
-            data_args.image_decoding, column, size, mean, std, min_scale=data_args.crop_min_scale,
-            flip=data_args.flip_probability, num_channels=channels,
+            data_args.image_decoding,
+            column,
+            size,
+            mean,
+            std,
+            min_scale=data_args.crop_min_scale,
+            flip=data_args.flip_probability,
+            num_channels=channels,
         ),
         "validation": ImageTransform(eval_transform(size, mean, std), column, channels),
     }
@@ -152,8 +161,9 @@ def gpu_decoding_arguments(data_args, config: MAEConfig, processor, training_arg
     return {
         "data_collator": collate_encoded,
         "eval_data_collator": collate_pixel_values,
-        "image_decoder": GPUImageDecoder(config.image_hw, processor.image_mean, processor.image_std,
-                                         config.num_channels),
+        "image_decoder": GPUImageDecoder(
+            config.image_hw, processor.image_mean, processor.image_std, config.num_channels
+        ),
     }
 
 
@@ -185,7 +195,10 @@ def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> 
         logger.warning("--monitor_dataset is scored at evaluations, and this run has none (--do_eval false)")
         return None
     return FeatureMonitor.from_arguments(
-        monitor_args, config, training_args.per_device_eval_batch_size, training_args.dataloader_num_workers,
+        monitor_args,
+        config,
+        training_args.per_device_eval_batch_size,
+        training_args.dataloader_num_workers,
         data_args.cache_dir,
     )
 
@@ -197,16 +210,23 @@ def training_curves(config: MAEConfig, monitor, output_dir: str) -> TrainingCurv
 
 
 def start_banner(config: MAEConfig, datasets, training_args) -> StartBanner:
-    masking = (f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
-               f"the encoder sees {config.num_patches - config.num_masked_patches}")
+    masking = (
+        f"{config.num_masked_patches} of {config.num_patches} per image (mask ratio {config.mask_ratio:g}); "
+        f"the encoder sees {config.num_patches - config.num_masked_patches}"
+    )
     evaluated = datasets["validation"] if training_args.do_eval else None
     return StartBanner("Running MAE pretraining", datasets.get("train"), evaluated, {"Masked patches": masking})
 
 
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args, monitor_args = parse_arguments(ARGUMENTS, argv)
-    start_run(model_args, training_args, ["pixel_values"], PRETRAINING_METRICS + monitor_args.metric_names(),
-              streaming=data_args.streaming)
+    start_run(
+        model_args,
+        training_args,
+        ["pixel_values"],
+        PRETRAINING_METRICS + monitor_args.metric_names(),
+        streaming=data_args.streaming,
+    )
     config = build_config(model_args)
     apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
     processor = image_processor(config)
@@ -228,9 +248,12 @@ def main(argv=None, callbacks=()):
         processing_class=processor,
         sample_draws={"noise": MaskNoise(config.num_patches)},  # each example's mask: seeded with its crop
         monitor=monitor,
-        callbacks=[reconstruction_figures(datasets["validation"], processor, model_args, training_args),
-                   start_banner(config, datasets, training_args),
-                   training_curves(config, monitor, training_args.output_dir), *callbacks],
+        callbacks=[
+            reconstruction_figures(datasets["validation"], processor, model_args, training_args),
+            start_banner(config, datasets, training_args),
+            training_curves(config, monitor, training_args.output_dir),
+            *callbacks,
+        ],
     )
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 

@@ -85,13 +85,22 @@ class SegmentationTrainingArguments(RecipeArguments):
         "lr_scheduler_type": ("polynomial", MMSEG),
         "lr_scheduler_kwargs": ({"power": 1.0, "lr_end": 0.0}, MMSEG),
         "max_steps": (160_000, MMSEG),
-        "num_train_epochs": (3.0, None, ("Training epochs, given instead of --max_steps (default: none, "
-                                         "--max_steps sets the length)")),
+        "num_train_epochs": (
+            3.0,
+            None,
+            ("Training epochs, given instead of --max_steps (default: none, --max_steps sets the length)"),
+        ),
         "per_device_train_batch_size": (2, MMSEG + ": 8 GPUs x 2"),
         "per_device_eval_batch_size": (1,),
         "max_grad_norm": (0.0, MMSEG),
-        "batch_eval_metrics": (True, None, ("Score evaluation batch by batch (a streaming confusion matrix: "
-                                            "memory does not grow with the number of images).")),
+        "batch_eval_metrics": (
+            True,
+            None,
+            (
+                "Score evaluation batch by batch (a streaming confusion matrix: "
+                "memory does not grow with the number of images)."
+            ),
+        ),
         "eval_strategy": ("steps",),
         "eval_steps": (16_000, MMSEG),
         "save_strategy": ("steps",),
@@ -99,7 +108,9 @@ class SegmentationTrainingArguments(RecipeArguments):
         "label_names": (["labels"],),
     }
     IGNORED: ClassVar[dict[str, str]] = {
-        **RecipeArguments.IGNORED, "use_lars": "LARS is the linear probe's optimizer (run_image_classification.py)"}
+        **RecipeArguments.IGNORED,
+        "use_lars": "LARS is the linear probe's optimizer (run_image_classification.py)",
+    }
 
     sync_batchnorm: bool = recipe(True, "SyncBatchNorm in the neck on several GPUs.", MMSEG)
 
@@ -109,13 +120,16 @@ ARGUMENTS = (SegmentationModelArguments, SegmentationDataArguments, Segmentation
 
 def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentationConfig:
     overrides = config_overrides(model_args)
-    overrides.update(num_labels=num_labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    overrides.update(
+        num_labels=num_labels, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
     if model_args.model_name_or_path:
         saved = MAEConfig.from_pretrained(model_args.model_name_or_path)
         if isinstance(saved, MAESegmentationConfig) or saved.model_type == MAESegmentationConfig.model_type:
             saved = MAESegmentationConfig.from_pretrained(model_args.model_name_or_path)
-        return segmentation_config(saved, **{k: v for k, v in saved.to_dict().items()
-                                            if k in SEGMENTATION and k not in overrides}, **overrides)
+        return segmentation_config(
+            saved, **{k: v for k, v in saved.to_dict().items() if k in SEGMENTATION and k not in overrides}, **overrides
+        )
     return MAESegmentationConfig(**overrides)
 
 
@@ -154,13 +168,20 @@ def attach_transforms(datasets, columns, data_args, config):
     processor = image_processor(config, data_args)
     common = dict(mean=processor.image_mean, std=processor.image_std, reduce_labels=data_args.reduce_labels)
     train = SegmentationTrainTransform(
-        data_args.crop_size, scale=tuple(data_args.resize_scale), ratio_range=tuple(data_args.ratio_range),
-        cat_max_ratio=data_args.cat_max_ratio, flip=data_args.flip_probability, **common,
+        data_args.crop_size,
+        scale=tuple(data_args.resize_scale),
+        ratio_range=tuple(data_args.ratio_range),
+        cat_max_ratio=data_args.cat_max_ratio,
+        flip=data_args.flip_probability,
+        **common,
     )
     evaluation = SegmentationEvalTransform(scale=tuple(data_args.resize_scale), **common)
     transforms = {"train": train, "validation": evaluation}
-    return {split: datasets[split].with_transform(SegmentationBatchTransform(transforms[split], *columns))
-            for split in transforms if split in datasets}
+    return {
+        split: datasets[split].with_transform(SegmentationBatchTransform(transforms[split], *columns))
+        for split in transforms
+        if split in datasets
+    }
 
 
 def image_processor(config, data_args) -> SegformerImageProcessor:
@@ -169,7 +190,9 @@ def image_processor(config, data_args) -> SegformerImageProcessor:
     mean, std = normalisation(config.num_channels)
     return SegformerImageProcessor(
         size={"height": data_args.crop_size, "width": data_args.crop_size},
-        image_mean=list(mean), image_std=list(std), do_reduce_labels=data_args.reduce_labels,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_reduce_labels=data_args.reduce_labels,
     )
 
 
@@ -197,8 +220,11 @@ def training_curves(output_dir: str) -> TrainingCurvesCallback:
 
 
 def start_banner(config, datasets, data_args, training_args) -> StartBanner:
-    task = {"Classes": f"{config.num_labels}", "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
-            "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}"}
+    task = {
+        "Classes": f"{config.num_labels}",
+        "Crop": f"{data_args.crop_size} px, inference {config.inference_mode}",
+        "Encoder": f"features after blocks {list(config.out_indices)}, drop path {config.drop_path_rate:g}",
+    }
     evaluated = datasets["validation"] if training_args.do_eval else None
     return StartBanner("Running semantic segmentation", datasets.get("train"), evaluated, task)
 
@@ -208,12 +234,18 @@ def check_data(datasets, columns, num_labels: int, data_args, training_args) -> 
     fail, or are skipped with --skip_corrupt_images)."""
     for split in used_splits(datasets, training_args):
         datasets[split], skipped = check_annotations(
-            datasets[split], *columns, num_labels, data_args.reduce_labels, split,
-            skip_corrupt=data_args.skip_corrupt_images, decode_images=data_args.verify_images,
+            datasets[split],
+            *columns,
+            num_labels,
+            data_args.reduce_labels,
+            split,
+            skip_corrupt=data_args.skip_corrupt_images,
+            decode_images=data_args.verify_images,
         )
         if skipped:
-            logger.warning(f"skipped {skipped} {split} image/annotation pair(s) that cannot be read "
-                           "(--skip_corrupt_images)")
+            logger.warning(
+                f"skipped {skipped} {split} image/annotation pair(s) that cannot be read (--skip_corrupt_images)"
+            )
 
 
 def segmentation_figures(eval_dataset, processor, model_args, training_args) -> list[SegmentationFigureCallback]:
@@ -230,7 +262,8 @@ def main(argv=None, callbacks=()):
     start_run(model_args, training_args, ["labels"], SEGMENTATION_METRICS)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(
-        data_args, training=training_args.do_train)
+        data_args, training=training_args.do_train
+    )
     apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
     num_labels = data_args.num_labels or len(names)
     names = names if len(names) == num_labels else [str(i) for i in range(num_labels)]
@@ -253,9 +286,12 @@ def main(argv=None, callbacks=()):
         eval_data_collator=collate_segmentation_with_sizes,
         processing_class=processor,
         compute_metrics=metrics_function(config),
-        callbacks=[*segmentation_figures(datasets["validation"], processor, model_args, training_args),
-                   start_banner(config, datasets, data_args, training_args),
-                   training_curves(training_args.output_dir), *callbacks],
+        callbacks=[
+            *segmentation_figures(datasets["validation"], processor, model_args, training_args),
+            start_banner(config, datasets, data_args, training_args),
+            training_curves(training_args.output_dir),
+            *callbacks,
+        ],
     )
     return train_evaluate_save(trainer, model, model_args, data_args, training_args)
 

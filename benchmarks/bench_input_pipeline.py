@@ -88,7 +88,7 @@ def gpu_rate(files, image_size: int, batch_size: int, device: str, rounds: int) 
     """Images/s of the device half of `--image_decoding gpu` (the worker half is `EncodedCropFlip`)."""
     worker, decoder = EncodedCropFlip(image_size), GPUImageDecoder(image_size)
     batches = [
-        collate_encoded([{"pixel_values": worker({"bytes": data})} for data in files[i:i + batch_size]])
+        collate_encoded([{"pixel_values": worker({"bytes": data})} for data in files[i : i + batch_size]])
         for i in range(0, len(files) - batch_size + 1, batch_size)
     ]
     rates = []
@@ -107,8 +107,12 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: also time the GPU decoder (the CPU pipelines always run on one CPU thread)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: also time the GPU decoder (the CPU pipelines always run on one CPU thread)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="GPU decoder batch")
     parser.add_argument("--noise", type=float, default=10.0, help="pixel noise std (0: smooth, light files)")
     parser.add_argument("--smoke", action="store_true", help="20 images, 1 round")
@@ -126,21 +130,30 @@ def main(argv=None):
             rates[name].append(rate(files, pipeline))
     ratio = median_ratio(rates["ours"], rates["plain"])
     mean_kb = sum(map(len, files)) / len(files) / 1024
-    mean_px = statistics.mean(Image.open(io.BytesIO(data)).width * Image.open(io.BytesIO(data)).height
-                              for data in files)
-    print(f"{args.images} generated JPEGs (mean {mean_kb:.0f} KB, {mean_px / 1000:.0f}k pixels), noise "
-          f"{args.noise}, output {args.image_size} px, {args.rounds} rounds, 1 thread")
+    mean_px = statistics.mean(
+        Image.open(io.BytesIO(data)).width * Image.open(io.BytesIO(data)).height for data in files
+    )
+    print(
+        f"{args.images} generated JPEGs (mean {mean_kb:.0f} KB, {mean_px / 1000:.0f}k pixels), noise "
+        f"{args.noise}, output {args.image_size} px, {args.rounds} rounds, 1 thread"
+    )
     print("| pipeline | median img/s per worker | min-max |")
     print("|---|---|---|")
-    for name, label in (("plain", "plain: PIL decode + torchvision v2 on PIL"),
-                        ("ours", "ours: reduced-scale decode + uint8 tensor ops")):
+    for name, label in (
+        ("plain", "plain: PIL decode + torchvision v2 on PIL"),
+        ("ours", "ours: reduced-scale decode + uint8 tensor ops"),
+    ):
         print(f"| {label} | {statistics.median(rates[name]):.1f} | {min(rates[name]):.1f}-{max(rates[name]):.1f} |")
     if args.device == "cuda":
         batch = min(args.batch_size, len(files))
-        print(f"| gpu: nvJPEG batch {batch} + crop/flip/normalise on {torch.cuda.get_device_name()} | "
-              f"{gpu_rate(files, args.image_size, batch, 'cuda', args.rounds):.1f} (device side) | |")
-    print(f"input pipeline: ours {ratio:.2f}x the plain pipeline's images/s per worker "
-          f"({statistics.median(rates['ours']):.0f} vs {statistics.median(rates['plain']):.0f} img/s)")
+        print(
+            f"| gpu: nvJPEG batch {batch} + crop/flip/normalise on {torch.cuda.get_device_name()} | "
+            f"{gpu_rate(files, args.image_size, batch, 'cuda', args.rounds):.1f} (device side) | |"
+        )
+    print(
+        f"input pipeline: ours {ratio:.2f}x the plain pipeline's images/s per worker "
+        f"({statistics.median(rates['ours']):.0f} vs {statistics.median(rates['plain']):.0f} img/s)"
+    )
     return ratio
 
 

@@ -80,9 +80,23 @@ def child(mode: str, count: int, batch: int, size: int, classes: int, seed: int,
 
 
 def run_setting(mode: str, count: int, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", mode, str(count), "--batch", str(args.batch),
-               "--size", str(args.size), "--classes", str(args.classes), "--seed", str(args.seed),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        mode,
+        str(count),
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--classes",
+        str(args.classes),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} N={count} failed:\n{done.stderr[-3000:]}")
@@ -108,8 +122,10 @@ def main(argv=None):
 
     small, large = (10, 20) if args.smoke else (100, 1000)
     settings = [("stream", small), ("stream", large), ("keep-all", small)]
-    print(f"{args.size}x{args.size} int64 maps, {args.classes} classes, batch {args.batch}, one fresh process each; "
-          "RSS in MiB (ru_maxrss)")
+    print(
+        f"{args.size}x{args.size} int64 maps, {args.classes} classes, batch {args.batch}, one fresh process each; "
+        "RSS in MiB (ru_maxrss)"
+    )
     rows = []
     for mode, count in settings:
         rows.append(run_setting(mode, count, args))
@@ -117,20 +133,30 @@ def main(argv=None):
         print(f"  done {mode} N={count}: peak {row['peak_rss_mb']:.0f} MiB in {row['seconds']:.1f} s", flush=True)
 
     print()
-    print(f"{'setting':<10} {'N':>6} {'peak RSS':>10} {'after imports':>14} {'growth':>9} {'seconds':>8} {'mean IoU':>9}")
+    print(
+        f"{'setting':<10} {'N':>6} {'peak RSS':>10} {'after imports':>14} {'growth':>9} {'seconds':>8} {'mean IoU':>9}"
+    )
     for row in rows:
-        print(f"{row['mode']:<10} {row['images']:>6} {row['peak_rss_mb']:>10.1f} {row['after_imports_rss_mb']:>14.1f} "
-              f"{row['growth_mb']:>9.1f} {row['seconds']:>8.1f} {row['mean_iou']:>9.5f}")
+        print(
+            f"{row['mode']:<10} {row['images']:>6} {row['peak_rss_mb']:>10.1f} {row['after_imports_rss_mb']:>14.1f} "
+            f"{row['growth_mb']:>9.1f} {row['seconds']:>8.1f} {row['mean_iou']:>9.5f}"
+        )
     stream_small, stream_large, keep_small = rows
     raw = keep_small["images"] * args.size * args.size * 8 * 2 / 2**20
     print()
-    print(f"keep-all / stream peak RSS at N={small}: {keep_small['peak_rss_mb'] / stream_small['peak_rss_mb']:.2f}x "
-          f"(growth over the imports: {keep_small['growth_mb'] / stream_small['growth_mb']:.2f}x; "
-          f"the kept maps alone are {raw:.0f} MiB)")
-    print(f"stream peak RSS N={large} / N={small}: {stream_large['peak_rss_mb'] / stream_small['peak_rss_mb']:.2f}x "
-          f"(growth: {stream_large['growth_mb'] / stream_small['growth_mb']:.2f}x)")
-    print(f"same metric with and without keeping the maps (N={small}): "
-          f"{stream_small['mean_iou'] == keep_small['mean_iou']}")
+    print(
+        f"keep-all / stream peak RSS at N={small}: {keep_small['peak_rss_mb'] / stream_small['peak_rss_mb']:.2f}x "
+        f"(growth over the imports: {keep_small['growth_mb'] / stream_small['growth_mb']:.2f}x; "
+        f"the kept maps alone are {raw:.0f} MiB)"
+    )
+    print(
+        f"stream peak RSS N={large} / N={small}: {stream_large['peak_rss_mb'] / stream_small['peak_rss_mb']:.2f}x "
+        f"(growth: {stream_large['growth_mb'] / stream_small['growth_mb']:.2f}x)"
+    )
+    print(
+        f"same metric with and without keeping the maps (N={small}): "
+        f"{stream_small['mean_iou'] == keep_small['mean_iou']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

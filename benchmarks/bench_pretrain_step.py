@@ -115,37 +115,56 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16 = torch.autocast(bfloat16) around the forward (fp32 weights and AdamW state); "
-                        "meant for CUDA, also accepted on CPU")
-    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa",
-                        help="attention implementation of the transformers model (sdpa is its fastest on CPU/GPU "
-                        "without extra packages); mae_hf always uses its default fused SDPA path")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 = torch.autocast(bfloat16) around the forward (fp32 weights and AdamW state); "
+        "meant for CUDA, also accepted on CPU",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="attention implementation of the transformers model (sdpa is its fastest on CPU/GPU "
+        "without extra packages); mae_hf always uses its default fused SDPA path",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model before the first round")
     parser.add_argument("--mask-ratio", type=float, default=0.75)
-    parser.add_argument("--mask-speedup", action="store_true",
-                        help="alternate mae_hf at --mask-ratio and at 0.0 (no transformers model) and report the "
-                        "median per-round ratio of step times t(0.0) / t(--mask-ratio)")
+    parser.add_argument(
+        "--mask-speedup",
+        action="store_true",
+        help="alternate mae_hf at --mask-ratio and at 0.0 (no transformers model) and report the "
+        "median per-round ratio of step times t(0.0) / t(--mask-ratio)",
+    )
     parser.add_argument("--model", choices=tuple(ENCODERS), default="base", help="encoder size (official decoder)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--layer-norm-eps", type=float, default=1e-6, help="used by BOTH models")
     parser.add_argument("--no-norm-pix-loss", action="store_true", help="plain pixel targets (default: norm_pix_loss)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny config (image 32, patch 8, hidden 64, depth 2, heads 4, mlp 256, decoder 32/1/4/128) "
-                        "that runs in seconds; overrides --model/--image-size/--patch-size")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny config (image 32, patch 8, hidden 64, depth 2, heads 4, mlp 256, decoder 32/1/4/128) "
+        "that runs in seconds; overrides --model/--image-size/--patch-size",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory", action="store_true",
-                        help="on CPU, measure the step's peak RSS in a fresh subprocess per model (costs one extra "
-                        "process per model); on CUDA memory is always measured in-process")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="on CPU, measure the step's peak RSS in a fresh subprocess per model (costs one extra "
+        "process per model); on CUDA memory is always measured in-process",
+    )
     parser.add_argument("--mfu", action="store_true", help="measure a matmul peak and report model FLOPs utilisation")
     parser.add_argument("--json", metavar="PATH", help="write all results to this JSON file")
     # Internal: the fresh process that measures CPU memory of one model.
-    parser.add_argument("--_memory-worker", dest="memory_worker", choices=("mae_hf", "transformers"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--_memory-worker", dest="memory_worker", choices=("mae_hf", "transformers"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--_worker-mask-ratio", dest="worker_mask_ratio", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # forwarded to the memory workers
@@ -210,9 +229,7 @@ def build_transformers(fields: dict, seed: int, attn: str, device: torch.device)
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     torch.manual_seed(seed)
-    config = ViTMAEConfig(
-        **fields, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn
-    )
+    config = ViTMAEConfig(**fields, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn)
     return ViTMAEForPreTraining(config).to(device).train()
 
 
@@ -270,22 +287,47 @@ def build_variants(args, fields, device, pixel_values, noise, only: str | None =
         optimizer = make_optimizer(model, args.batch_size)
         attn = model.config._attn_implementation or "sdpa"
         for r in ratios:
-            variants.append(Variant(f"mae_hf mask {r:g}", "mae_hf", r, attn, model, optimizer,
-                                    mae_hf_forward(model, pixel_values, noise, r)))
+            variants.append(
+                Variant(
+                    f"mae_hf mask {r:g}",
+                    "mae_hf",
+                    r,
+                    attn,
+                    model,
+                    optimizer,
+                    mae_hf_forward(model, pixel_values, noise, r),
+                )
+            )
         return variants
     ours = build_mae_hf(fields, args.seed, device)  # also the weight source of the transformers model
     if only in (None, "mae_hf"):
-        variants.append(Variant("mae_hf", "mae_hf", args.mask_ratio, ours.config._attn_implementation or "sdpa", ours,
-                                make_optimizer(ours, args.batch_size),
-                                mae_hf_forward(ours, pixel_values, noise, args.mask_ratio)))
+        variants.append(
+            Variant(
+                "mae_hf",
+                "mae_hf",
+                args.mask_ratio,
+                ours.config._attn_implementation or "sdpa",
+                ours,
+                make_optimizer(ours, args.batch_size),
+                mae_hf_forward(ours, pixel_values, noise, args.mask_ratio),
+            )
+        )
     if only in (None, "transformers"):
         theirs = build_transformers(fields, args.seed, args.attn, device)
         copy_weights(ours, theirs)
         if only == "transformers":
             del ours
-        variants.append(Variant("transformers", "transformers", args.mask_ratio, theirs.config._attn_implementation,
-                                theirs, make_optimizer(theirs, args.batch_size),
-                                transformers_forward(theirs, pixel_values, noise)))
+        variants.append(
+            Variant(
+                "transformers",
+                "transformers",
+                args.mask_ratio,
+                theirs.config._attn_implementation,
+                theirs,
+                make_optimizer(theirs, args.batch_size),
+                transformers_forward(theirs, pixel_values, noise),
+            )
+        )
     return variants
 
 
@@ -332,8 +374,10 @@ def memory_worker(args) -> int:
             timed(partial(train_step, variant, autocast), 1, device, cpu_rss=True)[1]
             for _ in range(args.steps_per_round)
         ]
-        result["method"] = ("fresh subprocess per model; max over steps of VmHWM - VmRSS around one step after "
-                            "warm-up (peak reset via /proc/self/clear_refs, malloc_trim before the baseline)")
+        result["method"] = (
+            "fresh subprocess per model; max over steps of VmHWM - VmRSS around one step after "
+            "warm-up (peak reset via /proc/self/clear_refs, malloc_trim before the baseline)"
+        )
         result["step_peak_bytes"] = max(deltas)
         result["step_peak_bytes_all"] = deltas
     else:
@@ -342,8 +386,10 @@ def memory_worker(args) -> int:
         base = status_kib("VmRSS")
         train_step(variant, autocast)
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        result["method"] = ("fresh subprocess per model; ru_maxrss - VmRSS around the FIRST step (upper bound: "
-                            "includes the AdamW state allocation; /proc/self/clear_refs not writable)")
+        result["method"] = (
+            "fresh subprocess per model; ru_maxrss - VmRSS around the FIRST step (upper bound: "
+            "includes the AdamW state allocation; /proc/self/clear_refs not writable)"
+        )
         result["step_peak_bytes"] = (peak_kib - base) * 1024
     result["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(WORKER_MARK + json.dumps(result), flush=True)
@@ -351,12 +397,19 @@ def memory_worker(args) -> int:
 
 
 def measure_cpu_memory(args, variant: Variant) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), *args.argv, "--_memory-worker", variant.kind,
-               "--_worker-mask-ratio", repr(variant.mask_ratio)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        *args.argv,
+        "--_memory-worker",
+        variant.kind,
+        "--_worker-mask-ratio",
+        repr(variant.mask_ratio),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(WORKER_MARK):
-            return json.loads(line[len(WORKER_MARK):])
+            return json.loads(line[len(WORKER_MARK) :])
     raise RuntimeError(f"memory worker for {variant.label} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -367,8 +420,11 @@ def train_flops_per_image(fields: dict, mask_ratio: float) -> float:
     length = (fields["image_size"] // p) ** 2
     keep = int(length * (1 - mask_ratio))
     d, m, depth = fields["hidden_size"], fields["intermediate_size"], fields["num_hidden_layers"]
-    dd, md, ddepth = (fields["decoder_hidden_size"], fields["decoder_intermediate_size"],
-                      fields["decoder_num_hidden_layers"])
+    dd, md, ddepth = (
+        fields["decoder_hidden_size"],
+        fields["decoder_intermediate_size"],
+        fields["decoder_num_hidden_layers"],
+    )
 
     def blocks(n, width, mlp, count):
         return count * (2 * n * (4 * width * width + 2 * width * mlp) + 4 * n * n * width)
@@ -389,9 +445,15 @@ def print_table(rows: list[dict], show_memory: bool, show_mfu: bool) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
-        cells = [row["label"], row["attn"], f"{row['mask_ratio']:g}", f"{row['median_images_per_s']:.2f}",
-                 f"{min(row['round_images_per_s']):.2f}-{max(row['round_images_per_s']):.2f}",
-                 f"{row['median_step_s'] * 1000:.1f}", format_mib(row["state_bytes"])]
+        cells = [
+            row["label"],
+            row["attn"],
+            f"{row['mask_ratio']:g}",
+            f"{row['median_images_per_s']:.2f}",
+            f"{min(row['round_images_per_s']):.2f}-{max(row['round_images_per_s']):.2f}",
+            f"{row['median_step_s'] * 1000:.1f}",
+            format_mib(row["state_bytes"]),
+        ]
         if show_memory:
             cells.append(format_mib(row.get("step_peak_bytes")))
         if show_mfu:
@@ -416,9 +478,10 @@ def main(argv=None) -> int:
     pixel_values, noise = make_batch(fields, args.batch_size, args.seed, device)
     built = time.perf_counter()
     variants = build_variants(args, fields, device, pixel_values, noise)
-    print(f"# built in {time.perf_counter() - built:.1f} s; trainable parameters: "
-          + ", ".join(f"{v.label} {sum(p.numel() for p in v.model.parameters() if p.requires_grad):,}"
-                      for v in variants))
+    print(
+        f"# built in {time.perf_counter() - built:.1f} s; trainable parameters: "
+        + ", ".join(f"{v.label} {sum(p.numel() for p in v.model.parameters() if p.requires_grad):,}" for v in variants)
+    )
     autocast = autocast_factory(args, device)
     loss_check = warm_up(args, variants, autocast)
     states = {id(v): state_bytes(v) for v in variants}
@@ -429,32 +492,44 @@ def main(argv=None) -> int:
 
     summary, setting, load_after = report(args, desc, rows, ratios, ratio, memory_method, peak_flops, timed_s)
     if args.json:
-        write_json(args.json, {
-            "summary": summary,
-            "mode": "mask_speedup" if args.mask_speedup else "compare",
-            "ratio_definition": ("step time at mask 0 / step time at --mask-ratio (= images/s ratio)"
-                                 if args.mask_speedup else "mae_hf images/s / transformers images/s"),
-            "median_ratio": ratio,
-            "round_ratios": ratios,
-            "setting": setting,
-            "args": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "worker_mask_ratio", "argv")},
-            "config": fields,
-            "environment": env,
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-            "loss_check": loss_check,
-            "memory_method": memory_method,
-            "matmul_peak_flops": peak_flops,
-            "results": rows,
-        })
+        write_json(
+            args.json,
+            {
+                "summary": summary,
+                "mode": "mask_speedup" if args.mask_speedup else "compare",
+                "ratio_definition": (
+                    "step time at mask 0 / step time at --mask-ratio (= images/s ratio)"
+                    if args.mask_speedup
+                    else "mae_hf images/s / transformers images/s"
+                ),
+                "median_ratio": ratio,
+                "round_ratios": ratios,
+                "setting": setting,
+                "args": {
+                    k: v for k, v in vars(args).items() if k not in ("memory_worker", "worker_mask_ratio", "argv")
+                },
+                "config": fields,
+                "environment": env,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+                "loss_check": loss_check,
+                "memory_method": memory_method,
+                "matmul_peak_flops": peak_flops,
+                "results": rows,
+            },
+        )
     return 0
 
 
 def print_header(args, desc: str, env: dict, load_before) -> None:
-    print(f"# {desc}, batch {args.batch_size}, {args.device} {args.dtype}, threads {env['threads']}, "
-          f"torch {env['torch']}, transformers {env['transformers']}, {env['device_name']}")
-    print(f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
-          f"({env['cpu_count']} CPUs)")
+    print(
+        f"# {desc}, batch {args.batch_size}, {args.device} {args.dtype}, threads {env['threads']}, "
+        f"torch {env['torch']}, transformers {env['transformers']}, {env['device_name']}"
+    )
+    print(
+        f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
+        f"({env['cpu_count']} CPUs)"
+    )
     if load_before[0] > 0.5 * (os.cpu_count() or 1):
         print("# WARNING: the machine looks busy (1-min load average above half the CPUs): timings may be noisy")
     if not args.mask_speedup and args.mask_ratio == 0.0:
@@ -471,8 +546,10 @@ def warm_up(args, variants: list[Variant], autocast) -> dict | None:
     if not args.warmup or args.mask_speedup:
         return None
     a, b = (v.first_loss for v in variants)
-    print(f"# same weights, input and noise: first warm-up loss mae_hf {a:.6f}, transformers {b:.6f} "
-          f"(|diff| {abs(a - b):.2e})")
+    print(
+        f"# same weights, input and noise: first warm-up loss mae_hf {a:.6f}, transformers {b:.6f} "
+        f"(|diff| {abs(a - b):.2e})"
+    )
     return {"mae_hf": a, "transformers": b, "abs_diff": abs(a - b)}
 
 
@@ -486,8 +563,10 @@ def run_rounds(args, variants: list[Variant], device, autocast) -> float:
             variant.round_ips.append(args.batch_size * args.steps_per_round / seconds)
             if peak is not None:
                 variant.step_peak_bytes.append(peak)
-        print(f"# round {r + 1}/{args.rounds}: "
-              + ", ".join(f"{v.label} {v.round_ips[-1]:.2f} img/s" for v in variants), flush=True)
+        print(
+            f"# round {r + 1}/{args.rounds}: " + ", ".join(f"{v.label} {v.round_ips[-1]:.2f} img/s" for v in variants),
+            flush=True,
+        )
     return time.perf_counter() - started
 
 
@@ -534,18 +613,25 @@ def report(args, desc, rows, ratios, ratio, memory_method, peak_flops, timed_s) 
     if memory_method:
         print(f"memory: state = params + buffers + AdamW state (exact); step peak = {memory_method}")
     if peak_flops:
-        print(f"MFU: analytic matmul FLOPs (3 x forward) / measured {args.dtype} matmul peak "
-              f"{peak_flops / 1e9:.1f} GFLOP/s")
+        print(
+            f"MFU: analytic matmul FLOPs (3 x forward) / measured {args.dtype} matmul peak "
+            f"{peak_flops / 1e9:.1f} GFLOP/s"
+        )
     setting = f"{desc}, batch {args.batch_size}, {args.device} {args.dtype}"
     if args.mask_speedup:
-        summary = (f"mae_hf train-step time mask 0 / mask {args.mask_ratio:g}: {ratio:.2f}x "
-                   f"(median of {args.rounds} rounds), {setting}")
+        summary = (
+            f"mae_hf train-step time mask 0 / mask {args.mask_ratio:g}: {ratio:.2f}x "
+            f"(median of {args.rounds} rounds), {setting}"
+        )
     else:
-        summary = (f"mae_hf / transformers train-step images/s: {ratio:.2f}x (median of {args.rounds} "
-                   f"rounds), {setting}, transformers attn {args.attn}")
+        summary = (
+            f"mae_hf / transformers train-step images/s: {ratio:.2f}x (median of {args.rounds} "
+            f"rounds), {setting}, transformers attn {args.attn}"
+        )
     load_after = os.getloadavg()
-    print(f"# timed part {timed_s:.1f} s; load average after: {load_after[0]:.2f} {load_after[1]:.2f} "
-          f"{load_after[2]:.2f}")
+    print(
+        f"# timed part {timed_s:.1f} s; load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
+    )
     print(summary)
     return summary, setting, load_after
 

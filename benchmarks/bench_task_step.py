@@ -64,8 +64,9 @@ def classification_models(args, device):
     ours = MAEForImageClassification(
         MAEConfig(**sizes, image_size=image_size, num_labels=classes, drop_path_rate=0.0, pooling="mean")
     )
-    theirs = ViTForImageClassification(ViTConfig(**sizes, image_size=image_size, num_labels=classes,
-                                                 layer_norm_eps=1e-6, attn_implementation="sdpa"))
+    theirs = ViTForImageClassification(
+        ViTConfig(**sizes, image_size=image_size, num_labels=classes, layer_norm_eps=1e-6, attn_implementation="sdpa")
+    )
     pixels = torch.randn(args.batch_size, 3, image_size, image_size)
     soft_labels = torch.softmax(torch.randn(args.batch_size, classes), -1)  # mixup / cutmix targets
     hard_labels = soft_labels.argmax(-1)  # ViTForImageClassification takes class indices
@@ -122,8 +123,17 @@ def main(argv=None):
         flops = counted_flops(model, inputs, autocast) / args.batch_size
         for _ in range(args.warmup):
             step(model, inputs, optimizer, autocast)
-        rows.append({"name": name, "model": model, "inputs": inputs, "optimizer": optimizer, "flops": flops,
-                     "ips": [], "peak": []})
+        rows.append(
+            {
+                "name": name,
+                "model": model,
+                "inputs": inputs,
+                "optimizer": optimizer,
+                "flops": flops,
+                "ips": [],
+                "peak": [],
+            }
+        )
     for round_index in range(args.rounds):
         order = rows if round_index % 2 == 0 else rows[::-1]
         for row in order:
@@ -133,19 +143,24 @@ def main(argv=None):
             row["peak"].append(peak)
     peak_flops = matmul_peak_flops(device, bf16)
     env = environment(device)
-    print(f"# {args.task}, batch {args.batch_size}, {args.device} {args.dtype}, {env['device_name']}, torch "
-          f"{env['torch']}, transformers {env['transformers']}, threads {env['threads']}; matmul peak "
-          f"{peak_flops / 1e9:.0f} GFLOP/s")
+    print(
+        f"# {args.task}, batch {args.batch_size}, {args.device} {args.dtype}, {env['device_name']}, torch "
+        f"{env['torch']}, transformers {env['transformers']}, threads {env['threads']}; matmul peak "
+        f"{peak_flops / 1e9:.0f} GFLOP/s"
+    )
     print("| model | median img/s | min-max | step peak MiB | GFLOP/img (fwd+bwd) | MFU |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         ips = statistics.median(row["ips"])
-        print(f"| {row['name']} | {ips:.3g} | {min(row['ips']):.3g}-{max(row['ips']):.3g} | "
-              f"{max(row['peak']) / 2**20:.0f} | {row['flops'] / 1e9:.1f} | {mfu(ips, row['flops'], peak_flops):.1%} |")
+        print(
+            f"| {row['name']} | {ips:.3g} | {min(row['ips']):.3g}-{max(row['ips']):.3g} | "
+            f"{max(row['peak']) / 2**20:.0f} | {row['flops'] / 1e9:.1f} | {mfu(ips, row['flops'], peak_flops):.1%} |"
+        )
     if len(rows) == 2:
         ratio = median_ratio(rows[0]["ips"], rows[1]["ips"])
-        print(f"{args.task} step: mae_hf {ratio:.2f}x transformers' images/s (median of {args.rounds} per-round "
-              "ratios)")
+        print(
+            f"{args.task} step: mae_hf {ratio:.2f}x transformers' images/s (median of {args.rounds} per-round ratios)"
+        )
     else:
         ips = statistics.median(rows[0]["ips"])
         print(f"{args.task} step: mae_hf {ips:.3g} images/s, MFU {mfu(ips, rows[0]['flops'], peak_flops):.1%}")

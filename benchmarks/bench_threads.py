@@ -24,9 +24,18 @@ from harness import load_average, median_ratio
 
 from mae_hf import MAEConfig, MAEForPreTraining
 
-DEMO = dict(image_size=16, patch_size=2, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-            intermediate_size=512, decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-            decoder_intermediate_size=256)
+DEMO = dict(
+    image_size=16,
+    patch_size=2,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=512,
+    decoder_hidden_size=64,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=256,
+)
 
 
 def images_per_second(model, optimizer, pixels, threads: int, steps: int) -> float:
@@ -60,17 +69,21 @@ def main(argv=None):
     print(f"{os.cpu_count()} CPU cores; load average before: {load_average()}", flush=True)
     rates = {threads: [] for threads in args.threads}
     for number in range(rounds):
-        order = args.threads[number % len(args.threads):] + args.threads[: number % len(args.threads)]
+        order = args.threads[number % len(args.threads) :] + args.threads[: number % len(args.threads)]
         for threads in order:
             rates[threads].append(images_per_second(model, optimizer, pixels, threads, steps))
-        print(f"round {number + 1}: " + ", ".join(f"{t} thread(s) {rates[t][-1]:.0f} images/s" for t in args.threads),
-              flush=True)
+        print(
+            f"round {number + 1}: " + ", ".join(f"{t} thread(s) {rates[t][-1]:.0f} images/s" for t in args.threads),
+            flush=True,
+        )
     first = args.threads[0]
     print(f"load average after: {load_average()}")
     for threads in args.threads:
         ratio = median_ratio(rates[threads], rates[first])
-        print(f"threads {threads}: median {statistics.median(rates[threads]):.0f} images/s, "
-              f"{ratio:.2f}x the speed at {first} thread(s)")
+        print(
+            f"threads {threads}: median {statistics.median(rates[threads]):.0f} images/s, "
+            f"{ratio:.2f}x the speed at {first} thread(s)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,22 @@ EPOCHS = {1.0: 20, 0.1: 160}  # 24 vs 3 steps per epoch at batch 64: 480 steps e
 
 def run(pretrained: str | None, fraction: float, seed: int, out: Path) -> float:
     command = [
-        sys.executable, str(ROOT / "run_image_classification.py"), str(ROOT / "configs" / "finetune_digits.yaml"),
-        "--output_dir", str(out), "--overwrite_output_dir", "--seed", str(seed), "--label_fraction", str(fraction),
-        "--num_train_epochs", str(EPOCHS[fraction]), "--eval_strategy", "no", "--disable_tqdm", "false",
+        sys.executable,
+        str(ROOT / "run_image_classification.py"),
+        str(ROOT / "configs" / "finetune_digits.yaml"),
+        "--output_dir",
+        str(out),
+        "--overwrite_output_dir",
+        "--seed",
+        str(seed),
+        "--label_fraction",
+        str(fraction),
+        "--num_train_epochs",
+        str(EPOCHS[fraction]),
+        "--eval_strategy",
+        "no",
+        "--disable_tqdm",
+        "false",
     ]
     if pretrained:
         command += ["--model_name_or_path", pretrained]
@@ -58,8 +71,11 @@ def main(argv=None):
     results, start = {}, time.monotonic()
     for number, (arm, pretrained, fraction, seed) in enumerate(runs, 1):
         out = Path(args.work_dir) / f"{arm.split()[0].lower()}_{fraction}_{seed}"
-        print(f"[{number}/{len(runs)}] {arm}, {fraction:.0%} labels, seed {seed} -> {out}"
-              f"{time_left(time.monotonic() - start, number - 1, len(runs))}", flush=True)
+        print(
+            f"[{number}/{len(runs)}] {arm}, {fraction:.0%} labels, seed {seed} -> {out}"
+            f"{time_left(time.monotonic() - start, number - 1, len(runs))}",
+            flush=True,
+        )
         accuracy = 100 * run(pretrained, fraction, seed, out)
         results.setdefault((arm, fraction), []).append(accuracy)
         print(f"[{number}/{len(runs)}] {arm}, {fraction:.0%} labels, seed {seed}: {accuracy:.2f} %", flush=True)

@@ -35,14 +35,51 @@ LABELLED = 800
 ARMS = ("random init", "MAE")
 QUIET = ["--disable_tqdm", "true", "--log_level", "warning", "--report_to", "none", "--overwrite_output_dir"]
 # --tiny: a 1-block, 32-wide model and a few steps on a few canvases; the same code path, in seconds.
-TINY_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
-              "--intermediate_size", "64"]
-TINY_PRETRAIN = [*TINY_MODEL, "--decoder_hidden_size", "16", "--decoder_num_hidden_layers", "1",
-                 "--decoder_intermediate_size", "32", "--num_train_epochs", "1", "--warmup_epochs", "0",
-                 "--max_eval_samples", "16"]
-TINY_FINETUNE = [*TINY_MODEL, "--out_indices", "0", "0", "0", "0", "--decode_channels", "8",
-                 "--auxiliary_channels", "8", "--max_steps", "2", "--warmup_steps", "0", "--max_eval_samples", "8",
-                 "--num_visualized_images", "2"]
+TINY_MODEL = [
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+]
+TINY_PRETRAIN = [
+    *TINY_MODEL,
+    "--decoder_hidden_size",
+    "16",
+    "--decoder_num_hidden_layers",
+    "1",
+    "--decoder_intermediate_size",
+    "32",
+    "--num_train_epochs",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--max_eval_samples",
+    "16",
+]
+TINY_FINETUNE = [
+    *TINY_MODEL,
+    "--out_indices",
+    "0",
+    "0",
+    "0",
+    "0",
+    "--decode_channels",
+    "8",
+    "--auxiliary_channels",
+    "8",
+    "--max_steps",
+    "2",
+    "--warmup_steps",
+    "0",
+    "--max_eval_samples",
+    "8",
+    "--num_visualized_images",
+    "2",
+]
 TINY_CANVASES = {"train": 64, "validation": 16, "unlabelled": 64}  # the splits keep their seeds and digit pools
 
 
@@ -71,8 +108,15 @@ def pretrain(work: Path, tiny: bool) -> dict:
 
     out, start = work / "pretrain", time.perf_counter()
     with logged(work, "pretrain"):
-        run_pretraining.main([str(ROOT / "configs" / "pretrain_digits_seg.yaml"), "--output_dir", str(out), *QUIET,
-                              *(TINY_PRETRAIN if tiny else [])])
+        run_pretraining.main(
+            [
+                str(ROOT / "configs" / "pretrain_digits_seg.yaml"),
+                "--output_dir",
+                str(out),
+                *QUIET,
+                *(TINY_PRETRAIN if tiny else []),
+            ]
+        )
     return {"encoder": str(out), "seconds": time.perf_counter() - start}
 
 
@@ -81,8 +125,17 @@ def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: l
     import run_semantic_segmentation
 
     name = f"{'mae' if encoder else 'scratch'}_{labelled}_seed{seed}"
-    argv = [str(ROOT / "configs" / "segment_digits.yaml"), "--output_dir", str(work / name), "--seed", str(seed),
-            "--max_train_samples", str(labelled), *QUIET, *extra]
+    argv = [
+        str(ROOT / "configs" / "segment_digits.yaml"),
+        "--output_dir",
+        str(work / name),
+        "--seed",
+        str(seed),
+        "--max_train_samples",
+        str(labelled),
+        *QUIET,
+        *extra,
+    ]
     if encoder:
         argv += ["--model_name_or_path", encoder]
     start = time.perf_counter()
@@ -90,10 +143,18 @@ def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: l
         metrics = run_semantic_segmentation.main(argv)
     history = json.loads((work / name / "trainer_state.json").read_text())["log_history"]
     curve = sorted({h["step"]: 100 * h["eval_mean_iou"] for h in history if "eval_mean_iou" in h}.items())
-    return {"run": name, "arm": ARMS[bool(encoder)], "labelled": labelled, "seed": seed,
-            "seconds": time.perf_counter() - start, "mean_iou": 100 * metrics["eval_mean_iou"],
-            "per_class_iou": {key.removeprefix("eval_iou_"): 100 * value for key, value in metrics.items()
-                              if key.startswith("eval_iou_")}, "curve": curve}
+    return {
+        "run": name,
+        "arm": ARMS[bool(encoder)],
+        "labelled": labelled,
+        "seed": seed,
+        "seconds": time.perf_counter() - start,
+        "mean_iou": 100 * metrics["eval_mean_iou"],
+        "per_class_iou": {
+            key.removeprefix("eval_iou_"): 100 * value for key, value in metrics.items() if key.startswith("eval_iou_")
+        },
+        "curve": curve,
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -110,11 +171,18 @@ def table(results: dict, seeds: list[int]) -> str:
     header = " | ".join(f"{n} labelled canvases ({100 * n // LABELLED} %), mIoU" for n in counts)
     lines = [f"| encoder | {header} |", "|---|" + "---|" * len(counts)]
     for arm in ARMS:
-        lines.append(f"| {arm} | " + " | ".join(mean_std([r["mean_iou"] for r in results[arm][n]]) for n in counts) + " |")
+        lines.append(
+            f"| {arm} | " + " | ".join(mean_std([r["mean_iou"] for r in results[arm][n]]) for n in counts) + " |"
+        )
     most = counts[-1]
     classes = list(results[ARMS[0]][most][0]["per_class_iou"])
-    lines += ["", f"IoU per class, {most} labelled canvases (seed {seeds[0]}):", "",
-              "| encoder | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    lines += [
+        "",
+        f"IoU per class, {most} labelled canvases (seed {seeds[0]}):",
+        "",
+        "| encoder | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
     for arm in ARMS:
         per_class = results[arm][most][0]["per_class_iou"]
         lines.append(f"| {arm} | " + " | ".join(f"{per_class[c]:.1f}" for c in classes) + " |")
@@ -122,8 +190,13 @@ def table(results: dict, seeds: list[int]) -> str:
         curves = [r for arm in ARMS for r in results[arm][n] if r["curve"]]
         if curves:
             steps = [step for step, _ in curves[0]["curve"]]
-            lines += ["", f"mIoU during fine-tuning, {n} labelled canvases (steps):", "",
-                      "| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
+            lines += [
+                "",
+                f"mIoU during fine-tuning, {n} labelled canvases (steps):",
+                "",
+                "| run | " + " | ".join(map(str, steps)) + " |",
+                "|---|" + "---|" * len(steps),
+            ]
             lines += [f"| {r['run']} | " + " | ".join(f"{v:.1f}" for _, v in r["curve"]) + " |" for r in curves]
     return "\n".join(lines)
 
@@ -145,8 +218,15 @@ def curves_figure(results: dict, path: Path) -> None:
             if runs:
                 steps = [step for step, _ in runs[0]]
                 mean = [statistics.mean(curve[i][1] for curve in runs) for i in range(len(steps))]
-                ax.plot(steps, mean, color=colour, linewidth=2.2, marker="o", markersize=3,
-                        label=f"{arm} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+                ax.plot(
+                    steps,
+                    mean,
+                    color=colour,
+                    linewidth=2.2,
+                    marker="o",
+                    markersize=3,
+                    label=f"{arm} ({len(runs)} seed{'s' * (len(runs) > 1)})",
+                )
         ax.set(title=f"{n} labelled canvases ({100 * n // LABELLED} %)", xlabel="fine-tuning step")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
@@ -162,9 +242,11 @@ def schedule(work: Path, args, extra: list[str], full: list[str]) -> dict:
     as soon as the encoder exists; `full`: further arguments of the runs on all labels. {arm: {labelled: [result,
     ...]}} in seed order; the pretraining seconds."""
     # the longest runs (all labels) first, so that no worker is left alone with one at the end
-    runs = [(labelled, seed, extra + (full if labelled == LABELLED else []))
-            for labelled in sorted(args.labelled, reverse=True)
-            for seed in (args.seeds if labelled < LABELLED else args.seeds[:1])]
+    runs = [
+        (labelled, seed, extra + (full if labelled == LABELLED else []))
+        for labelled in sorted(args.labelled, reverse=True)
+        for seed in (args.seeds if labelled < LABELLED else args.seeds[:1])
+    ]
     results = {arm: {n: [] for n in args.labelled} for arm in ARMS}
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch thread pool inherited by a fork
     with ProcessPoolExecutor(args.workers, mp_context=context, initializer=start_worker, initargs=(args.tiny,)) as pool:
@@ -189,8 +271,11 @@ def schedule(work: Path, args, extra: list[str], full: list[str]) -> dict:
                     pending |= {pool.submit(finetune, work, encoder, n, seed, more) for n, seed, more in runs}
                     continue
                 results[result["arm"]][result["labelled"]].append(result)
-                print(f"{result['arm']}, {result['labelled']} labelled, seed {result['seed']}: "
-                      f"mIoU {result['mean_iou']:.1f} ({result['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{result['arm']}, {result['labelled']} labelled, seed {result['seed']}: "
+                    f"mIoU {result['mean_iou']:.1f} ({result['seconds']:.0f} s)",
+                    flush=True,
+                )
     for by_count in results.values():
         for found in by_count.values():
             found.sort(key=lambda r: args.seeds.index(r["seed"]))
@@ -200,27 +285,61 @@ def schedule(work: Path, args, extra: list[str], full: list[str]) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "digits_seg_label_efficiency"))
-    parser.add_argument("--figures_dir", default=None,
-                        help="where the overlay and curves figures go (default: docs/; --tiny: the work dir)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="fine-tuning seeds at 10 %% labels (mean ± std, each shown); 100 %%: the first")
+    parser.add_argument(
+        "--figures_dir",
+        default=None,
+        help="where the overlay and curves figures go (default: docs/; --tiny: the work dir)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="fine-tuning seeds at 10 %% labels (mean ± std, each shown); 100 %%: the first",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes sharing the runs, one torch thread each")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, a few steps: checks the command (CI)")
     parser.add_argument("--pretrained", default=None, help="reuse this MAE encoder instead of pretraining one")
-    parser.add_argument("--labelled", type=int, nargs="+", default=[LABELLED // 10, LABELLED],
-                        help="labelled canvases per run (all seeds for fewer than 800, the first seed for 800)")
+    parser.add_argument(
+        "--labelled",
+        type=int,
+        nargs="+",
+        default=[LABELLED // 10, LABELLED],
+        help="labelled canvases per run (all seeds for fewer than 800, the first seed for 800)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the config's)")
-    parser.add_argument("--full_steps", type=int, default=None,
-                        help="fine-tuning steps of the runs on all 800 labels (default: --steps), evaluated 6 times")
-    parser.add_argument("--eval_steps", type=int, default=None,
-                        help="evaluate every N steps, the learning curves (default: the config's)")
+    parser.add_argument(
+        "--full_steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps of the runs on all 800 labels (default: --steps), evaluated 6 times",
+    )
+    parser.add_argument(
+        "--eval_steps",
+        type=int,
+        default=None,
+        help="evaluate every N steps, the learning curves (default: the config's)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
-    extra = [*(TINY_FINETUNE if args.tiny else []), *(["--max_steps", str(args.steps)] if args.steps else []),
-             *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else [])]
-    full = ["--max_steps", str(args.full_steps), "--eval_strategy", "steps",
-            "--eval_steps", str(max(args.full_steps // 6, 1))] if args.full_steps else []
+    extra = [
+        *(TINY_FINETUNE if args.tiny else []),
+        *(["--max_steps", str(args.steps)] if args.steps else []),
+        *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else []),
+    ]
+    full = (
+        [
+            "--max_steps",
+            str(args.full_steps),
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            str(max(args.full_steps // 6, 1)),
+        ]
+        if args.full_steps
+        else []
+    )
     work = Path(args.work_dir)
     figures = Path(args.figures_dir or (work if args.tiny else ROOT / "docs"))
     start = time.perf_counter()
@@ -237,8 +356,10 @@ def report(work: Path, figures: Path, args, summary: dict) -> None:
     shutil.copy(work / f"mae_{max(args.labelled)}_seed{args.seeds[0]}" / "segmentation.png", overlay)
     curves_figure(summary["results"], curves)
     total, pretraining = summary["seconds"], summary["pretrain_seconds"]
-    print(f"\n{table(summary['results'], args.seeds)}\n\ntotal {total / 60:.1f} min on {args.workers} worker(s) "
-          f"(pretraining {pretraining / 60:.1f} min); figures: {overlay}, {curves}")
+    print(
+        f"\n{table(summary['results'], args.seeds)}\n\ntotal {total / 60:.1f} min on {args.workers} worker(s) "
+        f"(pretraining {pretraining / 60:.1f} min); figures: {overlay}, {curves}"
+    )
     (work / "results.json").write_text(json.dumps(summary, indent=1))
 
 

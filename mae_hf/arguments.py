@@ -14,8 +14,11 @@ from .configuration_mae import MAEConfig, MAESegmentationConfig
 def recipe(default, help: str, source: str, **metadata):
     """A field whose --help line gives its default and where the default comes from (paper table, official
     repository, mmsegmentation config)."""
-    values = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, list | dict) else {
-        "default": default}
+    values = (
+        {"default_factory": lambda: copy.deepcopy(default)}
+        if isinstance(default, list | dict)
+        else {"default": default}
+    )
     return field(**values, metadata={"help": f"{help} (default: %(default)s; {source})", **metadata})
 
 
@@ -47,18 +50,34 @@ SEGMENTATION = {  # MAESegmentationConfig's neck and heads
     "auxiliary_channels": (int, "FCN auxiliary head width."),
     "use_auxiliary_head": (bool, "Train with the FCN auxiliary head."),
     "auxiliary_loss_weight": (float, "Weight of the auxiliary loss."),
-    "classifier_dropout_prob": (float, ("Dropout2d before both heads' 1x1 classifiers (mmsegmentation's "
-                                        "dropout_ratio).")),
-    "classifier_init_std": (float, ("Std of the classifiers' normal init, 0 = kaiming-normal like the other "
-                                    "convolutions (mmsegmentation's conv_seg).")),
-    "avg_non_ignore": (bool, ("Average the loss over the non-ignored pixels only (false: over all pixels, "
-                              "ignored ones adding 0; mmsegmentation).")),
+    "classifier_dropout_prob": (
+        float,
+        ("Dropout2d before both heads' 1x1 classifiers (mmsegmentation's dropout_ratio)."),
+    ),
+    "classifier_init_std": (
+        float,
+        (
+            "Std of the classifiers' normal init, 0 = kaiming-normal like the other "
+            "convolutions (mmsegmentation's conv_seg)."
+        ),
+    ),
+    "avg_non_ignore": (
+        bool,
+        (
+            "Average the loss over the non-ignored pixels only (false: over all pixels, "
+            "ignored ones adding 0; mmsegmentation)."
+        ),
+    ),
     "inference_mode": (str, "'whole' image or 'slide' (sliding window; mmsegmentation's test mode)."),
     "test_crop_size": (int, "Sliding-window crop."),
     "test_stride": (int, "Sliding-window stride."),
 }
-ARCHITECTURE = {**ENCODER, **DECODER, "pooling": (str, "'mean' (global pool + fc_norm) or 'cls' (class token)."),
-                **SEGMENTATION}
+ARCHITECTURE = {
+    **ENCODER,
+    **DECODER,
+    "pooling": (str, "'mean' (global pool + fc_norm) or 'cls' (class token)."),
+    **SEGMENTATION,
+}
 MODELS_MAE = "official ViT-B/16 of models_mae.py"
 MMSEG_MAE = "mmsegmentation configs/mae"
 
@@ -85,18 +104,22 @@ def config_fields(names, config, source: str) -> list[tuple]:
 ModelArguments = make_dataclass(
     "ModelArguments",
     [
-        ("model_name_or_path", str | None, field(
-            default=None, metadata={"help": "An MAE checkpoint to start from (default: none, random init)."})),
+        (
+            "model_name_or_path",
+            str | None,
+            field(default=None, metadata={"help": "An MAE checkpoint to start from (default: none, random init)."}),
+        ),
         *config_fields(ENCODER, MAEConfig(), MODELS_MAE),
     ],
 )
 ModelArguments.__doc__ = "Which model: a checkpoint and/or MAEConfig fields (None keeps the checkpoint's value)."
 DecoderModelArguments = make_dataclass(
-    "DecoderModelArguments", config_fields(DECODER, MAEConfig(), MODELS_MAE), bases=(ModelArguments,))
+    "DecoderModelArguments", config_fields(DECODER, MAEConfig(), MODELS_MAE), bases=(ModelArguments,)
+)
 DecoderModelArguments.__doc__ = "ModelArguments plus the pretraining decoder and masking."
 SegmenterModelArguments = make_dataclass(
-    "SegmenterModelArguments", config_fields(SEGMENTATION, MAESegmentationConfig(), MMSEG_MAE),
-    bases=(ModelArguments,))
+    "SegmenterModelArguments", config_fields(SEGMENTATION, MAESegmentationConfig(), MMSEG_MAE), bases=(ModelArguments,)
+)
 SegmenterModelArguments.__doc__ = "ModelArguments plus UperNet's neck and heads (MAESegmentationConfig)."
 
 
@@ -112,8 +135,10 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset id (e.g. ILSVRC/imagenet-1k), a local parquet/arrow folder, or a built-in "
-                  "set: 'digits' (scikit-learn's handwritten digits)."},
+        metadata={
+            "help": "A Hub dataset id (e.g. ILSVRC/imagenet-1k), a local parquet/arrow folder, or a built-in "
+            "set: 'digits' (scikit-learn's handwritten digits)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset configuration."})
     image_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
@@ -128,12 +153,15 @@ class DataArguments:
     )
     skip_corrupt_images: bool = field(
         default=False,
-        metadata={"help": "Leave out (and count) images (or image/annotation pairs) that cannot be decoded, "
-                  "instead of failing."},
+        metadata={
+            "help": "Leave out (and count) images (or image/annotation pairs) that cannot be decoded, "
+            "instead of failing."
+        },
     )
     flip_probability: float = recipe(
-        0.5, "Horizontal flips in training (0 for data where flips change the class).",
-        "official main_pretrain.py, main_finetune.py; mmsegmentation configs/mae"
+        0.5,
+        "Horizontal flips in training (0 for data where flips change the class).",
+        "official main_pretrain.py, main_finetune.py; mmsegmentation configs/mae",
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where datasets stores downloads."})
 
@@ -148,16 +176,19 @@ class ImageDataArguments(DataArguments):
     validation_dir: str | None = field(
         default=None, metadata={"help": "An ImageFolder of validation images (with --train_dir)."}
     )
-    crop_min_scale: float = recipe(
-        0.2, "Lower bound of RandomResizedCrop's area scale.", "official main_pretrain.py"
-    )
+    crop_min_scale: float = recipe(0.2, "Lower bound of RandomResizedCrop's area scale.", "official main_pretrain.py")
 
 
 # The settings whose defaults each script takes from its recipe (`RecipeArguments.RECIPE`): {name: (type, help)}.
 RECIPE_SETTINGS = {
-    "learning_rate": (float | None, "Peak learning rate (or give --base_learning_rate: lr = blr x global batch / 256)."),
+    "learning_rate": (
+        float | None,
+        "Peak learning rate (or give --base_learning_rate: lr = blr x global batch / 256).",
+    ),
     "base_learning_rate": (
-        float | None, "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it."),
+        float | None,
+        "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.",
+    ),
     "weight_decay": (float, "AdamW weight decay (none on biases, norms, tokens)."),
     "adam_beta1": (float, "AdamW beta1."),
     "adam_beta2": (float, "AdamW beta2."),
@@ -180,8 +211,14 @@ RECIPE_SETTINGS = {
     "label_names": (list[str], None),  # hidden: the script's model decides
 }
 # The recipes that give a base learning rate: --learning_rate is derived from it unless given.
-SCALED_LEARNING_RATE = (None, None, ("Peak learning rate, used as given instead of --base_learning_rate "
-                                     "(default: base_learning_rate x global batch / 256)"))
+SCALED_LEARNING_RATE = (
+    None,
+    None,
+    (
+        "Peak learning rate, used as given instead of --base_learning_rate "
+        "(default: base_learning_rate x global batch / 256)"
+    ),
+)
 
 
 def recipe_field(name: str, default, source: str | None = None, help: str | None = None):
@@ -207,9 +244,18 @@ class RecipeArguments(TrainingArguments):
 
     IGNORED: ClassVar[dict[str, str]] = {
         "do_predict": "there is no prediction stage; --do_eval evaluates the validation split",
-        **{name: "for text models" for name in (
-            "neftune_noise_alpha", "use_liger_kernel", "liger_kernel_config", "use_cache",
-            "include_num_input_tokens_seen", "length_column_name", "average_tokens_across_devices")},
+        **{
+            name: "for text models"
+            for name in (
+                "neftune_noise_alpha",
+                "use_liger_kernel",
+                "liger_kernel_config",
+                "use_cache",
+                "include_num_input_tokens_seen",
+                "length_column_name",
+                "average_tokens_across_devices",
+            )
+        },
     }
     # Not for users of these scripts; other values are refused by argument_checks.check_trainer_arguments.
     HIDDEN: ClassVar[tuple[str, ...]] = ("remove_unused_columns", "label_names", "label_smoothing_factor")
@@ -219,8 +265,10 @@ class RecipeArguments(TrainingArguments):
     )
     base_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "lr = base_learning_rate x global batch / 256, computed once the world size is known; "
-                  "--learning_rate given instead replaces it."},
+        metadata={
+            "help": "lr = base_learning_rate x global batch / 256, computed once the world size is known; "
+            "--learning_rate given instead replaces it."
+        },
     )
     warmup_steps: float = field(
         default=0,
@@ -228,25 +276,33 @@ class RecipeArguments(TrainingArguments):
     )
     warmup_epochs: float | None = field(
         default=None,
-        metadata={"help": "Linear warmup length in epochs (converted to a share of training); --warmup_steps "
-                  "given instead replaces it."},
+        metadata={
+            "help": "Linear warmup length in epochs (converted to a share of training); --warmup_steps "
+            "given instead replaces it."
+        },
     )
     save_every_epochs: float | None = field(
         default=None,
-        metadata={"help": "Checkpoint interval in epochs (the seed's --save_checkpoint_interval); --save_steps or "
-                  "--save_strategy given instead replace it."},
+        metadata={
+            "help": "Checkpoint interval in epochs (the seed's --save_checkpoint_interval); --save_steps or "
+            "--save_strategy given instead replace it."
+        },
     )
     ddp_find_unused_parameters: bool | None = field(
         default=None,
-        metadata={"help": "Whether DDP searches for parameters without gradients every step (default: only where "
-                  "the model has some, e.g. encoder blocks after the last --out_indices; transformers' default "
-                  "searches always, and warns on every process)"},
+        metadata={
+            "help": "Whether DDP searches for parameters without gradients every step (default: only where "
+            "the model has some, e.g. encoder blocks after the last --out_indices; transformers' default "
+            "searches always, and warns on every process)"
+        },
     )
     log_level_replica: str = field(
         default="error",
-        metadata={"help": "Log level of the processes other than the main one: with 'error', warnings are shown "
-                  "once, by the main process (transformers' default: warning).",
-                  "choices": list(trainer_log_levels)},
+        metadata={
+            "help": "Log level of the processes other than the main one: with 'error', warnings are shown "
+            "once, by the main process (transformers' default: warning).",
+            "choices": list(trainer_log_levels),
+        },
     )
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
     do_train: bool = field(default=True, metadata={"help": "Train (false: evaluate the given model only)."})
@@ -260,24 +316,30 @@ class RecipeArguments(TrainingArguments):
     )
     gpu_fast_paths: bool = field(
         default=True,
-        metadata={"help": "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 "
-                  "matmuls, persistent dataloader workers, non-blocking copies from pinned memory, no per-step host "
-                  "sync (loss checked at logging steps). "
-                  "Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, "
-                  "--finite_loss_check); fused AdamW is the default --optim."},
+        metadata={
+            "help": "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 "
+            "matmuls, persistent dataloader workers, non-blocking copies from pinned memory, no per-step host "
+            "sync (loss checked at logging steps). "
+            "Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, "
+            "--finite_loss_check); fused AdamW is the default --optim."
+        },
     )
     sdpa_backend: str = field(
         default="auto",
-        metadata={"help": "Attention kernel: auto (PyTorch picks flash / memory-efficient / cuDNN), or force one.",
-                  "choices": ["auto", "flash", "efficient", "cudnn", "math"]},
+        metadata={
+            "help": "Attention kernel: auto (PyTorch picks flash / memory-efficient / cuDNN), or force one.",
+            "choices": ["auto", "flash", "efficient", "cudnn", "math"],
+        },
     )
     layer_decay: float | None = field(default=None, metadata={"help": RECIPE_SETTINGS["layer_decay"][1]})
     use_lars: bool = field(default=False, metadata={"help": RECIPE_SETTINGS["use_lars"][1]})
     finite_loss_check: str = field(
         default="auto",
-        metadata={"help": "When a non-finite loss stops training: 'step' (before the update, one host sync per "
-                  "step), 'log' (at logging and checkpoint steps, no per-step sync), 'auto' (step on CPU, log on GPU).",
-                  "choices": ["auto", "step", "log"]},
+        metadata={
+            "help": "When a non-finite loss stops training: 'step' (before the update, one host sync per "
+            "step), 'log' (at logging and checkpoint steps, no per-step sync), 'auto' (step on CPU, log on GPU).",
+            "choices": ["auto", "step", "log"],
+        },
     )
 
     def __init_subclass__(cls, **kwargs):

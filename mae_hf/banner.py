@@ -9,8 +9,9 @@ from transformers import TrainerCallback
 logger = logging.getLogger("mae_hf")
 
 
-def banner_lines(args, state, model, optimizer, train_size: int | None, eval_size: int | None,
-                 steps_per_epoch: int | None) -> dict[str, str]:
+def banner_lines(
+    args, state, model, optimizer, train_size: int | None, eval_size: int | None, steps_per_epoch: int | None
+) -> dict[str, str]:
     """{what: value} of a run about to start; `state` is the Trainer's, with max_steps and num_train_epochs set."""
     processes, accumulation = args.world_size, args.gradient_accumulation_steps
     global_batch = args.per_device_train_batch_size * processes * accumulation
@@ -32,7 +33,7 @@ def banner_lines(args, state, model, optimizer, train_size: int | None, eval_siz
         "Examples": examples,
         "Epochs": f"{state.num_train_epochs:,}",
         "Global batch": f"{global_batch:,} = {args.per_device_train_batch_size:,} per device x {processes} "
-                        f"process(es) x {accumulation} accumulation step(s)",
+        f"process(es) x {accumulation} accumulation step(s)",
         "Optimization steps": steps,
         "Learning rate": lr,
         "Optimizer": f"{type(optimizer).__name__}, weight decay {args.weight_decay:g}",

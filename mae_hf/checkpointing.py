@@ -72,8 +72,9 @@ def file_sizes(folder: str, names=None) -> dict[str, int]:
 
 
 def write_manifest(folder: str, identity: dict | None, step: int, files: dict[str, int]) -> None:
-    write_json_atomic(os.path.join(folder, MANIFEST_NAME), {"run_identity": identity, "global_step": step,
-                                                             "files": files})
+    write_json_atomic(
+        os.path.join(folder, MANIFEST_NAME), {"run_identity": identity, "global_step": step, "files": files}
+    )
 
 
 def read_manifest(folder: str) -> dict | None:
@@ -134,8 +135,9 @@ def is_leftover(name: str) -> bool:
     """A staging or trash entry of ours (what a killed save or deletion leaves behind)."""
     ours = ("checkpoint-", "model", MANIFEST_NAME)
     staged_results = name.startswith(STAGING_PREFIX) and name.endswith("_results.json")  # see save_metrics
-    return staged_results or name.startswith(tuple(prefix + kind for prefix in (STAGING_PREFIX, TRASH_PREFIX)
-                                                   for kind in ours))
+    return staged_results or name.startswith(
+        tuple(prefix + kind for prefix in (STAGING_PREFIX, TRASH_PREFIX) for kind in ours)
+    )
 
 
 def remove_leftovers(folder: str) -> None:
@@ -220,8 +222,11 @@ def checkpoint_folders(folder: str) -> list[tuple[int, str]]:
     """(step, path) of the `checkpoint-N` folders in `folder`, newest (highest step) first."""
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder)
-             if (m := CHECKPOINT_PATTERN.match(name)) and os.path.isdir(os.path.join(folder, name))]
+    found = [
+        (int(m.group(1)), os.path.join(folder, name))
+        for name in os.listdir(folder)
+        if (m := CHECKPOINT_PATTERN.match(name)) and os.path.isdir(os.path.join(folder, name))
+    ]
     return sorted(found, reverse=True)
 
 
@@ -290,8 +295,12 @@ class CrashSafeCheckpoints:
             write_manifest(staged, self.run_identity, self.state.global_step, file_sizes(staged))
             publish_folder(staged, final)
             os.rmdir(staging)
-            rotate_checkpoints(run_dir, self.args.save_total_limit, self._belongs_to_run,
-                               keep=[self.state.best_model_checkpoint, final])
+            rotate_checkpoints(
+                run_dir,
+                self.args.save_total_limit,
+                self._belongs_to_run,
+                keep=[self.state.best_model_checkpoint, final],
+            )
         self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -327,7 +336,9 @@ class CrashSafeCheckpoints:
             return super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler)
         except Exception:
             if self.is_in_train and self.control.should_save and self.args.world_size == 1:
-                logger.error(f"the evaluation at step {self.state.global_step} failed; saving "
-                             f"checkpoint-{self.state.global_step} before stopping")
+                logger.error(
+                    f"the evaluation at step {self.state.global_step} failed; saving "
+                    f"checkpoint-{self.state.global_step} before stopping"
+                )
                 self._save_checkpoint(self.model_wrapped, trial)
             raise

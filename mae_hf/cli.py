@@ -32,8 +32,11 @@ USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override
 # are switched off with OFF where they have an off value (the rest are overridden in code by the winning side).
 ALTERNATIVES = (
     ("data source", ("dataset_name", "dataset_config_name"), ("train_dir", "validation_dir")),
-    ("monitor data source", ("monitor_dataset", "monitor_dataset_config_name"),
-     ("monitor_train_dir", "monitor_validation_dir")),
+    (
+        "monitor data source",
+        ("monitor_dataset", "monitor_dataset_config_name"),
+        ("monitor_train_dir", "monitor_validation_dir"),
+    ),
     ("learning rate", ("base_learning_rate",), ("learning_rate",)),
     ("warmup", ("warmup_epochs",), ("warmup_steps",)),
     ("checkpoint interval", ("save_every_epochs",), ("save_steps", "save_strategy")),
@@ -41,10 +44,19 @@ ALTERNATIVES = (
     ("optimizer", ("use_lars",), ("optim",)),
 )
 OFF = {
-    "dataset_name": None, "dataset_config_name": None, "train_dir": None, "validation_dir": None,
-    "monitor_dataset": None, "monitor_dataset_config_name": None, "monitor_train_dir": None,
+    "dataset_name": None,
+    "dataset_config_name": None,
+    "train_dir": None,
+    "validation_dir": None,
+    "monitor_dataset": None,
+    "monitor_dataset_config_name": None,
+    "monitor_train_dir": None,
     "monitor_validation_dir": None,
-    "base_learning_rate": None, "warmup_epochs": None, "warmup_steps": 0, "save_every_epochs": None, "max_steps": -1,
+    "base_learning_rate": None,
+    "warmup_epochs": None,
+    "warmup_steps": 0,
+    "save_every_epochs": None,
+    "max_steps": -1,
     "use_lars": False,
 }
 SAME_LAYER_ALLOWED = {"training length"}  # transformers' rule: --max_steps overrides --num_train_epochs
@@ -112,8 +124,10 @@ def yaml_words(parser: argparse.ArgumentParser, values: dict) -> dict:
     """A config file's on/off (YAML 1.1 booleans) as true/false in the boolean flags; the words stay as written in
     the others (`report_to: off` is the string)."""
     booleans = {action.dest for action in parser._actions if action.type is string_to_bool}
-    return {key: ON_OFF.get(value.lower(), value) if key in booleans and isinstance(value, str) else value
-            for key, value in values.items()}
+    return {
+        key: ON_OFF.get(value.lower(), value) if key in booleans and isinstance(value, str) else value
+        for key, value in values.items()
+    }
 
 
 def to_words(values: dict) -> list[str]:
@@ -232,8 +246,10 @@ def implied_words(layers: list[Layer], defaults: dict) -> list[str]:
         if top > highest(layers, setting) and (value is None or layers[top].given[flag] == value):
             values[setting] = implied
     kinds, settings = highest(layers, "lr_scheduler_type"), highest(layers, "lr_scheduler_kwargs")
-    if kinds > settings and (value_in(layers, "lr_scheduler_type", kinds, defaults)
-                             != value_in(layers, "lr_scheduler_type", settings, defaults)):
+    if kinds > settings and (
+        value_in(layers, "lr_scheduler_type", kinds, defaults)
+        != value_in(layers, "lr_scheduler_type", settings, defaults)
+    ):
         values["lr_scheduler_kwargs"] = {}
     return to_words(values)
 

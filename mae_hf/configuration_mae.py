@@ -80,9 +80,7 @@ class MAEConfig(PreTrainedConfig):
         if height <= 0 or width <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size!r}")
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size!r} is not divisible by patch_size {self.patch_size}"
-            )
+            raise ValueError(f"image_size {self.image_size!r} is not divisible by patch_size {self.patch_size}")
         for prefix in ("", "decoder_"):
             hidden, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
             if hidden % heads:
@@ -118,9 +116,6 @@ class MAEConfig(PreTrainedConfig):
     def num_masked_patches(self) -> int:
         """Patches removed per image in pretraining: the model keeps int(num_patches x (1 - mask_ratio))."""
         return self.num_patches - int(self.num_patches * (1 - self.mask_ratio))
-
-
-
 
 
 NECK_RESCALES = (4.0, 2.0, 1.0, 0.5, 0.25)

@@ -301,18 +301,35 @@ def main(argv=None):
     parser.add_argument("source", help="checkpoint file (.pth, .bin, .safetensors) or transformers folder")
     parser.add_argument("output_dir", help="folder to save_pretrained into (must be empty unless --overwrite)")
     parser.add_argument("--format", choices=FORMATS, help="source format (default: detected from the keys)")
-    parser.add_argument("--num_attention_heads", type=int, help="encoder heads (default: from the width, "
-                        f"{ENCODER_HEADS}; ViT Ti/S/B/L/H); needed for other widths")
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="decoder heads (default: from the width, "
-                        f"{DECODER_HEADS}; official models_mae.py); needed for other widths")
+    parser.add_argument(
+        "--num_attention_heads",
+        type=int,
+        help=f"encoder heads (default: from the width, {ENCODER_HEADS}; ViT Ti/S/B/L/H); needed for other widths",
+    )
+    parser.add_argument(
+        "--decoder_num_attention_heads",
+        type=int,
+        help="decoder heads (default: from the width, "
+        f"{DECODER_HEADS}; official models_mae.py); needed for other widths",
+    )
     # One spelling for negated flags across the project: HfArgumentParser's --no_x.
-    parser.add_argument("--norm_pix_loss", action="store_true", default=None, help="record norm_pix_loss=True "
-                        "(default: official files: off for mae_visualize_*, else on (official PRETRAIN.md and demo "
-                        "notebook); transformers folders: their config.json's; timm files: off)")
-    parser.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss",
-                        help="record norm_pix_loss=False")
-    parser.add_argument("--image_size", type=int, nargs="+",
-                        help="H [W], for a non-square position table (default: the square its length implies)")
+    parser.add_argument(
+        "--norm_pix_loss",
+        action="store_true",
+        default=None,
+        help="record norm_pix_loss=True "
+        "(default: official files: off for mae_visualize_*, else on (official PRETRAIN.md and demo "
+        "notebook); transformers folders: their config.json's; timm files: off)",
+    )
+    parser.add_argument(
+        "--no_norm_pix_loss", action="store_false", dest="norm_pix_loss", help="record norm_pix_loss=False"
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        nargs="+",
+        help="H [W], for a non-square position table (default: the square its length implies)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
     image_size = None

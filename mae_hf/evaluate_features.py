@@ -45,8 +45,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("model_dir", help="A saved mae_hf model (save_pretrained folder).")
     for spec in dataclasses.fields(MonitorArguments):
         kind = {bool: string_to_bool, int: int, float: float}.get(spec.type, str)
-        parser.add_argument(f"--{spec.name.removeprefix(PREFIX)}", type=kind, default=spec.default,
-                            help=spec.metadata.get("help"))
+        parser.add_argument(
+            f"--{spec.name.removeprefix(PREFIX)}", type=kind, default=spec.default, help=spec.metadata.get("help")
+        )
     parser.add_argument("--batch_size", type=int, default=128, help="Images per forward pass (per process).")
     parser.add_argument("--num_workers", type=int, default=0, help="Dataloader workers decoding the images.")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on devices that support it).")
@@ -59,15 +60,16 @@ def main(argv=None) -> dict[str, float]:
     from accelerate import PartialState
 
     args = parse(argv)
-    monitor_args = MonitorArguments(**{
-        spec.name: getattr(args, spec.name.removeprefix(PREFIX)) for spec in dataclasses.fields(MonitorArguments)
-    })
+    monitor_args = MonitorArguments(
+        **{spec.name: getattr(args, spec.name.removeprefix(PREFIX)) for spec in dataclasses.fields(MonitorArguments)}
+    )
     if not monitor_args.enabled:
         raise ValueError("give the labelled images: --dataset (Hub id, local folder, 'digits') or --train_dir")
     state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
     encoder = load_encoder(args.model_dir).to(state.device)
-    monitor = FeatureMonitor.from_arguments(monitor_args, encoder.config, args.batch_size, args.num_workers,
-                                            args.cache_dir)
+    monitor = FeatureMonitor.from_arguments(
+        monitor_args, encoder.config, args.batch_size, args.num_workers, args.cache_dir
+    )
     autocast = (lambda: torch.autocast(state.device.type, torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     metrics = monitor(encoder, state.device, autocast)
     if state.is_main_process:

@@ -99,17 +99,25 @@ def _torch_probe_top1(train_features, train_labels, test_features, test_labels, 
     return (predictions == test_labels.to(predictions.device)).to(dtype).mean().item()
 
 
-def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float = 1.0,
-                            max_iter: int = 1000, tolerance: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_regression(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float = 1.0,
+    max_iter: int = 1000,
+    tolerance: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's multinomial LogisticRegression objective, C x sum(cross-entropy) + |W|^2 / 2 (divided here
     by C x N), minimised by full-batch L-BFGS on the features' device. features (N, D), labels (N,) -> weight
     (D, num_classes), bias (num_classes,); logits = features @ weight + bias."""
     labels = labels.to(features.device).long()
-    weight = torch.zeros(features.shape[1], num_classes, dtype=features.dtype, device=features.device,
-                         requires_grad=True)
+    weight = torch.zeros(
+        features.shape[1], num_classes, dtype=features.dtype, device=features.device, requires_grad=True
+    )
     bias = torch.zeros(num_classes, dtype=features.dtype, device=features.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, tolerance_grad=tolerance, history_size=10,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=max_iter, tolerance_grad=tolerance, history_size=10, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimizer.zero_grad()

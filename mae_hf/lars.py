@@ -24,10 +24,20 @@ class LARS(torch.optim.Optimizer):
     The momentum buffer is `state[p]["mu"]`, saved and restored by `state_dict()` / `load_state_dict()`.
     """
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
-        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum),
-                            ("trust_coefficient", trust_coefficient)):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
+        for name, value in (
+            ("lr", lr),
+            ("weight_decay", weight_decay),
+            ("momentum", momentum),
+            ("trust_coefficient", trust_coefficient),
+        ):
             if value < 0.0:
                 raise ValueError(f"LARS: {name} must be >= 0, got {value}")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)

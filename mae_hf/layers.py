@@ -23,16 +23,16 @@ class PatchEmbed(nn.Module):
 
     def check_input(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
         channels, height, width = pixel_values.shape[1:]
         if channels != self.num_channels:
             raise ValueError(
                 f"pixel_values has {channels} channels but the model expects num_channels={self.num_channels}"
             )
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by the patch size {self.patch_size}"
-            )
+            raise ValueError(f"image size {height}x{width} is not divisible by the patch size {self.patch_size}")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_input(pixel_values)
@@ -134,7 +134,9 @@ def make_blocks(
     # On the CPU explicitly: under `with torch.device("meta")` (big-model loading, FSDP) a meta tensor has no values.
     rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
     return nn.ModuleList(
-        Block(hidden_size, num_heads, intermediate_size, config.qkv_bias, config.layer_norm_eps, rate, config.hidden_act)
+        Block(
+            hidden_size, num_heads, intermediate_size, config.qkv_bias, config.layer_norm_eps, rate, config.hidden_act
+        )
         for rate in rates
     )
 

@@ -3,9 +3,20 @@
 import os
 
 RECIPE_FIELDS = (
-    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
-    "learning_rate", "base_learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps",
-    "lr_scheduler_type", "max_grad_norm", "seed",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "world_size",
+    "learning_rate",
+    "base_learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "max_grad_norm",
+    "seed",
 )
 
 
@@ -23,14 +34,23 @@ def write_model_card(output_dir, model, data_args, training_args, metrics: dict,
     settings = [(name, getattr(training_args, name, None)) for name in RECIPE_FIELDS]
     model_settings = [
         (name, getattr(config, name))
-        for name in ("mask_ratio", "norm_pix_loss", "decoder_hidden_size", "decoder_num_hidden_layers", "drop_path_rate")
+        for name in (
+            "mask_ratio",
+            "norm_pix_loss",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "drop_path_rate",
+        )
     ]
     kept = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second", "total_flos"))}
     results = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in sorted(kept.items())]
     if state is not None:
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         if losses:
-            results = [("first logged training loss", f"{losses[0]:.4f}"), ("last logged training loss", f"{losses[-1]:.4f}")] + results
+            results = [
+                ("first logged training loss", f"{losses[0]:.4f}"),
+                ("last logged training loss", f"{losses[-1]:.4f}"),
+            ] + results
     text = f"""---
 library_name: transformers
 tags: [mae_hf, masked-autoencoder, vision, {type(model).__name__}]

@@ -311,9 +311,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
         height, width = to_pair(self.config.image_size if image_size is None else image_size)
         grid_h, grid_w = height // patch, width // patch
         if grid_h * grid_w != patches.shape[1]:
-            raise ValueError(
-                f"{patches.shape[1]} patches do not tile a {height}x{width} image with patch size {patch}"
-            )
+            raise ValueError(f"{patches.shape[1]} patches do not tile a {height}x{width} image with patch size {patch}")
         x = patches.reshape(patches.shape[0], grid_h, grid_w, patch, patch, channels)
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
         return x.reshape(patches.shape[0], channels, height, width)

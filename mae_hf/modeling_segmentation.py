@@ -93,7 +93,9 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
         )
         for head in (self.decode_head, self.auxiliary_head):
             if head is not None:
-                head.classifier = SegmentationClassifier(head.channels, config.num_labels, config.classifier_dropout_prob)
+                head.classifier = SegmentationClassifier(
+                    head.channels, config.num_labels, config.classifier_dropout_prob
+                )
         self.post_init()
 
     @torch.no_grad()
@@ -245,8 +247,9 @@ def segment_to_original_size(
     for (h, w), indices in groups.items():
         logits = model(pixel_values[indices, :, :h, :w]).logits.float()
         for row, index in enumerate(indices):
-            outputs[index] = F.interpolate(logits[row : row + 1], size=original_sizes[index], mode="bilinear",
-                                           align_corners=False)[0]
+            outputs[index] = F.interpolate(
+                logits[row : row + 1], size=original_sizes[index], mode="bilinear", align_corners=False
+            )[0]
     return outputs
 
 

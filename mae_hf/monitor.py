@@ -39,8 +39,10 @@ class MonitorArguments:
 
     monitor_dataset: str | None = field(
         default=None,
-        metadata={"help": "Labelled images whose k-NN / linear-probe top-1 is reported at every evaluation: a Hub "
-                  "dataset id, a local parquet/arrow folder, or 'digits'. 'none': no monitor."},
+        metadata={
+            "help": "Labelled images whose k-NN / linear-probe top-1 is reported at every evaluation: a Hub "
+            "dataset id, a local parquet/arrow folder, or 'digits'. 'none': no monitor."
+        },
     )
     monitor_dataset_config_name: str | None = field(default=None, metadata={"help": "Its Hub configuration."})
     monitor_train_dir: str | None = field(
@@ -103,10 +105,12 @@ def random_subset(dataset, count: int, seed: int = SUBSET_SEED):
 
 def monitor_columns(dataset, args: MonitorArguments) -> tuple[str, str]:
     """The image and label columns: named by the flags, else found by feature type or usual name."""
-    image_column = find_column(dataset, args.monitor_image_column_name, Image, IMAGE_COLUMN_NAMES,
-                               "--monitor_image_column_name", "image")
-    label_column = find_column(dataset, args.monitor_label_column_name, ClassLabel, LABEL_COLUMN_NAMES,
-                               "--monitor_label_column_name", "label")
+    image_column = find_column(
+        dataset, args.monitor_image_column_name, Image, IMAGE_COLUMN_NAMES, "--monitor_image_column_name", "image"
+    )
+    label_column = find_column(
+        dataset, args.monitor_label_column_name, ClassLabel, LABEL_COLUMN_NAMES, "--monitor_label_column_name", "label"
+    )
     return image_column, label_column
 
 
@@ -117,8 +121,11 @@ def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = No
     if args.monitor_dataset is not None and args.monitor_train_dir is not None:
         raise ValueError("give --monitor_dataset or --monitor_train_dir, not both")
     source = ImageDataArguments(
-        dataset_name=args.monitor_dataset, dataset_config_name=args.monitor_dataset_config_name,
-        train_dir=args.monitor_train_dir, validation_dir=args.monitor_validation_dir, cache_dir=cache_dir,
+        dataset_name=args.monitor_dataset,
+        dataset_config_name=args.monitor_dataset_config_name,
+        train_dir=args.monitor_train_dir,
+        validation_dir=args.monitor_validation_dir,
+        cache_dir=cache_dir,
     )
     try:
         raw = load_image_datasets(source, seed=SUBSET_SEED)
@@ -132,8 +139,10 @@ def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = No
     num_classes = max(len(label_names(splits[split], label_column)) for split in splits)
     mean, std = normalisation(config.num_channels)
     transform = ImageTransform(
-        eval_transform(config.image_hw, mean, std, crop_pct=args.monitor_crop_pct), image_column,
-        config.num_channels, label_column,
+        eval_transform(config.image_hw, mean, std, crop_pct=args.monitor_crop_pct),
+        image_column,
+        config.num_channels,
+        label_column,
     )
     for split in splits:
         check_labels(splits[split], label_column, num_classes, f"monitor {split}")
@@ -230,28 +239,52 @@ class FeatureMonitor:
     after the first call when they take at most `cache_bytes` (the images are the same every time), and a call on
     unchanged weights (the final evaluation right after the last in-training one) returns the previous numbers."""
 
-    def __init__(self, train, validation, num_classes: int, k: int = KNN_K, temperature: float = KNN_TEMPERATURE,
-                 linear_probe: bool = True, batch_size: int = 128, num_workers: int = 0, cache_bytes: int = 256 << 20):
+    def __init__(
+        self,
+        train,
+        validation,
+        num_classes: int,
+        k: int = KNN_K,
+        temperature: float = KNN_TEMPERATURE,
+        linear_probe: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        cache_bytes: int = 256 << 20,
+    ):
         self.splits, self.num_classes = (train, validation), num_classes
         self.k, self.temperature, self.linear_probe = k, temperature, linear_probe
         self.batch_size, self.num_workers, self.cache_bytes = batch_size, num_workers, cache_bytes
         self._batches, self._last = {}, (None, None)
 
     @classmethod
-    def from_arguments(cls, args: MonitorArguments, config, batch_size: int = 128, num_workers: int = 0,
-                       cache_dir: str | None = None) -> "FeatureMonitor | None":
+    def from_arguments(
+        cls, args: MonitorArguments, config, batch_size: int = 128, num_workers: int = 0, cache_dir: str | None = None
+    ) -> "FeatureMonitor | None":
         if not args.enabled:
             return None
         data = load_monitor_data(args, config, cache_dir)
-        return cls(data["train"], data["validation"], data["num_classes"], args.monitor_knn_k,
-                   args.monitor_knn_temperature, args.monitor_linear_probe, batch_size, num_workers)
+        return cls(
+            data["train"],
+            data["validation"],
+            data["num_classes"],
+            args.monitor_knn_k,
+            args.monitor_knn_temperature,
+            args.monitor_linear_probe,
+            batch_size,
+            num_workers,
+        )
 
     def score(self, train: dict, test: dict) -> dict[str, float]:
         """`knn_top1_{cls,mean}` (and `linear_top1_{cls,mean}`) from features as `encoder_features` returns them."""
         metrics = {}
         for pooling in POOLINGS:
             metrics[f"knn_top1_{pooling}"] = knn_top1(
-                train[pooling], train["labels"], test[pooling], test["labels"], self.num_classes, self.k,
+                train[pooling],
+                train["labels"],
+                test[pooling],
+                test["labels"],
+                self.num_classes,
+                self.k,
                 self.temperature,
             )
         if self.linear_probe:

@@ -48,8 +48,13 @@ def param_groups(
         key = (layer, name in decayed)
         group = groups.setdefault(
             key,
-            {"params": [], "lr": learning_rate * scale, "weight_decay": weight_decay if key[1] else 0.0,
-             "layer": layer, "lr_scale": scale},
+            {
+                "params": [],
+                "lr": learning_rate * scale,
+                "weight_decay": weight_decay if key[1] else 0.0,
+                "layer": layer,
+                "lr_scale": scale,
+            },
         )
         group["params"].append(param)
     return [groups[key] for key in sorted(groups)]

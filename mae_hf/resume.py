@@ -24,22 +24,64 @@ logger = logging.getLogger("mae_hf")
 
 # Arguments that change how a run is executed, evaluated or reported, not what it trains: a resume may change them.
 NOT_DEFINING = {
-    "num_visualized_images", "attn_implementation", "cache_dir", "verify_images", "image_decoding",
-    "validation_dir", "max_eval_samples", "eval_mask_seed", "gpu_fast_paths", "sdpa_backend", "finite_loss_check",
-    "crop_pct", "save_every_epochs", "overwrite_output_dir", "sync_batchnorm", "inference_mode", "test_crop_size",
+    "num_visualized_images",
+    "attn_implementation",
+    "cache_dir",
+    "verify_images",
+    "image_decoding",
+    "validation_dir",
+    "max_eval_samples",
+    "eval_mask_seed",
+    "gpu_fast_paths",
+    "sdpa_backend",
+    "finite_loss_check",
+    "crop_pct",
+    "save_every_epochs",
+    "overwrite_output_dir",
+    "sync_batchnorm",
+    "inference_mode",
+    "test_crop_size",
     "test_stride",
 }
 # The TrainingArguments fields that define what is trained (the batch enters as the global batch size).
 DEFINING_TRAINING = (
-    "seed", "data_seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
-    "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "num_train_epochs", "max_steps",
-    "max_grad_norm", "label_smoothing_factor", "train_sampling_strategy", "dataloader_drop_last",
+    "seed",
+    "data_seed",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "optim",
+    "optim_args",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "num_train_epochs",
+    "max_steps",
+    "max_grad_norm",
+    "label_smoothing_factor",
+    "train_sampling_strategy",
+    "dataloader_drop_last",
 )
 # MAEConfig / MAESegmentationConfig fields that decide tensor shapes: named when a checkpoint does not fit.
 SIZE_FIELDS = (
-    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "intermediate_size",
-    "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_intermediate_size", "num_labels", "head_batchnorm",
-    "out_indices", "neck_rescales", "decode_channels", "auxiliary_channels", "use_auxiliary_head",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_intermediate_size",
+    "num_labels",
+    "head_batchnorm",
+    "out_indices",
+    "neck_rescales",
+    "decode_channels",
+    "auxiliary_channels",
+    "use_auxiliary_head",
 )
 
 
@@ -62,15 +104,18 @@ def run_identity(model_args, data_args, training_args, train_size: int | None) -
     arguments (except NOT_DEFINING), the defining TrainingArguments, the global batch and the number of training
     examples. Worker counts, logging, evaluation and checkpoint settings are left out, and so are the arguments the
     script does not use (its IGNORED ones)."""
-    recipe = {f.name for f in dataclasses.fields(training_args)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    recipe = {f.name for f in dataclasses.fields(training_args)} - {
+        f.name for f in dataclasses.fields(TrainingArguments)
+    }
     recipe -= set(getattr(training_args, "IGNORED", {}))
     identity = {}
     for args, names in ((model_args, None), (data_args, None), (training_args, (*DEFINING_TRAINING, *sorted(recipe)))):
         for name in names or [f.name for f in dataclasses.fields(args)]:
             if name not in NOT_DEFINING:
                 identity[name] = _jsonable(getattr(args, name, None))
-    identity["global_train_batch_size"] = (training_args.per_device_train_batch_size
-                                           * training_args.gradient_accumulation_steps * training_args.world_size)
+    identity["global_train_batch_size"] = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
     identity["train_examples"] = train_size
     return identity
 
@@ -79,8 +124,11 @@ def identity_differences(theirs: dict | None, ours: dict) -> list[str]:
     """'name: X there, Y here' for each argument that differs ([] for the same run)."""
     if theirs is None:
         return ["it records no run identity (written by plain transformers or an older mae_hf)"]
-    return [f"{name}: {theirs.get(name)!r} there, {ours.get(name)!r} here"
-            for name in sorted(theirs.keys() | ours.keys()) if theirs.get(name) != ours.get(name)]
+    return [
+        f"{name}: {theirs.get(name)!r} there, {ours.get(name)!r} here"
+        for name in sorted(theirs.keys() | ours.keys())
+        if theirs.get(name) != ours.get(name)
+    ]
 
 
 def checkpoint_step(path: str | None) -> int:
@@ -102,8 +150,9 @@ def newest_complete_checkpoint(output_dir: str, identity: dict | None = None) ->
         if problems := folder_problems(path):
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
             skipped.append(f"{os.path.basename(path)} is incomplete: {'; '.join(problems[:3])}{more}")
-        elif identity is not None and (diff := identity_differences((read_manifest(path) or {}).get("run_identity"),
-                                                                     identity)):
+        elif identity is not None and (
+            diff := identity_differences((read_manifest(path) or {}).get("run_identity"), identity)
+        ):
             more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
             skipped.append(f"{os.path.basename(path)} belongs to another run ({'; '.join(diff[:4])}{more})")
         else:
@@ -122,14 +171,18 @@ def check_resume_argument(training_args) -> None:
         if found is None and not skipped:
             raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {training_args.output_dir}")
         if found is None:
-            raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint in {training_args.output_dir}: "
-                             + "; ".join(skipped))
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in {training_args.output_dir}: "
+                + "; ".join(skipped)
+            )
         return
     if not os.path.isdir(wanted):
         raise ValueError(f"--resume_from_checkpoint {wanted} does not exist")
     if problems := folder_problems(wanted):
-        raise ValueError(f"--resume_from_checkpoint {wanted} is not a complete checkpoint: {'; '.join(problems)}. "
-                         "--resume_from_checkpoint latest takes the newest complete one")
+        raise ValueError(
+            f"--resume_from_checkpoint {wanted} is not a complete checkpoint: {'; '.join(problems)}. "
+            "--resume_from_checkpoint latest takes the newest complete one"
+        )
 
 
 def choose_checkpoint(training_args, identity: dict) -> str | None:
@@ -144,9 +197,11 @@ def choose_checkpoint(training_args, identity: dict) -> str | None:
         for reason in skipped:
             logger.warning(f"--resume_from_checkpoint latest: skipping {reason}")
         if found is None:
-            raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint of this run in "
-                             f"{training_args.output_dir} ({'; '.join(skipped)}). Give a checkpoint's path to resume "
-                             "it anyway, or start this run in another --output_dir")
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no complete checkpoint of this run in "
+                f"{training_args.output_dir} ({'; '.join(skipped)}). Give a checkpoint's path to resume "
+                "it anyway, or start this run in another --output_dir"
+            )
         why = "the newest complete checkpoint of this run" + (" (newer ones skipped, see above)" if skipped else "")
     else:
         found, why = wanted, "as given"
@@ -169,8 +224,11 @@ def _weight_shapes(folder: str) -> dict[str, tuple] | None:
 
 def _describe(saved, current) -> str:
     """'field X there, Y here' for the size fields in which two configs differ."""
-    return "; ".join(f"{name} {getattr(saved, name, None)!r} there, {getattr(current, name, None)!r} here"
-                     for name in SIZE_FIELDS if getattr(saved, name, None) != getattr(current, name, None))
+    return "; ".join(
+        f"{name} {getattr(saved, name, None)!r} there, {getattr(current, name, None)!r} here"
+        for name in SIZE_FIELDS
+        if getattr(saved, name, None) != getattr(current, name, None)
+    )
 
 
 def _architecture(folder: str) -> str | None:
@@ -227,15 +285,20 @@ def move_aside_previous_checkpoints(training_args) -> str | None:
         if not training_args.should_save or not os.path.isdir(out):
             return None
         old = [path for _step, path in checkpoint_folders(out)]  # and the previous run's "finished" manifest
-        old += [os.path.join(out, n) for n in os.listdir(out)
-                if is_leftover(n) or n == MANIFEST_NAME or n in PREVIOUS_RESULTS]
+        old += [
+            os.path.join(out, n)
+            for n in os.listdir(out)
+            if is_leftover(n) or n == MANIFEST_NAME or n in PREVIOUS_RESULTS
+        ]
         if old:
             moved_to = os.path.join(out, time.strftime("overwritten-%Y%m%d-%H%M%S"))
             os.makedirs(moved_to)
             for path in old:
                 os.rename(path, os.path.join(moved_to, os.path.basename(path)))
-            logger.warning(f"--overwrite_output_dir: moved the checkpoints and results of a previous run ({len(old)} "
-                           f"entries) to {moved_to}; delete it if you do not need them")
+            logger.warning(
+                f"--overwrite_output_dir: moved the checkpoints and results of a previous run ({len(old)} "
+                f"entries) to {moved_to}; delete it if you do not need them"
+            )
     return moved_to
 
 
@@ -244,5 +307,9 @@ def finished_run(output_dir: str, identity: dict, step: int) -> bool:
     later: a run can end after its newest checkpoint (--save_total_limit 1 with --load_best_model_at_end keeps only
     the best one; early stopping)."""
     manifest = read_manifest(output_dir)
-    return (manifest is not None and manifest.get("run_identity") == identity
-            and manifest.get("global_step", -1) >= step and not folder_problems(output_dir))
+    return (
+        manifest is not None
+        and manifest.get("run_identity") == identity
+        and manifest.get("global_step", -1) >= step
+        and not folder_problems(output_dir)
+    )

@@ -22,8 +22,14 @@ from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to the
 logger = logging.getLogger("mae_hf")
 
 
-def start_run(model_args, training_args, label_names: list[str], metrics: tuple[str, ...], smoothing_hint: str = "",
-              streaming: bool = False) -> None:
+def start_run(
+    model_args,
+    training_args,
+    label_names: list[str],
+    metrics: tuple[str, ...],
+    smoothing_hint: str = "",
+    streaming: bool = False,
+) -> None:
     """What every script does first, before any data or model work: logging, the GPU fast paths, the settings that
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
@@ -124,7 +130,9 @@ def setup_logging(training_args) -> None:
     """Logs and Python warnings of the main process; the others show only what `--log_level_replica` lets through
     (errors by default). Warnings go through logging ("py.warnings"), each shown once per run."""
     logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler()],
     )
     level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
@@ -178,11 +186,14 @@ def check_model_path(path: str | None) -> None:
         return
     where = os.path.abspath(os.path.expanduser(path))
     if os.path.isfile(path):
-        raise ValueError(f"--model_name_or_path {path} is a file, not a model folder; convert a checkpoint file with "
-                         "`python -m mae_hf.conversion FILE OUTPUT_DIR` and give OUTPUT_DIR")
+        raise ValueError(
+            f"--model_name_or_path {path} is a file, not a model folder; convert a checkpoint file with "
+            "`python -m mae_hf.conversion FILE OUTPUT_DIR` and give OUTPUT_DIR"
+        )
     # A Hub id is "name" or "namespace/name"; anything else, or a "dir/name" whose dir exists here, is a path.
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or (
-        "/" in path and os.path.isdir(path.split("/")[0]))
+    looks_local = (
+        path.startswith(("/", ".", "~")) or path.count("/") > 1 or ("/" in path and os.path.isdir(path.split("/")[0]))
+    )
     if looks_local:
         raise ValueError(f"--model_name_or_path {path}: the folder {where} does not exist")
     from transformers import PretrainedConfig
@@ -191,8 +202,10 @@ def check_model_path(path: str | None) -> None:
         PretrainedConfig.get_config_dict(path)
     except (OSError, ValueError) as error:
         reason = str(error).splitlines()[0]
-        raise ValueError(f"--model_name_or_path {path} is neither a local folder (there is none at {where}) nor a "
-                         f"model the Hub can give here ({type(error).__name__}: {reason})") from error
+        raise ValueError(
+            f"--model_name_or_path {path} is neither a local folder (there is none at {where}) nor a "
+            f"model the Hub can give here ({type(error).__name__}: {reason})"
+        ) from error
 
 
 def check_hub_access(training_args) -> None:
@@ -291,8 +304,10 @@ def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     check_checkpoint_fits(checkpoint, model)
     if checkpoint is None and training_args.overwrite_output_dir:
         move_aside_previous_checkpoints(training_args)
-    if checkpoint is not None and (checkpoint_step(checkpoint) >= _planned_steps(trainer) or finished_run(
-            training_args.output_dir, trainer.run_identity, checkpoint_step(checkpoint))):
+    if checkpoint is not None and (
+        checkpoint_step(checkpoint) >= _planned_steps(trainer)
+        or finished_run(training_args.output_dir, trainer.run_identity, checkpoint_step(checkpoint))
+    ):
         return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # with the image processor passed as processing_class
@@ -319,8 +334,10 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
 
     step = checkpoint_step(checkpoint)
     if finished_run(output_dir, trainer.run_identity, step):
-        logger.info(f"this run is finished (its newest checkpoint: {checkpoint}): nothing to train; the model and "
-                    f"results in {output_dir} are kept as they are")
+        logger.info(
+            f"this run is finished (its newest checkpoint: {checkpoint}): nothing to train; the model and "
+            f"results in {output_dir} are kept as they are"
+        )
         return None
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
     trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
@@ -338,8 +355,7 @@ def _mark_finished(trainer, training_args) -> None:
     from .checkpointing import file_sizes, write_manifest
 
     out = training_args.output_dir
-    write_manifest(out, trainer.run_identity, trainer.state.global_step,
-                   file_sizes(out, trainer.published_model_files))
+    write_manifest(out, trainer.run_identity, trainer.state.global_step, file_sizes(out, trainer.published_model_files))
 
 
 def _saved_results(output_dir: str) -> dict:

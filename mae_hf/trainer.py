@@ -76,8 +76,10 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         if not isinstance(train_dataset, SeededSamples):
             return sampler
         if isinstance(sampler, BatchRebalanceSampler):
-            raise ValueError("--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
-                             "to images (use random or sequential)")
+            raise ValueError(
+                "--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
+                "to images (use random or sequential)"
+            )
         return sample_key_sampler(sampler, train_dataset, self.data_seed)
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -154,8 +156,11 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bool(bad):
             first, last = self._checked_step + 1, self.state.global_step
-            self._raise_nonfinite(f"became non-finite at step {last}" if first == last else
-                                  f"became non-finite between steps {first} and {last}")
+            self._raise_nonfinite(
+                f"became non-finite at step {last}"
+                if first == last
+                else f"became non-finite between steps {first} and {last}"
+            )
         self._checked_step = self.state.global_step
 
     def _raise_nonfinite(self, when: str):
@@ -213,8 +218,10 @@ class SegmentationTrainer(MAETrainer):
             logits = segment_to_original_size(segmenter, inputs["pixel_values"], inputs.get("image_sizes"), label_sizes)
         loss = None
         if labels is not None:
-            per_image = [segmenter.pixel_loss(l[None], labels[i : i + 1, : l.shape[-2], : l.shape[-1]])
-                         for i, l in enumerate(logits)]
+            per_image = [
+                segmenter.pixel_loss(l[None], labels[i : i + 1, : l.shape[-2], : l.shape[-1]])
+                for i, l in enumerate(logits)
+            ]
             loss = torch.stack(per_image).mean().detach()
         if prediction_loss_only:
             return loss, None, None
@@ -299,10 +306,12 @@ class SegmentationFigureCallback(FigureCallback):
             truth = torch.as_tensor(example["labels"])
             pixels = example["pixel_values"][None].to(device)
             logits = segment_to_original_size(model, pixels, original_sizes=torch.tensor([list(truth.shape)]))[0]
-            shown = torch.nn.functional.interpolate(pixels.float(), size=tuple(truth.shape), mode="bilinear",
-                                                    align_corners=False)
+            shown = torch.nn.functional.interpolate(
+                pixels.float(), size=tuple(truth.shape), mode="bilinear", align_corners=False
+            )
             images.append(to_uint8(shown, self.mean, self.std)[0])
             labels.append(truth.numpy())
             predictions.append(logits.argmax(dim=0).cpu().numpy())
-        return segmentation_figure(images, labels, predictions, model.config.id2label, model.config.ignore_index,
-                                   title=f"step {step}")
+        return segmentation_figure(
+            images, labels, predictions, model.config.id2label, model.config.ignore_index, title=f"step {step}"
+        )

@@ -51,17 +51,25 @@ def to_uint8(images: torch.Tensor, mean, std) -> np.ndarray:
 def reconstruction_title(config, step: int | None = None) -> str:
     """'MAE reconstructions at step 1,440: mask ratio 0.75, 48 of 64 patches removed'."""
     at = "" if step is None else f" at step {step:,}"
-    return (f"MAE reconstructions{at}: mask ratio {config.mask_ratio:g}, {config.num_masked_patches} of "
-            f"{config.num_patches} patches removed")
+    return (
+        f"MAE reconstructions{at}: mask ratio {config.mask_ratio:g}, {config.num_masked_patches} of "
+        f"{config.num_patches} patches removed"
+    )
 
 
 def reconstruction_notes(config) -> list[str]:
     """What the figure cannot show by itself: the grey patches, and the norm_pix_loss de-normalisation."""
-    notes = [("Grey: not shown (removed patches in the masked input; visible patches in the reconstruction, "
-              "which the loss does not cover).")]
+    notes = [
+        (
+            "Grey: not shown (removed patches in the masked input; visible patches in the reconstruction, "
+            "which the loss does not cover)."
+        )
+    ]
     if config.norm_pix_loss:
-        notes.append("norm_pix_loss: the model predicts per-patch normalised pixels; each predicted patch is shown "
-                     "with the mean and variance of the original patch.")
+        notes.append(
+            "norm_pix_loss: the model predicts per-patch normalised pixels; each predicted patch is shown "
+            "with the mean and variance of the original patch."
+        )
     return notes
 
 
@@ -82,8 +90,9 @@ def titled_grid(panels: list[np.ndarray], columns, title: str, notes=(), cell: f
     height = rows * cell + top + bottom
     figure = Figure(figsize=(len(panels) * cell + 0.2, height), dpi=100)
     axes = figure.subplots(rows, len(panels), squeeze=False)
-    figure.subplots_adjust(left=0.02, right=0.98, top=1 - top / height, bottom=bottom / height, wspace=0.04,
-                           hspace=0.04)
+    figure.subplots_adjust(
+        left=0.02, right=0.98, top=1 - top / height, bottom=bottom / height, wspace=0.04, hspace=0.04
+    )
     for column, panel in enumerate(panels):
         axes[0, column].set_title(columns[column], fontsize=8)
         for row in range(rows):
@@ -199,8 +208,14 @@ def class_colours(names: list[str]) -> np.ndarray:
     return colours
 
 
-def overlay(image: np.ndarray, classes: np.ndarray, colours: np.ndarray, uncoloured: set, ignore_index: int = 255,
-            alpha: float = 0.7) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    classes: np.ndarray,
+    colours: np.ndarray,
+    uncoloured: set,
+    ignore_index: int = 255,
+    alpha: float = 0.7,
+) -> np.ndarray:
     """(H, W, 3) uint8: the image in dimmed grey with each pixel's class colour blended in (`alpha`); classes in
     `uncoloured` (background) keep the grey image, ignored pixels are plain grey."""
     grey = np.repeat(image.astype(np.float64).mean(axis=-1, keepdims=True), 3, axis=-1) * 0.6
@@ -214,11 +229,20 @@ def overlay(image: np.ndarray, classes: np.ndarray, colours: np.ndarray, uncolou
 
 def classes_shown(labels, predictions, ignore_index: int = 255) -> list[int]:
     """The class ids found in any of the maps (the figure's legend), sorted; `ignore_index` left out."""
-    return sorted(set(np.unique(np.concatenate([np.ravel(m) for m in (*labels, *predictions)])).tolist()) - {ignore_index})
+    return sorted(
+        set(np.unique(np.concatenate([np.ravel(m) for m in (*labels, *predictions)])).tolist()) - {ignore_index}
+    )
 
 
-def segmentation_figure(images, labels, predictions, id2label: dict, ignore_index: int = 255, title: str | None = None,
-                        panel_inches: float = 2.0):
+def segmentation_figure(
+    images,
+    labels,
+    predictions,
+    id2label: dict,
+    ignore_index: int = 255,
+    title: str | None = None,
+    panel_inches: float = 2.0,
+):
     """A PIL image: one row per example -- the image, its ground truth and the prediction, both drawn over the image
     with ONE colour per class (`class_colours`) -- and a legend of the classes shown. images: (H, W, 3) uint8
     each; labels, predictions: (H, W) class ids each, at the image's size."""
@@ -235,15 +259,21 @@ def segmentation_figure(images, labels, predictions, id2label: dict, ignore_inde
     fig = Figure(figsize=(3 * panel_inches + 1.6, rows * panel_inches + 0.5))
     axes = fig.subplots(rows, 3, squeeze=False)
     for row, (image, truth, prediction) in enumerate(zip(images, labels, predictions)):
-        panels = (image, overlay(image, truth, colours, uncoloured, ignore_index),
-                  overlay(image, prediction, colours, uncoloured, ignore_index))
+        panels = (
+            image,
+            overlay(image, truth, colours, uncoloured, ignore_index),
+            overlay(image, prediction, colours, uncoloured, ignore_index),
+        )
         for column, (panel, heading) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
             axes[row, column].imshow(panel, interpolation="nearest")
             axes[row, column].set_axis_off()
             if row == 0:
                 axes[row, column].set_title(heading)
-    handles = [Patch(facecolor=colours[c] / 255, edgecolor="black", label=ordered[c])
-               for c in classes_shown(labels, predictions, ignore_index) if c < len(colours)]
+    handles = [
+        Patch(facecolor=colours[c] / 255, edgecolor="black", label=ordered[c])
+        for c in classes_shown(labels, predictions, ignore_index)
+        if c < len(colours)
+    ]
     if any((np.asarray(m) == ignore_index).any() for m in labels):
         handles.append(Patch(facecolor=np.array(IGNORED_COLOUR) / 255, edgecolor="black", label="ignored"))
     fig.legend(handles=handles, loc="center right", frameon=False, title="classes")

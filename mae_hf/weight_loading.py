@@ -38,7 +38,9 @@ def drop_final_norm_absent_from(model, shapes) -> None:
     has_encoder = bool({"patch_embed.proj.weight", "vit.patch_embed.proj.weight"} & shapes.keys())
     if has_encoder and not {"norm.weight", "vit.norm.weight"} & shapes.keys():
         model.norm = nn.Identity()
-        logger.info("The checkpoint's encoder has no final norm (a mean-pooled classifier or a segmenter): loaded without one.")
+        logger.info(
+            "The checkpoint's encoder has no final norm (a mean-pooled classifier or a segmenter): loaded without one."
+        )
 
 
 def adapt_checkpoint(model, state_dict, checkpoint_files, shapes=None):
@@ -69,7 +71,9 @@ def adapt_checkpoint(model, state_dict, checkpoint_files, shapes=None):
     if misfits:
         raise ValueError(
             f"the checkpoint does not fit {type(model).__name__} ({model.config.hidden_size} wide, patch "
-            f"{model.config.patch_size}): " + "; ".join(misfits[:4]) + (f" (+{len(misfits) - 4} more)" if len(misfits) > 4 else "")
+            f"{model.config.patch_size}): "
+            + "; ".join(misfits[:4])
+            + (f" (+{len(misfits) - 4} more)" if len(misfits) > 4 else "")
         )
     if not todo:
         return None

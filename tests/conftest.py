@@ -63,7 +63,9 @@ def write_ade_folder(root, count=3, shape=(10, 12), labels=None, sizes=None):
         (root / "annotations" / split).mkdir(parents=True)
         for i in range(count):
             name = f"ADE_{split}_{i:08d}"
-            Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
+            Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(
+                root / "images" / split / f"{name}.jpg"
+            )
             annotation = (labels or {}).get(split, {}).get(i, rng.integers(0, 151, shape, dtype=np.uint8))
             image = Image.fromarray(annotation, mode="L")
             size = (sizes or {}).get(split, {}).get(i)

@@ -11,9 +11,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_pretrain_step_benchmark_smoke(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_pretrain_step.py"), "--smoke", "--threads", "1",
-         "--rounds", "2", "--json", str(tmp_path / "out.json")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_pretrain_step.py"),
+            "--smoke",
+            "--threads",
+            "1",
+            "--rounds",
+            "2",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mae_hf / transformers train-step images/s:" in result.stdout
@@ -23,8 +35,13 @@ def test_pretrain_step_benchmark_smoke(tmp_path):
 
 
 def run_smoke(script: str, *extra: str) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *extra],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

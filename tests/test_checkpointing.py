@@ -105,8 +105,23 @@ def test_rotation_counts_only_complete_checkpoints_of_this_run(tmp_path):
 # ---------------------------------------------------------------------------------------------------- kills
 
 builtins_open = builtins.open
-RUN = ["--dataset_name", "digits", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2",
-       "--save_total_limit", "1", "--eval_strategy", "no", "--do_eval", "false", *TINY]
+RUN = [
+    "--dataset_name",
+    "digits",
+    "--max_steps",
+    "6",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+    "--save_total_limit",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--do_eval",
+    "false",
+    *TINY,
+]
 
 
 class Killer:
@@ -131,12 +146,19 @@ class Killer:
 
     def install(self) -> None:
         save, safe_save, makedirs, rename, replace, rmtree = (
-            torch.save, modeling_utils.safe_save_file, os.makedirs, os.rename, os.replace, shutil.rmtree)
+            torch.save,
+            modeling_utils.safe_save_file,
+            os.makedirs,
+            os.rename,
+            os.replace,
+            shutil.rmtree,
+        )
 
         def half_file(writer, path):
             def run():
                 writer()
                 truncate(path)
+
             return run
 
         def torch_save(obj, f, *args, **kwargs):
@@ -162,6 +184,7 @@ class Killer:
             def rename_(source, target, *args, **kwargs):
                 self.event("rename", target, lambda: None)
                 return original(source, target, *args, **kwargs)
+
             return rename_
 
         def rmtree_(path, *args, **kwargs):
@@ -169,6 +192,7 @@ class Killer:
                 files = sorted(os.path.join(r, f) for r, _d, fs in os.walk(path) for f in fs)
                 for name in files[: len(files) // 2]:
                     os.remove(name)
+
             if os.path.exists(path):
                 self.event("rmtree", path, half)
             return rmtree(path, *args, **kwargs)
@@ -236,8 +260,14 @@ def kill_points(events: list[str]) -> list[int]:
     first = next(i for i, e in enumerate(events) if "checkpoint-4" in e)
     last = next(i for i, e in enumerate(events) if "checkpoint-6" in e)
     final = events.index("mkdir .tmp-model")
-    final_points = ("mkdir .tmp-model", "write .tmp-model/model.safetensors", "rename model.safetensors",
-                    "rename config.json", "write train_results.json", "rename mae_hf_manifest.json")
+    final_points = (
+        "mkdir .tmp-model",
+        "write .tmp-model/model.safetensors",
+        "rename model.safetensors",
+        "rename config.json",
+        "write train_results.json",
+        "rename mae_hf_manifest.json",
+    )
     chosen = [i for i in range(first, last) if not (events[i].endswith(".py") and events[i - 1].endswith(".py"))]
     chosen = [i for i in chosen if not (events[i].startswith("mkdir") and events[i - 1].startswith("mkdir"))]
     return chosen + [i for i in range(final, len(events)) if events[i] in final_points]
@@ -262,8 +292,10 @@ def test_sigkill_at_every_file_of_a_save_then_latest_resumes_to_the_same_weights
         assert difference == 0, (event, difference)
         lost[event] = (6 if target >= events.index("mkdir .tmp-model") else 4) - result["resumed_from"]
     assert set(lost.values()) == {0, 2}  # 2: killed before checkpoint-4 was renamed into place
-    print(f"\n{len(targets)} kills, {len(targets)} resumes, all to the uninterrupted run's weights (max abs "
-          f"difference 0); steps lost per kill: " + ", ".join(f"{e}: {n}" for e, n in lost.items()))
+    print(
+        f"\n{len(targets)} kills, {len(targets)} resumes, all to the uninterrupted run's weights (max abs "
+        f"difference 0); steps lost per kill: " + ", ".join(f"{e}: {n}" for e, n in lost.items())
+    )
 
 
 def test_sigkill_while_the_final_figure_or_results_are_written_then_resumes_finish_them(tmp_path, small_digits):

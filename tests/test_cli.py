@@ -35,8 +35,14 @@ def write(tmp_path, text: str) -> str:
 
 def test_data_source_flags_override_the_config_file(tmp_path):
     """The issue's trap: the demo config's dataset_name won over --train_dir, silently."""
-    _, data_args, _ = parse("pretrain", str(ROOT / "configs/pretrain_digits_demo.yaml"), "--train_dir", "photos/train",
-                            "--validation_dir", "photos/val")
+    _, data_args, _ = parse(
+        "pretrain",
+        str(ROOT / "configs/pretrain_digits_demo.yaml"),
+        "--train_dir",
+        "photos/train",
+        "--validation_dir",
+        "photos/val",
+    )
     assert (data_args.dataset_name, data_args.train_dir) == (None, "photos/train")
     assert data_args.validation_dir == "photos/val"
     folders = write(tmp_path, "train_dir: photos/train\nvalidation_dir: photos/val\n")
@@ -87,8 +93,9 @@ def test_linear_probe_preset_over_a_finetuning_config_under_the_flags():
     assert (args.layer_decay, args.use_lars, args.weight_decay, args.label_smoothing) == (1, True, 0, 0)
     assert args.lr_scheduler_kwargs == {"min_lr": 0}
     assert (args.num_train_epochs, args.warmup_epochs) == (90, 10)
-    model_args, _, args = parse("classify", config, "--linear_probe", "--base_learning_rate", "0.05",
-                                "--pooling", "mean")
+    model_args, _, args = parse(
+        "classify", config, "--linear_probe", "--base_learning_rate", "0.05", "--pooling", "mean"
+    )
     assert (args.base_learning_rate, model_args.pooling, model_args.drop_path_rate) == (0.05, "mean", 0)
     _, _, args = parse("classify", str(ROOT / "configs/linprobe_vit_base.yaml"), "--bf16", "false")  # in the file
     assert (args.base_learning_rate, args.per_device_train_batch_size, args.use_lars) == (0.1, 512, True)
@@ -106,8 +113,9 @@ def test_step_intervals_and_do_eval_given_alone_set_their_strategy(tmp_path):
     assert (args.eval_strategy, args.eval_steps) == ("steps", 50)
     _, _, args = parse("pretrain", write(tmp_path, 'save_strategy: "no"\n'), "--save_steps", "5")
     assert args.save_strategy == "steps"
-    _, _, args = parse("pretrain", "--save_strategy", "epoch", "--save_steps", "5", "--eval_steps", "5",
-                       "--eval_strategy", "no")  # the strategy in the same place is the user's
+    _, _, args = parse(
+        "pretrain", "--save_strategy", "epoch", "--save_steps", "5", "--eval_steps", "5", "--eval_strategy", "no"
+    )  # the strategy in the same place is the user's
     assert (args.save_strategy, args.eval_strategy) == ("epoch", "no")
     _, _, args = parse("pretrain", str(ROOT / "configs/pretrain_digits_demo.yaml"), "--save_strategy", "no")
     assert (args.save_strategy, args.eval_strategy) == ("no", "steps")
@@ -127,10 +135,16 @@ def test_step_intervals_and_do_eval_given_alone_set_their_strategy(tmp_path):
         ("classify", ["--linear_probe", "--lr_scheduler_type", "linear"], {}),  # the preset's {"min_lr": 0.0}
         ("segment", ["--lr_scheduler_type", "cosine"], {}),  # mmsegmentation's {"power": 1.0, "lr_end": 0.0}
         ("classify", ["--lr_scheduler_type", "cosine_with_min_lr"], {"min_lr": 1e-6}),  # the same type: kept
-        ("classify", ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'],
-         {"min_lr_rate": 0.1}),
-        ("pretrain", ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 1e-5}'],
-         {"min_lr": 1e-5}),
+        (
+            "classify",
+            ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'],
+            {"min_lr_rate": 0.1},
+        ),
+        (
+            "pretrain",
+            ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 1e-5}'],
+            {"min_lr": 1e-5},
+        ),
     ],
 )
 def test_scheduler_settings_follow_the_scheduler_type(tmp_path, script, words, expected):
@@ -139,8 +153,13 @@ def test_scheduler_settings_follow_the_scheduler_type(tmp_path, script, words, e
     _, _, args = parse(script, "--output_dir", str(tmp_path), *words)
     assert args.lr_scheduler_kwargs == expected
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=1, num_training_steps=10,
-                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)  # what Trainer builds at its first step
+    get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=1,
+        num_training_steps=10,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )  # what Trainer builds at its first step
 
 
 def test_scheduler_settings_of_a_file_follow_its_scheduler_type(tmp_path):
@@ -221,7 +240,8 @@ def test_every_recipe_flag_has_a_help_line_with_its_default_and_source():
 def test_help_is_honest_about_ignored_derived_and_negated_flags():
     text = help_text("pretrain")
     assert "5e-05" not in help_of(text, "--learning_rate") and "base_learning_rate x global batch" in help_of(
-        text, "--learning_rate")
+        text, "--learning_rate"
+    )
     assert help_of(text, "--no_norm_pix_loss") == "--no_norm_pix_loss Same as --norm_pix_loss false."
     for hidden in ("--do_predict", "--label_smoothing_factor", "--neftune_noise_alpha", "--remove_unused_columns"):
         assert f"  {hidden}" not in text
@@ -236,8 +256,9 @@ def test_help_shows_no_default_the_script_does_not_use():
 
 
 def test_conversion_cli_negates_as_the_scripts_do():
-    result = subprocess.run([sys.executable, "-m", "mae_hf.conversion", "--help"], capture_output=True, text=True,
-                            cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mae_hf.conversion", "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert "--no_norm_pix_loss" in result.stdout and "--no-norm" not in result.stdout
     assert "(default: detected" in result.stdout
 
@@ -265,8 +286,12 @@ def effective(parsed, name: str):
 
 def test_readme_recipe_table_is_what_the_scripts_use_without_a_config_file(tmp_path):
     header, rows = readme_table()
-    assert [h.strip("`") for h in header[1:]] == ["run_pretraining.py", "run_image_classification.py",
-                                                   "... --linear_probe", "run_semantic_segmentation.py"]
+    assert [h.strip("`") for h in header[1:]] == [
+        "run_pretraining.py",
+        "run_image_classification.py",
+        "... --linear_probe",
+        "run_semantic_segmentation.py",
+    ]
     for column, (script, extra) in COLUMNS.items():
         parsed = parse(script, "--output_dir", str(tmp_path), *extra)
         for row in rows:
@@ -281,14 +306,25 @@ def test_readme_recipe_table_is_what_the_scripts_use_without_a_config_file(tmp_p
 def test_unquoted_yaml_no_yes_on_off_mean_what_the_user_wrote(tmp_path, script):
     """YAML 1.1 reads unquoted no/yes/on/off as booleans: `save_strategy: no` became False, which the string flag
     refused (or took as another word). They now parse as on the command line, in string and bool fields alike."""
-    path = write(tmp_path, "save_strategy: no\neval_strategy: no\ndo_eval: off\noverwrite_output_dir: yes\n"
-                           "verify_images: No\ngpu_fast_paths: ON\n")
+    path = write(
+        tmp_path,
+        "save_strategy: no\neval_strategy: no\ndo_eval: off\noverwrite_output_dir: yes\n"
+        "verify_images: No\ngpu_fast_paths: ON\n",
+    )
     _, data_args, args = parse(script, path, "--output_dir", str(tmp_path / "out"))
     assert (args.save_strategy, args.eval_strategy) == ("no", "no")
     assert (args.do_eval, args.overwrite_output_dir, data_args.verify_images, args.gpu_fast_paths) == (
-        False, True, False, True)
-    assert file_values(write(tmp_path, "a: true\nb: False\nc: n\nd: 'no'\n")) == {"a": True, "b": False, "c": "n",
-                                                                                  "d": "no"}
+        False,
+        True,
+        False,
+        True,
+    )
+    assert file_values(write(tmp_path, "a: true\nb: False\nc: n\nd: 'no'\n")) == {
+        "a": True,
+        "b": False,
+        "c": "n",
+        "d": "no",
+    }
 
 
 def test_recipe_options_are_declared_fields_checked_before_any_work():

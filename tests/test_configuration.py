@@ -11,10 +11,15 @@ from mae_hf import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEM
 def test_defaults_are_vit_base_with_the_official_decoder():
     config = MAEConfig()
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
-        768, 12, 12, 3072,
+        768,
+        12,
+        12,
+        3072,
     )
     assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads) == (
-        512, 8, 16,
+        512,
+        8,
+        16,
     )
     assert config.grid_size == (14, 14) and config.num_patches == 196
     assert config.mask_ratio == 0.75 and config.layer_norm_eps == 1e-6 and config.pooling == "mean"

@@ -53,9 +53,18 @@ def randomize(module, scale=0.1):
 def official_mae(norm_pix_loss=False):
     return randomize(
         MaskedAutoencoderViT(
-            img_size=IMAGE, patch_size=PATCH, in_chans=3, embed_dim=64, depth=2, num_heads=4,
-            decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=norm_pix_loss,
+            img_size=IMAGE,
+            patch_size=PATCH,
+            in_chans=3,
+            embed_dim=64,
+            depth=2,
+            num_heads=4,
+            decoder_embed_dim=32,
+            decoder_depth=2,
+            decoder_num_heads=4,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            norm_pix_loss=norm_pix_loss,
         )
     )
 
@@ -154,9 +163,18 @@ def test_official_linprobe_batchnorm_head_is_folded():
 
 def transformers_config():
     return ViTMAEConfig(
-        image_size=IMAGE, patch_size=PATCH, num_channels=3, hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=128, decoder_hidden_size=32, decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=4, decoder_intermediate_size=64, layer_norm_eps=1e-6,
+        image_size=IMAGE,
+        patch_size=PATCH,
+        num_channels=3,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=64,
+        layer_norm_eps=1e-6,
     )
 
 
@@ -311,17 +329,30 @@ def shapes(**shapes):
 
 def test_standard_widths_give_head_counts_and_sizes():
     vit_large = shapes(  # ViT-L/16 with the official decoder, as shapes only
-        cls_token=(1, 1, 1024), pos_embed=(1, 197, 1024), patch_embed__proj__weight=(1024, 3, 16, 16),
-        blocks__0__mlp__fc1__weight=(4096, 1024), blocks__0__attn__qkv__bias=(3072,),
-        decoder_embed__weight=(512, 1024), decoder_blocks__0__mlp__fc1__weight=(2048, 512),
+        cls_token=(1, 1, 1024),
+        pos_embed=(1, 197, 1024),
+        patch_embed__proj__weight=(1024, 3, 16, 16),
+        blocks__0__mlp__fc1__weight=(4096, 1024),
+        blocks__0__attn__qkv__bias=(3072,),
+        decoder_embed__weight=(512, 1024),
+        decoder_blocks__0__mlp__fc1__weight=(2048, 512),
     )
     vit_large.update(shapes(**{f"blocks__{i}__norm1__weight": (1024,) for i in range(24)}))
     vit_large.update(shapes(**{f"decoder_blocks__{i}__norm1__weight": (512,) for i in range(8)}))
     config = infer_config(vit_large, None, None)
     assert config == dict(
-        image_size=224, patch_size=16, num_channels=3, hidden_size=1024, num_hidden_layers=24,
-        num_attention_heads=16, intermediate_size=4096, qkv_bias=True, layer_norm_eps=1e-6,
-        decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
+        image_size=224,
+        patch_size=16,
+        num_channels=3,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        qkv_bias=True,
+        layer_norm_eps=1e-6,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
         decoder_intermediate_size=2048,
     )
     assert infer_config(vit_large, 8, 4)["num_attention_heads"] == 8  # explicit counts win
@@ -358,7 +389,8 @@ def test_unknown_and_missing_keys_are_errors():
     with pytest.raises(ValueError, match=r"unknown keys \['blocks.0.attn.extra', 'extra_token'\]"):
         convert_official(
             {**state_dict, "extra_token": torch.zeros(1), "blocks.0.attn.extra": torch.zeros(1)},
-            num_attention_heads=4, decoder_num_attention_heads=4,
+            num_attention_heads=4,
+            decoder_num_attention_heads=4,
         )
     encoder = {k: v for k, v in state_dict.items() if not is_decoder(k) and not k.startswith("norm.")}
     with pytest.raises(ValueError, match=r"missing model keys \['norm.bias', 'norm.weight'\]"):

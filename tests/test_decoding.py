@@ -112,8 +112,13 @@ def test_paths_and_decoded_images_are_accepted(tmp_path):
         archive.writestr("inner/a.jpg", data)
     transform = FastRandomResizedCrop(32)
     outputs = []
-    for value in ({"bytes": None, "path": str(tmp_path / "a.jpg")}, str(tmp_path / "a.jpg"), data,
-                  f"zip://inner/a.jpg::{tmp_path / 'images.zip'}", PILImage.open(io.BytesIO(data)).convert("RGB")):
+    for value in (
+        {"bytes": None, "path": str(tmp_path / "a.jpg")},
+        str(tmp_path / "a.jpg"),
+        data,
+        f"zip://inner/a.jpg::{tmp_path / 'images.zip'}",
+        PILImage.open(io.BytesIO(data)).convert("RGB"),
+    ):
         torch.manual_seed(0)
         outputs.append(transform(value))
     for output in outputs[1:]:
@@ -157,8 +162,9 @@ def test_gpu_decoder_halves_equal_the_fast_pipeline_on_cpu():
     fast = torch.stack([FastRandomResizedCrop(32)({"bytes": data}) for data in files])
     torch.manual_seed(5)
     worker = EncodedImageTransform(EncodedCropFlip(32), "image")
-    batch = collate_encoded([{"pixel_values": value} for value in worker({"image": [{"bytes": d} for d in files]})
-                             ["pixel_values"]])
+    batch = collate_encoded(
+        [{"pixel_values": value} for value in worker({"image": [{"bytes": d} for d in files]})["pixel_values"]]
+    )
     assert [array.ndim for array in batch["encoded_images"]] == [1, 1, 1, 1, 3]  # the PNG is decoded in the worker
     assert isinstance(batch["crops"], np.ndarray) and batch["crops"].shape == (5, 4)  # never moved to the device
     on_device = GPUImageDecoder(32)(batch["encoded_images"], batch["crops"], batch["flips"], "cpu")

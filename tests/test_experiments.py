@@ -33,8 +33,19 @@ def test_label_efficiency_experiment_shows_progress(tmp_path, monkeypatch, capsy
         (out / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    experiment.main(["--pretrained", str(tmp_path / "mae"), "--seeds", "0", "1", "--fractions", "1.0",
-                     "--work_dir", str(tmp_path / "work")])
+    experiment.main(
+        [
+            "--pretrained",
+            str(tmp_path / "mae"),
+            "--seeds",
+            "0",
+            "1",
+            "--fractions",
+            "1.0",
+            "--work_dir",
+            str(tmp_path / "work"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "[1/4] from scratch, 100% labels, seed 0 -> " in printed
     assert "[3/4] MAE-pretrained, 100% labels, seed 0 -> " in printed and "min left)" in printed
@@ -45,10 +56,29 @@ def test_label_efficiency_experiment_shows_progress(tmp_path, monkeypatch, capsy
 
 def test_digits_seg_label_efficiency_tiny(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "digits_seg_label_efficiency.py"), "--tiny", "--seeds", "0", "1",
-         "--workers", "2", "--work_dir", str(tmp_path), "--steps", "2", "--eval_steps", "1",
-         "--full_steps", "3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "digits_seg_label_efficiency.py"),
+            "--tiny",
+            "--seeds",
+            "0",
+            "1",
+            "--workers",
+            "2",
+            "--work_dir",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--eval_steps",
+            "1",
+            "--full_steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -60,7 +90,9 @@ def test_digits_seg_label_efficiency_tiny(tmp_path):
     runs = {arm: {n: len(r) for n, r in by_n.items()} for arm, by_n in saved["results"].items()}
     assert runs == {"random init": {"80": 2, "800": 1}, "MAE": {"80": 2, "800": 1}}
     assert (tmp_path / "pretrain" / "config.json").is_file()  # --tiny: the figures go to the work dir, not docs/
-    assert (tmp_path / "digits_seg_mae_overlay.png").is_file() and (tmp_path / "digits_seg_learning_curves.png").is_file()
+    assert (tmp_path / "digits_seg_mae_overlay.png").is_file() and (
+        tmp_path / "digits_seg_learning_curves.png"
+    ).is_file()
     assert [step for step, _ in saved["results"]["MAE"]["80"][1]["curve"]] == [1, 2]
     assert [step for step, _ in saved["results"]["MAE"]["800"][0]["curve"]] == [1, 2, 3]  # --full_steps
     mae = json.loads((tmp_path / "mae_800_seed0" / "config.json").read_text())

@@ -20,8 +20,9 @@ def hand_example():
     hand-worked values hold to 1e-12. The optimizer-wide lr is 0: only the groups' own lr may move anything."""
     w = nn.Parameter(torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64))  # ||W0|| = 5
     b = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
-    opt = LARS([{"params": [w], "lr": 1.0}, {"params": [b], "lr": 0.1}], weight_decay=0.5, momentum=0.9,
-               trust_coefficient=0.04)
+    opt = LARS(
+        [{"params": [w], "lr": 1.0}, {"params": [b], "lr": 0.1}], weight_decay=0.5, momentum=0.9, trust_coefficient=0.04
+    )
     # G + 0.5 * W0 = [[2, 0], [0, 0]]: ||.|| = 2 and only row 0 moves, so a per-row norm would give other numbers.
     grads = {w: [[1.5, -1.0], [-1.0, -2.0]], b: [0.5, 0.25]}
     return w, b, opt, grads
@@ -33,11 +34,13 @@ def test_two_steps_match_the_hand_computed_update():
     opt.step()
     # W: q = 0.04 * 5 / 2 = 0.1, mu1 = 0.1 * [[2, 0], [0, 0]], W1 = W0 - mu1.
     # b: no decay, no trust ratio: mu1 = g, b1 = b0 - 0.1 * g.
-    torch.testing.assert_close(w.detach(), torch.tensor([[0.8, 2.0], [2.0, 4.0]], dtype=torch.float64),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        w.detach(), torch.tensor([[0.8, 2.0], [2.0, 4.0]], dtype=torch.float64), atol=1e-12, rtol=0
+    )
     torch.testing.assert_close(b.detach(), torch.tensor([0.95, -2.025], dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(opt.state[w]["mu"], torch.tensor([[0.2, 0.0], [0.0, 0.0]], dtype=torch.float64),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        opt.state[w]["mu"], torch.tensor([[0.2, 0.0], [0.0, 0.0]], dtype=torch.float64), atol=1e-12, rtol=0
+    )
 
     set_grads(grads)
     opt.step()
@@ -45,8 +48,9 @@ def test_two_steps_match_the_hand_computed_update():
     #    mu2 = 0.9 * mu1 + q * [[1.9, 0], [0, 0]] = [[0.18 + 0.04 * sqrt(24.64), 0], [0, 0]].
     # b: mu2 = 0.9 * g + g = [0.95, 0.475], b2 = b1 - 0.1 * mu2.
     w_00 = 0.8 - (0.18 + 0.04 * math.sqrt(24.64))
-    torch.testing.assert_close(w.detach(), torch.tensor([[w_00, 2.0], [2.0, 4.0]], dtype=torch.float64),
-                               atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        w.detach(), torch.tensor([[w_00, 2.0], [2.0, 4.0]], dtype=torch.float64), atol=1e-7, rtol=0
+    )
     torch.testing.assert_close(b.detach(), torch.tensor([0.855, -2.0725], dtype=torch.float64), atol=1e-7, rtol=0)
 
 
@@ -58,8 +62,9 @@ def test_without_momentum_each_step_is_the_plain_scaled_gradient():
         set_grads({w: [[0.0, 6.0], [8.0, 0.0]]})  # ||G|| = 10
         opt.step()
         q = 0.01 * torch.linalg.vector_norm(before) / 10.0
-        torch.testing.assert_close(w.detach(), before - 2.0 * q * torch.tensor([[0.0, 6.0], [8.0, 0.0]],
-                                                                               dtype=torch.float64))
+        torch.testing.assert_close(
+            w.detach(), before - 2.0 * q * torch.tensor([[0.0, 6.0], [8.0, 0.0]], dtype=torch.float64)
+        )
 
 
 def test_weight_decay_reaches_only_matrices():
@@ -94,7 +99,7 @@ def test_step_needs_no_grad_mode_and_returns_the_closure_loss():
 
     def closure():
         opt.zero_grad()
-        loss = (w ** 2).sum()
+        loss = (w**2).sum()
         loss.backward()
         return loss
 

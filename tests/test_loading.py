@@ -12,17 +12,30 @@ from mae_hf.data import find_image_column, load_image_datasets, load_segmentatio
 
 
 def data_args(name, **overrides):
-    fields = dict(dataset_name=name, dataset_config_name=None, image_column_name=None, annotation_column_name=None,
-                  train_dir=None, validation_dir=None, streaming=False, train_val_split=0.25,
-                  max_train_samples=None, max_eval_samples=None, cache_dir=None, reduce_labels=False, num_labels=None)
+    fields = dict(
+        dataset_name=name,
+        dataset_config_name=None,
+        image_column_name=None,
+        annotation_column_name=None,
+        train_dir=None,
+        validation_dir=None,
+        streaming=False,
+        train_val_split=0.25,
+        max_train_samples=None,
+        max_eval_samples=None,
+        cache_dir=None,
+        reduce_labels=False,
+        num_labels=None,
+    )
     return SimpleNamespace(**{**fields, **overrides})
 
 
 def pairs(count=8, seed=0):
     rng = np.random.default_rng(seed)
-    rows = {"image": [Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)) for _ in range(count)],
-            "annotation": [Image.fromarray(rng.integers(0, 5, (6, 5), dtype=np.uint8), mode="L")
-                           for _ in range(count)]}
+    rows = {
+        "image": [Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)) for _ in range(count)],
+        "annotation": [Image.fromarray(rng.integers(0, 5, (6, 5), dtype=np.uint8), mode="L") for _ in range(count)],
+    }
     return Dataset.from_dict(rows, features=Features({"image": ImageFeature(), "annotation": ImageFeature()}))
 
 

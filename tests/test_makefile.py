@@ -7,8 +7,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def dry_run(tmp_path, *extra) -> list[str]:
-    result = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}", *extra], capture_output=True,
-                            text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        ["make", "-n", "setup", f"VENV={tmp_path / 'venv'}", *extra],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     return result.stdout.splitlines()
 
 
@@ -21,8 +26,10 @@ def test_cpu_wheel_index_is_an_option(tmp_path):
 
 
 def test_make_test_lints_before_the_tests(tmp_path):
-    result = subprocess.run(["make", "-n", "test", f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True,
-                            cwd=ROOT, check=True)
+    result = subprocess.run(
+        ["make", "-n", "test", f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     lines = result.stdout.splitlines()
     lint = next(i for i, line in enumerate(lines) if line.endswith("-m ruff check ."))
-    assert lint < next(i for i, line in enumerate(lines) if line.endswith("-m pytest"))
+    formatting = next(i for i, line in enumerate(lines) if line.endswith("-m ruff format --check ."))
+    assert lint < formatting < next(i for i, line in enumerate(lines) if line.endswith("-m pytest"))

@@ -24,8 +24,6 @@ IGNORE = 255
 KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy")
 
 
-
-
 def random_maps(seed=0, batch=4, height=24, width=20):
     """(B, H, W) int64 predictions and references over NUM_LABELS = 12 classes with ~10 % ignored pixels, where
     class 9 is only in the references, class 10 only in the predictions and class 11 in neither."""
@@ -113,8 +111,10 @@ def test_id2label_adds_flat_iou_keys_int_or_str_keys():
         result = metrics_from_confusion(matrix, id2label=id2label)
         assert_same_metrics(result, expected)
         assert set(result) == set(expected) | {f"iou_{n}" for n in names}
-        assert_same_metrics({f"iou_{n}": result[f"iou_{n}"] for n in names},
-                            {f"iou_{n}": expected["per_category_iou"][i] for i, n in enumerate(names)})
+        assert_same_metrics(
+            {f"iou_{n}": result[f"iou_{n}"] for n in names},
+            {f"iou_{n}": expected["per_category_iou"][i] for i, n in enumerate(names)},
+        )
 
 
 def test_streaming_over_several_updates_equals_one_shot():
@@ -164,8 +164,9 @@ def test_evaluate_metric_takes_maps_of_different_sizes(no_network, tmp_path):
     predictions, references = random_maps(seed=4, batch=2)
     small_p, small_r = predictions[1, :5, :7], references[1, :5, :7]
     metric = load_mean_iou(cache_dir=str(tmp_path))
-    result = metric.compute(predictions=[predictions[0], small_p], references=[references[0], small_r],
-                            num_labels=NUM_LABELS)
+    result = metric.compute(
+        predictions=[predictions[0], small_p], references=[references[0], small_r], num_labels=NUM_LABELS
+    )
     both_p = np.concatenate([predictions[0].ravel(), small_p.ravel()])
     both_r = np.concatenate([references[0].ravel(), small_r.ravel()])
     assert_same_metrics(result, reference_metrics(both_p, both_r))
@@ -248,8 +249,9 @@ def test_imported_by_path_and_as_package_names_are_the_same_code():
     predictions, references = random_maps(seed=6)
     stream = module.StreamingMeanIoU(NUM_LABELS)
     stream.update(predictions, references)
-    assert_same_metrics(stream.compute(), metrics_from_confusion(confusion_matrix(predictions, references, NUM_LABELS)),
-                        tol=0)
+    assert_same_metrics(
+        stream.compute(), metrics_from_confusion(confusion_matrix(predictions, references, NUM_LABELS)), tol=0
+    )
     from mae_hf.metrics import mean_iou
 
     assert StreamingMeanIoU is mean_iou.StreamingMeanIoU and confusion_matrix is mean_iou.confusion_matrix

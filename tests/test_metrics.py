@@ -76,8 +76,7 @@ def test_ignore_index_is_configurable(accuracy):
 
 def test_single_predictions_and_short_rankings_report_top1_only(accuracy):
     assert accuracy.compute(predictions=[2, 1, 0, 5], references=[2, 0, -100, 5]) == {"accuracy": 2 / 3}
-    assert accuracy.compute(predictions=np.array([[2, 0, 1, 3], [1, 2, 0, 3]]), references=[2, 0]) == {
-        "accuracy": 0.5}
+    assert accuracy.compute(predictions=np.array([[2, 0, 1, 3], [1, 2, 0, 3]]), references=[2, 0]) == {"accuracy": 0.5}
 
 
 def test_streaming_batches_equals_one_shot(accuracy, tmp_path):
@@ -85,7 +84,7 @@ def test_streaming_batches_equals_one_shot(accuracy, tmp_path):
     logits, labels = random_batch(rng, n=100, classes=7)
     ranked = top_k_predictions(torch.from_numpy(logits)).numpy()
     for start in range(0, 100, 32):  # uneven last batch
-        accuracy.add_batch(predictions=ranked[start:start + 32], references=labels[start:start + 32])
+        accuracy.add_batch(predictions=ranked[start : start + 32], references=labels[start : start + 32])
     streamed = accuracy.compute()
     one_shot = load_accuracy(cache_dir=str(tmp_path)).compute(predictions=ranked, references=labels)
     assert streamed == one_shot == reference_accuracy(logits, labels)

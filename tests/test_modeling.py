@@ -156,7 +156,9 @@ def test_patchify_layout_and_round_trip():
 
 def assert_every_parameter_gets_gradient(model, loss):
     loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert not missing, f"no gradient for {missing}"
 
 

@@ -16,8 +16,17 @@ from mae_hf.pos_embed import resample_pos_embed
 
 def seg_config(**overrides) -> MAESegmentationConfig:
     fields = dict(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-        out_indices=(0, 1, 2, 3), decode_channels=16, auxiliary_channels=8, num_labels=5, drop_path_rate=0.0,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        out_indices=(0, 1, 2, 3),
+        decode_channels=16,
+        auxiliary_channels=8,
+        num_labels=5,
+        drop_path_rate=0.0,
     )
     fields.update(overrides)
     return MAESegmentationConfig(**fields)
@@ -105,12 +114,17 @@ def test_every_parameter_trains():
 
 
 def test_mae_checkpoint_loads_into_the_segmenter_with_resampled_tables(tmp_path):
-    pretrained = MAEForPreTraining(tiny_config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                               intermediate_size=64))
+    pretrained = MAEForPreTraining(
+        tiny_config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+    )
     pretrained.save_pretrained(tmp_path / "mae")
     config = segmentation_config(
-        MAEConfig.from_pretrained(tmp_path / "mae"), image_size=64, out_indices=(0, 1, 2, 3), decode_channels=16,
-        auxiliary_channels=8, num_labels=5,
+        MAEConfig.from_pretrained(tmp_path / "mae"),
+        image_size=64,
+        out_indices=(0, 1, 2, 3),
+        decode_channels=16,
+        auxiliary_channels=8,
+        num_labels=5,
     )
     assert (config.hidden_size, config.patch_size, config.model_type) == (32, 8, "mae_upernet")
     model, info = MAEForSemanticSegmentation.from_pretrained(tmp_path / "mae", config=config, output_loading_info=True)
@@ -130,8 +144,10 @@ def test_save_load_through_auto_class(tmp_path):
     torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits)
 
 
-@pytest.mark.parametrize("length, crop, stride, expected", [(512, 512, 341, [0]), (683, 512, 341, [0, 171]),
-                                                             (1024, 512, 341, [0, 341, 512]), (100, 512, 341, [0])])
+@pytest.mark.parametrize(
+    "length, crop, stride, expected",
+    [(512, 512, 341, [0]), (683, 512, 341, [0, 171]), (1024, 512, 341, [0, 341, 512]), (100, 512, 341, [0])],
+)
 def test_window_grid_matches_mmsegmentation(length, crop, stride, expected):
     assert window_starts(length, crop, stride) == expected
 

@@ -38,8 +38,16 @@ def test_knn_matches_its_definition(k, temperature, chunk_size):
     train = centres[train_labels] + 1.5 * rng.normal(size=(120, 16))
     test = centres[test_labels] + 1.5 * rng.normal(size=(40, 16))
     expected = knn_reference(train, train_labels, test, test_labels, 5, min(k, 120), temperature)
-    got = knn_top1(torch.tensor(train, dtype=torch.float32), torch.tensor(train_labels),
-                   torch.tensor(test, dtype=torch.float32), torch.tensor(test_labels), 5, k, temperature, chunk_size)
+    got = knn_top1(
+        torch.tensor(train, dtype=torch.float32),
+        torch.tensor(train_labels),
+        torch.tensor(test, dtype=torch.float32),
+        torch.tensor(test_labels),
+        5,
+        k,
+        temperature,
+        chunk_size,
+    )
     assert got == expected and 0.3 < got < 1  # neither trivial nor hopeless
 
 
@@ -77,11 +85,14 @@ def test_device_probe_minimises_scikit_learns_objective():
     weight, bias = fit_logistic_regression(torch.tensor(features), torch.tensor(labels), 4, tolerance=1e-10)
     np.testing.assert_allclose(weight.numpy(), reference.coef_.T, atol=1e-3)
     # softmax ignores a shift shared by all classes, and the bias has no penalty to pin it: compare centred
-    np.testing.assert_allclose(bias.numpy() - bias.numpy().mean(), reference.intercept_ - reference.intercept_.mean(),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        bias.numpy() - bias.numpy().mean(), reference.intercept_ - reference.intercept_.mean(), atol=1e-3
+    )
     train, test = torch.tensor(features[:200], dtype=torch.float32), torch.tensor(features[200:], dtype=torch.float32)
-    accuracies = [linear_probe_top1(train, torch.tensor(labels[:200]), test, torch.tensor(labels[200:]), backend=b)
-                  for b in ("sklearn", "torch")]
+    accuracies = [
+        linear_probe_top1(train, torch.tensor(labels[:200]), test, torch.tensor(labels[200:]), backend=b)
+        for b in ("sklearn", "torch")
+    ]
     assert abs(accuracies[0] - accuracies[1]) <= 0.01 and 0.5 < accuracies[0] < 1
 
 

@@ -13,8 +13,17 @@ def names_of(model, group):
 
 
 def test_layer_ids_follow_the_official_rule():
-    assert [layer_id(n, 12) for n in ("vit.cls_token", "vit.patch_embed.proj.weight", "vit.blocks.0.norm1.weight",
-                                       "vit.blocks.11.mlp.fc2.bias", "fc_norm.weight", "head.weight")] == [0, 0, 1, 12, 13, 13]
+    assert [
+        layer_id(n, 12)
+        for n in (
+            "vit.cls_token",
+            "vit.patch_embed.proj.weight",
+            "vit.blocks.0.norm1.weight",
+            "vit.blocks.11.mlp.fc2.bias",
+            "fc_norm.weight",
+            "head.weight",
+        )
+    ] == [0, 0, 1, 12, 13, 13]
 
 
 def test_layer_decay_groups_have_exactly_the_recipe_learning_rates():

@@ -24,8 +24,11 @@ MODELS = {
     "encoder": (MAEModel, lambda **kw: tiny_config(**kw), None),
     "pretraining": (MAEForPreTraining, lambda **kw: tiny_config(norm_pix_loss=True, **kw), "noise"),
     "classification": (MAEForImageClassification, lambda **kw: tiny_config(num_labels=3, **kw), "ids"),
-    "linear_probe": (MAEForImageClassification,
-                     lambda **kw: tiny_config(num_labels=3, head_batchnorm=True, pooling="cls", **kw), "ids"),
+    "linear_probe": (
+        MAEForImageClassification,
+        lambda **kw: tiny_config(num_labels=3, head_batchnorm=True, pooling="cls", **kw),
+        "ids",
+    ),
     "segmentation": (MAEForSemanticSegmentation, lambda **kw: seg_config(**kw), "maps"),
 }
 
@@ -143,8 +146,15 @@ def test_from_pretrained_with_a_device_map(tmp_path, name, device_map):
 def vit_and_ours(num_labels, problem_type):
     """transformers' ViT classifier with random weights and ours holding the same weights (class-token pooling)."""
     vit_config = ViTConfig(
-        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, layer_norm_eps=1e-6, num_labels=num_labels, problem_type=problem_type,
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        layer_norm_eps=1e-6,
+        num_labels=num_labels,
+        problem_type=problem_type,
     )
     vit = randomize(ViTForImageClassification(vit_config), scale=0.5)
     weights = vit.state_dict()

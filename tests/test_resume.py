@@ -21,15 +21,37 @@ import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
 
-STEPS = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "3", "--eval_strategy", "no",
-         "--do_eval", "false"]
+STEPS = [
+    "--max_steps",
+    "8",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "3",
+    "--eval_strategy",
+    "no",
+    "--do_eval",
+    "false",
+]
 SCRIPTS = {  # each with its random augmentation on: 5 steps per epoch, so checkpoint-3 is mid-epoch
     "pretraining": (run_pretraining.main, [*PRETRAIN_TINY, "--dataset_name", "digits", "--max_train_samples", "40"]),
-    "finetuning": (run_image_classification.main,  # RandAugment, random erasing, mixup/cutmix, drop path
-                   [*FINETUNE_TINY, *ARCHITECTURE, "--max_train_samples", "40", "--per_device_train_batch_size", "8",
-                    "--drop_path_rate", "0.1"]),
-    "segmentation": (run_semantic_segmentation.main,  # rescale, crop, flip, photometric distortion
-                     [*SEGMENT_TINY, "--dataset_name", "digits_seg", "--max_train_samples", "20"]),
+    "finetuning": (
+        run_image_classification.main,  # RandAugment, random erasing, mixup/cutmix, drop path
+        [
+            *FINETUNE_TINY,
+            *ARCHITECTURE,
+            "--max_train_samples",
+            "40",
+            "--per_device_train_batch_size",
+            "8",
+            "--drop_path_rate",
+            "0.1",
+        ],
+    ),
+    "segmentation": (
+        run_semantic_segmentation.main,  # rescale, crop, flip, photometric distortion
+        [*SEGMENT_TINY, "--dataset_name", "digits_seg", "--max_train_samples", "20"],
+    ),
 }
 
 
@@ -69,8 +91,9 @@ def test_resume_with_persistent_workers_is_bit_exact(tmp_path):
     with pytest.raises(Killed):
         run("finetuning", tmp_path / "resumed", *workers, callbacks=[StopAfter(5)])  # checkpoint-3: mid-epoch
     run("finetuning", tmp_path / "resumed", *workers, "--resume_from_checkpoint", "latest")
-    (losses, weights), (resumed_losses, resumed_weights) = map(losses_and_weights, (tmp_path / "straight",
-                                                                                    tmp_path / "resumed"))
+    (losses, weights), (resumed_losses, resumed_weights) = map(
+        losses_and_weights, (tmp_path / "straight", tmp_path / "resumed")
+    )
     assert resumed_losses == losses
     assert all(torch.equal(resumed_weights[name], tensor) for name, tensor in weights.items())
 
@@ -108,9 +131,17 @@ def test_overwrite_output_dir_moves_the_previous_runs_checkpoints_aside(tmp_path
         pretrain(tmp_path, "--overwrite_output_dir", callbacks=[StopAfter(7)])
     aside = list(out.glob("overwritten-*"))
     assert len(aside) == 1
-    assert sorted(p.name for p in aside[0].iterdir()) == ["all_results.json", "checkpoint-12", "checkpoint-4",
-                                                          "checkpoint-8", "mae_hf_manifest.json", "train_results.json"]
-    assert torch.equal(load_file(aside[0] / "checkpoint-12" / "model.safetensors")["vit.cls_token"], old["vit.cls_token"])
+    assert sorted(p.name for p in aside[0].iterdir()) == [
+        "all_results.json",
+        "checkpoint-12",
+        "checkpoint-4",
+        "checkpoint-8",
+        "mae_hf_manifest.json",
+        "train_results.json",
+    ]
+    assert torch.equal(
+        load_file(aside[0] / "checkpoint-12" / "model.safetensors")["vit.cls_token"], old["vit.cls_token"]
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     pretrain(tmp_path, "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
     pretrain(tmp_path, out="straight")
@@ -120,8 +151,21 @@ def test_overwrite_output_dir_moves_the_previous_runs_checkpoints_aside(tmp_path
 def test_overwrite_output_dir_does_not_mix_the_previous_runs_results(tmp_path):
     # The previous run evaluated, the new one does not: its all_results.json merged the old eval_loss into the new
     # run's results, and the old eval_results.json and reconstructions/step_N.png stayed beside them.
-    pretrain(tmp_path, "--max_steps", "4", "--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "4",
-             "--max_eval_samples", "8", "--seed", "1")
+    pretrain(
+        tmp_path,
+        "--max_steps",
+        "4",
+        "--do_eval",
+        "true",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "4",
+        "--max_eval_samples",
+        "8",
+        "--seed",
+        "1",
+    )
     out = tmp_path / "out"
     assert "eval_loss" in json.loads((out / "all_results.json").read_text())
     pretrain(tmp_path, "--max_steps", "3", "--overwrite_output_dir")
@@ -145,9 +189,26 @@ def test_resuming_a_finished_run_keeps_its_results(tmp_path, caplog):
 def test_resuming_a_finished_run_that_kept_only_its_best_checkpoint_keeps_its_results(tmp_path):
     # --save_total_limit 1 with --load_best_model_at_end deletes the last checkpoint at the end; `latest` is then the
     # best one (here the worst loss: greater_is_better), from which the resume trained again and rewrote the results.
-    best = ["--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--do_eval", "true",
-            "--max_eval_samples", "8", "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss",
-            "--greater_is_better", "true", "--save_total_limit", "1"]
+    best = [
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--do_eval",
+        "true",
+        "--max_eval_samples",
+        "8",
+        "--load_best_model_at_end",
+        "true",
+        "--metric_for_best_model",
+        "eval_loss",
+        "--greater_is_better",
+        "true",
+        "--save_total_limit",
+        "1",
+    ]
     pretrain(tmp_path, "--max_steps", "6", *best)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
@@ -164,22 +225,47 @@ def test_checkpoint_of_another_model_size_fails_before_training(tmp_path):
         def on_step_begin(self, args, state, control, **kwargs):
             steps.append(state.global_step)
 
-    message = (r"holds a model of another size than this run's: hidden_size 32 there, 48 here; intermediate_size "
-               r"64 there, 96 here \(\d+ tensor\(s\) differ, e.g. .* there, .* here\)")
+    message = (
+        r"holds a model of another size than this run's: hidden_size 32 there, 48 here; intermediate_size "
+        r"64 there, 96 here \(\d+ tensor\(s\) differ, e.g. .* there, .* here\)"
+    )
     with pytest.raises(ValueError, match=message):
-        pretrain(tmp_path, "--hidden_size", "48", "--intermediate_size", "96",
-                 "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-3"), callbacks=[Steps()])
+        pretrain(
+            tmp_path,
+            "--hidden_size",
+            "48",
+            "--intermediate_size",
+            "96",
+            "--resume_from_checkpoint",
+            str(tmp_path / "out" / "checkpoint-3"),
+            callbacks=[Steps()],
+        )
     assert steps == []
 
 
 def test_checkpoint_of_another_task_fails_before_training_naming_model_name_or_path(tmp_path):
     # A pretraining checkpoint given to the fine-tuning script to start from: the weights loaded in part, then the
     # optimizer's state failed with "loaded state dict has a different number of parameter groups".
-    pretrain(tmp_path, "--max_steps", "2", "--save_steps", "2", "--hidden_size", "32", "--num_hidden_layers", "2",
-             "--num_attention_heads", "2", "--intermediate_size", "64")
+    pretrain(
+        tmp_path,
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--hidden_size",
+        "32",
+        "--num_hidden_layers",
+        "2",
+        "--num_attention_heads",
+        "2",
+        "--intermediate_size",
+        "64",
+    )
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    message = (rf"--resume_from_checkpoint {checkpoint} holds a MAEForPreTraining, this run trains a "
-               r"MAEForImageClassification: .* pass it as --model_name_or_path")
+    message = (
+        rf"--resume_from_checkpoint {checkpoint} holds a MAEForPreTraining, this run trains a "
+        r"MAEForImageClassification: .* pass it as --model_name_or_path"
+    )
     with pytest.raises(ValueError, match=message):
         run("finetuning", tmp_path / "finetuned", "--resume_from_checkpoint", str(checkpoint))
 
@@ -191,8 +277,16 @@ def test_missing_model_folder_is_named(tmp_path, main):
         with pytest.raises(ValueError, match=r"--model_name_or_path .*: the folder .* does not exist"):
             main(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", path, "--dataset_name", "digits"])
     with pytest.raises(ValueError, match=r"is neither a local folder \(there is none at .*\) nor a model the Hub"):
-        main(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", "nobody-here/mae", "--dataset_name",
-              "digits"])
+        main(
+            [
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--model_name_or_path",
+                "nobody-here/mae",
+                "--dataset_name",
+                "digits",
+            ]
+        )
 
 
 def test_an_evaluation_crash_still_saves_the_checkpoint_of_its_step(tmp_path, monkeypatch):
@@ -207,8 +301,19 @@ def test_an_evaluation_crash_still_saves_the_checkpoint_of_its_step(tmp_path, mo
 
     monkeypatch.setattr(MAETrainer, "evaluate", crash_at_step_4)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
-        pretrain(tmp_path, "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2", "--do_eval", "true",
-                 "--max_eval_samples", "8")
+        pretrain(
+            tmp_path,
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--do_eval",
+            "true",
+            "--max_eval_samples",
+            "8",
+        )
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4

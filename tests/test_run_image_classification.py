@@ -16,13 +16,43 @@ from mae_hf import MAEForImageClassification, MAEForPreTraining
 from mae_hf.lars import LARS
 
 TINY = [
-    "--dataset_name", "digits", "--image_size", "16", "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "64", "--max_train_samples", "64", "--max_eval_samples", "48",
-    "--warmup_epochs", "0", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
-    "--save_strategy", "no", "--seed", "0",
+    "--dataset_name",
+    "digits",
+    "--image_size",
+    "16",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "64",
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "48",
+    "--warmup_epochs",
+    "0",
+    "--logging_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+    "--save_strategy",
+    "no",
+    "--seed",
+    "0",
 ]
-ARCHITECTURE = ["--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
-                "--intermediate_size", "64"]
+ARCHITECTURE = [
+    "--patch_size",
+    "4",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "2",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+]
 
 
 @pytest.fixture
@@ -86,15 +116,27 @@ def test_linear_probe_freezes_the_encoder_and_uses_lars(tmp_path, pretrained):
 
 
 def test_label_fraction_trains_on_a_balanced_subset(tmp_path, pretrained):
-    metrics = run(tmp_path, "--model_name_or_path", str(pretrained), "--max_train_samples", "200",
-                  "--label_fraction", "0.1", "--num_train_epochs", "1")
+    metrics = run(
+        tmp_path,
+        "--model_name_or_path",
+        str(pretrained),
+        "--max_train_samples",
+        "200",
+        "--label_fraction",
+        "0.1",
+        "--num_train_epochs",
+        "1",
+    )
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 2  # 20 examples (2 per class) at batch 16
     assert np.isfinite(metrics["eval_loss"])
 
 
 def test_errors_before_training(tmp_path, pretrained):
-    with pytest.raises(ValueError, match=r"does not fit .*vit\.blocks\.0\.attn\.qkv\.weight is \(96, 32\) in the checkpoint but \(144, 48\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit .*vit\.blocks\.0\.attn\.qkv\.weight is \(96, 32\) in the checkpoint but \(144, 48\) in the model",
+    ):
         run(tmp_path, "--model_name_or_path", str(pretrained), "--hidden_size", "48", "--num_attention_heads", "2")
     with pytest.raises(ValueError, match="leaves class .* with no example"):
         run(tmp_path, "--model_name_or_path", str(pretrained), "--label_fraction", "0.001")
@@ -118,12 +160,24 @@ def test_labels_outside_the_models_classes(tmp_path):
 
     digits = load_digits_dataset()
     for split in ("train", "validation"):
-        data = digits[split].select(range(8)).cast_column("label", digits[split].features["label"].__class__(num_classes=20))
+        data = (
+            digits[split]
+            .select(range(8))
+            .cast_column("label", digits[split].features["label"].__class__(num_classes=20))
+        )
         data.map(lambda e: {"label": e["label"] + 10}).to_parquet(str(shifted / f"{split}.parquet"))
     # Evaluation alone reads (so checks) only the validation split.
     with pytest.raises(ValueError, match=r"validation label 1\d is outside num_labels=10"):
-        run(tmp_path, "--model_name_or_path", str(tmp_path / "out"), "--dataset_name", str(shifted),
-            "--do_train", "false", out="eval")
+        run(
+            tmp_path,
+            "--model_name_or_path",
+            str(tmp_path / "out"),
+            "--dataset_name",
+            str(shifted),
+            "--do_train",
+            "false",
+            out="eval",
+        )
 
 
 def test_evaluation_alone_needs_no_train_split(tmp_path):
@@ -144,7 +198,8 @@ def test_evaluation_alone_needs_no_train_split(tmp_path):
         example["image"].save(folder / str(example["label"]) / f"{i}.png")
     words = [w for w in TINY if w not in ("--dataset_name", "digits")]  # the folder instead
     from_folder = run_image_classification.main(
-        ["--output_dir", str(tmp_path / "eval_folder"), *words, *model, "--validation_dir", str(folder)])
+        ["--output_dir", str(tmp_path / "eval_folder"), *words, *model, "--validation_dir", str(folder)]
+    )
     assert from_folder["eval_accuracy"] == pytest.approx(again["eval_accuracy"])  # the same 48 images
     with pytest.raises(ValueError, match="the dataset has no 'train' split"):
         run(tmp_path, "--dataset_name", str(saved), *ARCHITECTURE, out="train")

@@ -23,12 +23,44 @@ from mae_hf.run_utils import parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "1",
-    "--num_attention_heads", "2", "--intermediate_size", "64", "--decoder_hidden_size", "16",
-    "--decoder_num_hidden_layers", "1", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
-    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--base_learning_rate", "1e-3",
-    "--warmup_steps", "0", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
-    "--num_visualized_images", "2", "--seed", "0",
+    "--image_size",
+    "16",
+    "--patch_size",
+    "4",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "1",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+    "--decoder_hidden_size",
+    "16",
+    "--decoder_num_hidden_layers",
+    "1",
+    "--decoder_num_attention_heads",
+    "2",
+    "--decoder_intermediate_size",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "16",
+    "--base_learning_rate",
+    "1e-3",
+    "--warmup_steps",
+    "0",
+    "--logging_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+    "--num_visualized_images",
+    "2",
+    "--seed",
+    "0",
 ]
 
 
@@ -59,12 +91,33 @@ def make_image_folder(root: Path, count: int = 12) -> Path:
 
 
 def test_digits_end_to_end_saves_a_loadable_model(tmp_path):
-    metrics = run(tmp_path, "--dataset_name", "digits", "--max_steps", "4", "--eval_strategy", "steps",
-                  "--eval_steps", "2", "--save_steps", "2", "--max_eval_samples", "32")
+    metrics = run(
+        tmp_path,
+        "--dataset_name",
+        "digits",
+        "--max_steps",
+        "4",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--max_eval_samples",
+        "32",
+    )
     out = tmp_path / "out"
     assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reconstruction.png",
-                 "reconstructions/step_2.png", "eval_results.json", "checkpoint-4"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "reconstruction.png",
+        "reconstructions/step_2.png",
+        "eval_results.json",
+        "checkpoint-4",
+    ):
         assert (out / name).exists(), name
     model = AutoModelForPreTraining.from_pretrained(out)
     assert isinstance(model, MAEForPreTraining) and model.config.image_size == 16
@@ -85,8 +138,18 @@ def test_image_folder_with_awkward_modes(tmp_path, decoding):
         def on_step_begin(self, args, state, control, **kwargs):
             batches.append(state.global_step)
 
-    metrics = run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "2", "--train_val_split",
-                  "0.25", "--image_decoding", decoding, callbacks=[Spy()])
+    metrics = run(
+        tmp_path,
+        "--train_dir",
+        str(tmp_path / "images"),
+        "--max_steps",
+        "2",
+        "--train_val_split",
+        "0.25",
+        "--image_decoding",
+        decoding,
+        callbacks=[Spy()],
+    )
     assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0 and batches == [0, 1]
 
 
@@ -100,8 +163,17 @@ def test_gpu_decoding_feeds_the_model_decoded_batches(tmp_path, monkeypatch):
         return forward(self, pixel_values, **kwargs)
 
     monkeypatch.setattr(MAEForPreTraining, "forward", spy)
-    run(tmp_path, "--train_dir", str(tmp_path / "images"), "--max_steps", "1", "--image_decoding", "gpu",
-        "--do_eval", "false")
+    run(
+        tmp_path,
+        "--train_dir",
+        str(tmp_path / "images"),
+        "--max_steps",
+        "1",
+        "--image_decoding",
+        "gpu",
+        "--do_eval",
+        "false",
+    )
     assert seen[0] == (torch.Size([8, 3, 16, 16]), torch.float32, "cpu")
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     parameters = sum(p.numel() for p in MAEForPreTraining.from_pretrained(tmp_path / "out").parameters())
@@ -114,8 +186,17 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
     with pytest.raises(ValueError, match=r"cannot be decoded: .*broken\.jpg.*--skip_corrupt_images"):
         run(tmp_path, "--train_dir", str(images), "--max_steps", "1", "--do_eval", "false")
     assert not (tmp_path / "out" / "checkpoint-1").exists()
-    metrics = run(tmp_path, "--train_dir", str(images), "--max_steps", "1", "--do_eval", "false",
-                  "--skip_corrupt_images", "--overwrite_output_dir")
+    metrics = run(
+        tmp_path,
+        "--train_dir",
+        str(images),
+        "--max_steps",
+        "1",
+        "--do_eval",
+        "false",
+        "--skip_corrupt_images",
+        "--overwrite_output_dir",
+    )
     assert metrics["train_loss"] > 0
 
 
@@ -175,8 +256,18 @@ class FirstOptimizerState(TrainerCallback):
 
 
 def test_resume_finishes_the_same_run(tmp_path):
-    common = ["--dataset_name", "digits", "--max_steps", "8", "--save_steps", "4", "--do_eval", "false",
-              "--max_train_samples", "256"]
+    common = [
+        "--dataset_name",
+        "digits",
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "4",
+        "--do_eval",
+        "false",
+        "--max_train_samples",
+        "256",
+    ]
     run(tmp_path, *common, out="straight")
     with pytest.raises(Killed):
         run(tmp_path, *common, out="resumed", callbacks=[StopAfter(4)])
@@ -198,15 +289,47 @@ def test_resume_finishes_the_same_run(tmp_path):
 
 
 def test_two_processes_have_the_same_global_batch(tmp_path):
-    common = [*TINY, "--dataset_name", "digits", "--max_train_samples", "64", "--num_train_epochs", "1",
-              "--do_eval", "false", "--use_cpu", "--save_strategy", "no"]
+    common = [
+        *TINY,
+        "--dataset_name",
+        "digits",
+        "--max_train_samples",
+        "64",
+        "--num_train_epochs",
+        "1",
+        "--do_eval",
+        "false",
+        "--use_cpu",
+        "--save_strategy",
+        "no",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two"),
-         "--per_device_train_batch_size", "8", "--finite_loss_check", "log",  # its check all-reduces across ranks
-         "--save_strategy", "steps", "--save_steps", "2"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "run_pretraining.py"),
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "8",
+            "--finite_loss_check",
+            "log",  # its check all-reduces across ranks
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
     run_pretraining.main([*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16"])
@@ -243,18 +366,45 @@ def test_no_search_for_unused_parameters_at_mask_ratio_0(tmp_path):
     """The mask token still gets a gradient (its zero-length copies are in the graph): searching anyway made DDP
     warn on every process that it found none."""
     seen = GradientlessParameters()
-    run(tmp_path, "--dataset_name", "digits", "--mask_ratio", "0", "--max_steps", "1", "--do_eval", "false",
-        "--max_train_samples", "16", callbacks=[seen])
+    run(
+        tmp_path,
+        "--dataset_name",
+        "digits",
+        "--mask_ratio",
+        "0",
+        "--max_steps",
+        "1",
+        "--do_eval",
+        "false",
+        "--max_train_samples",
+        "16",
+        callbacks=[seen],
+    )
     assert seen.without == [] and seen.find_unused is False
 
 
 def test_start_banner_and_no_warning_at_every_evaluation(tmp_path, caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run(tmp_path, "--dataset_name", "digits", "--max_train_samples", "80", "--max_steps", "6",
-            "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2", "--max_eval_samples", "16")
+        run(
+            tmp_path,
+            "--dataset_name",
+            "digits",
+            "--max_train_samples",
+            "80",
+            "--max_steps",
+            "6",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--max_eval_samples",
+            "16",
+        )
     assert not [w for w in caught if "pin_memory" in str(w.message)]  # was: one per evaluation loader, on the CPU
-    banner = caplog.text[caplog.text.index("***** Running MAE pretraining *****"):]
+    banner = caplog.text[caplog.text.index("***** Running MAE pretraining *****") :]
     for line in (
         "Examples             = 80 training, 16 validation",
         "Epochs               = 1",
@@ -281,8 +431,14 @@ def test_each_warning_once_per_run_even_when_filters_change():
         "    with warnings.catch_warnings():\n"
         "        pass\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("the same warning") == 1, result.stderr
 
@@ -305,7 +461,11 @@ def test_visualize_cli_writes_next_to_the_model(tmp_path):
     training_figure = (tmp_path / "out" / "reconstruction.png").read_bytes()
     result = subprocess.run(
         [sys.executable, "-m", "mae_hf.visualize", str(tmp_path / "out"), str(image), str(image)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figure = Image.open(tmp_path / "out" / "reconstruction_images.png")
@@ -331,9 +491,29 @@ def test_wandb_offline_logs_the_run_and_the_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run(tmp_path, "--dataset_name", "digits", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1",
-        "--max_eval_samples", "16", "--report_to", "wandb", "--run_name", "offline-test", "--monitor_dataset",
-        "digits", "--monitor_train_samples", "32", "--monitor_eval_samples", "16")
+    run(
+        tmp_path,
+        "--dataset_name",
+        "digits",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "1",
+        "--max_eval_samples",
+        "16",
+        "--report_to",
+        "wandb",
+        "--run_name",
+        "offline-test",
+        "--monitor_dataset",
+        "digits",
+        "--monitor_train_samples",
+        "32",
+        "--monitor_eval_samples",
+        "16",
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     logged = list(runs[0].rglob("*.wandb"))
@@ -351,8 +531,18 @@ def test_local_parquet_folder_streamed(tmp_path, decoding):
     folder.mkdir()
     digits["train"].select(range(64)).to_parquet(str(folder / "train.parquet"))
     digits["validation"].select(range(16)).to_parquet(str(folder / "validation.parquet"))
-    metrics = run(tmp_path, "--dataset_name", str(folder), "--streaming", "--max_steps", "2",
-                  "--warmup_steps", "1", "--image_decoding", decoding)
+    metrics = run(
+        tmp_path,
+        "--dataset_name",
+        str(folder),
+        "--streaming",
+        "--max_steps",
+        "2",
+        "--warmup_steps",
+        "1",
+        "--image_decoding",
+        decoding,
+    )
     assert np.isfinite(metrics["eval_loss"]) and metrics["train_loss"] > 0
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         run(tmp_path, "--dataset_name", str(folder), "--streaming", "--overwrite_output_dir")
@@ -368,8 +558,16 @@ def test_saved_model_works_with_the_feature_extraction_pipeline(tmp_path):
 
 
 # A bank of 101 images and 37 scored ones: with 2 processes and batches of 16 the shares (51/50, 19/18) are uneven.
-MONITOR = ["--monitor_dataset", "digits", "--monitor_train_samples", "101", "--monitor_eval_samples", "37",
-           "--monitor_crop_pct", "1"]
+MONITOR = [
+    "--monitor_dataset",
+    "digits",
+    "--monitor_train_samples",
+    "101",
+    "--monitor_eval_samples",
+    "37",
+    "--monitor_crop_pct",
+    "1",
+]
 MONITOR_KEYS = ("eval_knn_top1_cls", "eval_knn_top1_mean", "eval_linear_top1_cls", "eval_linear_top1_mean")
 
 
@@ -381,9 +579,24 @@ def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli
             if "eval_loss" in logs:
                 logged.setdefault(state.global_step, []).append(dict(logs))
 
-    metrics = run(tmp_path, "--dataset_name", "digits", "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps",
-                  "2", "--eval_on_start", "--max_eval_samples", "32", *MONITOR, "--metric_for_best_model",
-                  "eval_knn_top1_mean", callbacks=[Spy()])
+    metrics = run(
+        tmp_path,
+        "--dataset_name",
+        "digits",
+        "--max_steps",
+        "4",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--eval_on_start",
+        "--max_eval_samples",
+        "32",
+        *MONITOR,
+        "--metric_for_best_model",
+        "eval_knn_top1_mean",
+        callbacks=[Spy()],
+    )
     assert sorted(logged) == [0, 2, 4] and len(logged[4]) == 2  # step 0, during training, and the final evaluation
     for logs in itertools.chain(*logged.values()):
         assert all(0 <= logs[key] <= 1 for key in MONITOR_KEYS) and logs["eval_monitor_runtime"] >= 0
@@ -397,9 +610,29 @@ def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli
     assert Image.open(out / "training_curves.png").size == (1260, 640)  # 5 panels: 3 + 2
 
     result = subprocess.run(
-        [sys.executable, "-m", "mae_hf.evaluate_features", str(out), "--dataset", "digits", "--train_samples", "101",
-         "--eval_samples", "37", "--crop_pct", "1", "--batch_size", "16", "--output", str(tmp_path / "m.json")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [
+            sys.executable,
+            "-m",
+            "mae_hf.evaluate_features",
+            str(out),
+            "--dataset",
+            "digits",
+            "--train_samples",
+            "101",
+            "--eval_samples",
+            "37",
+            "--crop_pct",
+            "1",
+            "--batch_size",
+            "16",
+            "--output",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     cli = json.loads((tmp_path / "m.json").read_text())
@@ -407,13 +640,36 @@ def test_monitor_is_logged_at_every_evaluation_plotted_and_reproduced_by_the_cli
 
 
 def test_two_processes_gather_the_monitor_features(tmp_path):
-    common = [*TINY, "--dataset_name", "digits", "--do_train", "false", "--max_eval_samples", "16", "--use_cpu",
-              *MONITOR]
+    common = [
+        *TINY,
+        "--dataset_name",
+        "digits",
+        "--do_train",
+        "false",
+        "--max_eval_samples",
+        "16",
+        "--use_cpu",
+        *MONITOR,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "run_pretraining.py"), *common, "--output_dir", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "run_pretraining.py"),
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
     one = run_pretraining.main([*common, "--output_dir", str(tmp_path / "one")])
@@ -458,8 +714,16 @@ def test_evaluation_alone_needs_no_train_split(tmp_path):
     parquet.mkdir()
     load_digits_dataset()["validation"].select(range(16)).to_parquet(str(parquet / "validation.parquet"))
     for decoding in ("fast", "pil"):
-        metrics = run(tmp_path, "--dataset_name", str(parquet), "--do_train", "false", "--image_decoding", decoding,
-                      out=f"parquet_{decoding}")
+        metrics = run(
+            tmp_path,
+            "--dataset_name",
+            str(parquet),
+            "--do_train",
+            "false",
+            "--image_decoding",
+            decoding,
+            out=f"parquet_{decoding}",
+        )
         assert np.isfinite(metrics["eval_loss"])
     with pytest.raises(ValueError, match="the dataset has no 'train' split"):
         run(tmp_path, "--dataset_name", str(parquet), out="train")

@@ -15,13 +15,56 @@ import run_semantic_segmentation
 from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation, MAESegmentationConfig
 
 TINY = [
-    "--image_size", "32", "--crop_size", "32", "--resize_scale", "128", "32", "--patch_size", "8",
-    "--hidden_size", "32", "--num_hidden_layers", "4", "--num_attention_heads", "2", "--intermediate_size", "64",
-    "--out_indices", "0", "1", "2", "3", "--decode_channels", "16", "--auxiliary_channels", "8",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--warmup_steps", "0",
-    "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no",
-    "--eval_strategy", "no", "--num_visualized_images", "2", "--seed", "0", "--max_eval_samples", "8",
-    "--max_train_samples", "16",
+    "--image_size",
+    "32",
+    "--crop_size",
+    "32",
+    "--resize_scale",
+    "128",
+    "32",
+    "--patch_size",
+    "8",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "4",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+    "--out_indices",
+    "0",
+    "1",
+    "2",
+    "3",
+    "--decode_channels",
+    "16",
+    "--auxiliary_channels",
+    "8",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "4",
+    "--warmup_steps",
+    "0",
+    "--logging_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--num_visualized_images",
+    "2",
+    "--seed",
+    "0",
+    "--max_eval_samples",
+    "8",
+    "--max_train_samples",
+    "16",
 ]
 
 
@@ -34,7 +77,9 @@ def make_ade_folder(root, count=4, bad_size=False, bad_label=False):
     labels = np.random.default_rng(1).integers(0, 151, (40, 48), dtype=np.uint8)
     labels[0, 0] = 200
     return write_ade_folder(
-        root, count=count, shape=(40, 48),
+        root,
+        count=count,
+        shape=(40, 48),
         labels={"training": {1: labels}} if bad_label else None,
         sizes={"training": {2: (47, 40)}} if bad_size else None,
     )
@@ -57,25 +102,52 @@ def test_digits_seg_end_to_end_with_metrics_figures_and_pipeline(tmp_path):
 
 def test_ade_folder_with_reduce_labels_and_sliding_window(tmp_path):
     root = make_ade_folder(tmp_path / "ADEChallengeData2016")
-    metrics = run(tmp_path, "--dataset_name", str(root), "--reduce_labels", "--max_steps", "2",
-                  "--inference_mode", "slide", "--test_crop_size", "32", "--test_stride", "16")
+    metrics = run(
+        tmp_path,
+        "--dataset_name",
+        str(root),
+        "--reduce_labels",
+        "--max_steps",
+        "2",
+        "--inference_mode",
+        "slide",
+        "--test_crop_size",
+        "32",
+        "--test_stride",
+        "16",
+    )
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert len(config["id2label"]) == 150 and config["inference_mode"] == "slide"
     assert "eval_mean_iou" in metrics
 
 
 def test_mae_checkpoint_as_encoder(tmp_path):
-    mae = MAEForPreTraining(tiny_config(image_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                        intermediate_size=64))
+    mae = MAEForPreTraining(
+        tiny_config(image_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
+    )
     mae.save_pretrained(tmp_path / "mae")
-    run(tmp_path, "--dataset_name", "digits_seg", "--model_name_or_path", str(tmp_path / "mae"), "--max_steps", "1",
-        "--do_eval", "false")
+    run(
+        tmp_path,
+        "--dataset_name",
+        "digits_seg",
+        "--model_name_or_path",
+        str(tmp_path / "mae"),
+        "--max_steps",
+        "1",
+        "--do_eval",
+        "false",
+    )
     model = MAEForSemanticSegmentation.from_pretrained(tmp_path / "out")
     assert model.vit.pos_embed.shape == (1, 17, 32)  # 16 px checkpoint resampled to 32 px (4x4 patches)
 
 
-@pytest.mark.parametrize("problem, message", [("size", r"ADE_training_00000002.*\(47, 40\).*\(48, 40\)|\(48, 40\).*\(47, 40\)"),
-                                              ("label", r"ADE_training_00000001.*200")])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("size", r"ADE_training_00000002.*\(47, 40\).*\(48, 40\)|\(48, 40\).*\(47, 40\)"),
+        ("label", r"ADE_training_00000001.*200"),
+    ],
+)
 def test_bad_annotations_are_named(tmp_path, problem, message):
     root = make_ade_folder(tmp_path / "ADEChallengeData2016", bad_size=problem == "size", bad_label=problem == "label")
     with pytest.raises(ValueError, match=message):
@@ -117,8 +189,11 @@ def direct_scores(model_dir, root, scale=(128, 32)):
         resized = TF.resize(image, [int(height * factor + 0.5), int(width * factor + 0.5)], antialias=False)
         with torch.no_grad():
             logits = model(((resized.float() / 255 - mean) / std)[None]).logits
-        prediction = torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear",
-                                                     align_corners=False).argmax(dim=1)[0].numpy()
+        prediction = (
+            torch.nn.functional.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            .argmax(dim=1)[0]
+            .numpy()
+        )
         counted = labels != 255
         matrix += np.bincount(150 * labels[counted] + prediction[counted], minlength=150 * 150).reshape(150, 150)
     intersection = np.diag(matrix)
@@ -129,18 +204,39 @@ def direct_scores(model_dir, root, scale=(128, 32)):
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_ade_scores_at_the_original_annotation_size_like_mmsegmentation(tmp_path, mode):
     root = odd_size_ade_folder(tmp_path / "ADEChallengeData2016")
-    data = ["--dataset_name", str(root), "--reduce_labels", "--inference_mode", mode, "--test_crop_size", "32",
-            "--test_stride", "21"]
+    data = [
+        "--dataset_name",
+        str(root),
+        "--reduce_labels",
+        "--inference_mode",
+        mode,
+        "--test_crop_size",
+        "32",
+        "--test_stride",
+        "21",
+    ]
     run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
     scores = {}
     for batch in (1, 3):  # 3: images of different sizes in one batch
-        scores[batch] = run(tmp_path, *data, "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false",
-                            "--per_device_eval_batch_size", str(batch), out=f"eval_{batch}")
+        scores[batch] = run(
+            tmp_path,
+            *data,
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--do_train",
+            "false",
+            "--per_device_eval_batch_size",
+            str(batch),
+            out=f"eval_{batch}",
+        )
     expected = direct_scores(tmp_path / "model", root)
     assert len(expected) >= 4 and sum(value > 0 for value in expected.values()) >= 2  # predictions that overlap
     for batch, metrics in scores.items():
-        ours = {key.removeprefix("eval_iou_"): value for key, value in metrics.items()
-                if key.startswith("eval_iou_") and not np.isnan(value)}
+        ours = {
+            key.removeprefix("eval_iou_"): value
+            for key, value in metrics.items()
+            if key.startswith("eval_iou_") and not np.isnan(value)
+        }
         assert ours.keys() == expected.keys(), batch
         for name, value in expected.items():
             assert ours[name] == pytest.approx(value, abs=1e-9), (batch, name)
@@ -157,17 +253,41 @@ def test_flip_probability_reaches_the_training_transform(tmp_path, flip):
 
     columns = np.arange(32)[None, :] // 8 + 4 * (np.arange(32)[:, None] // 16)  # classes grow left to right
     pair = {"image": [Image.new("RGB", (32, 32))], "annotation": [Image.fromarray(columns.astype(np.uint8), "L")]}
-    datasets = {split: Dataset.from_dict(pair, features=Features({"image": ImageFeature(), "annotation": ImageFeature()}))
-                for split in ("train", "validation")}
+    datasets = {
+        split: Dataset.from_dict(pair, features=Features({"image": ImageFeature(), "annotation": ImageFeature()}))
+        for split in ("train", "validation")
+    }
     _, data_args, _ = parse_arguments(
-        (run_semantic_segmentation.SegmentationModelArguments, run_semantic_segmentation.SegmentationDataArguments,
-         run_semantic_segmentation.SegmentationTrainingArguments),
-        ["--output_dir", str(tmp_path), "--crop_size", "32", "--resize_scale", "32", "32", "--ratio_range", "1", "1",
-         "--flip_probability", flip],
+        (
+            run_semantic_segmentation.SegmentationModelArguments,
+            run_semantic_segmentation.SegmentationDataArguments,
+            run_semantic_segmentation.SegmentationTrainingArguments,
+        ),
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--crop_size",
+            "32",
+            "--resize_scale",
+            "32",
+            "32",
+            "--ratio_range",
+            "1",
+            "1",
+            "--flip_probability",
+            flip,
+        ],
     )
-    config = MAEForSemanticSegmentation.config_class(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=8,
-                                                     out_indices=(0, 1, 2, 3))
+    config = MAEForSemanticSegmentation.config_class(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        out_indices=(0, 1, 2, 3),
+    )
     train = run_semantic_segmentation.attach_transforms(datasets, ("image", "annotation"), data_args, config)["train"]
     for _ in range(12):
         labels = train[0]["labels"]
@@ -187,12 +307,32 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
     run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
     repo = Path(__file__).resolve().parent.parent
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(repo / "run_semantic_segmentation.py"), "--output_dir", str(tmp_path / "two"), *TINY, *data,
-         "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false", "--use_cpu",
-         "--per_device_eval_batch_size", "2"],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo)), cwd=repo,
-        timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(repo / "run_semantic_segmentation.py"),
+            "--output_dir",
+            str(tmp_path / "two"),
+            *TINY,
+            *data,
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--do_train",
+            "false",
+            "--use_cpu",
+            "--per_device_eval_batch_size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo)),
+        cwd=repo,
+        timeout=600,
+        check=False,
     )
     assert two.returncode == 0, two.stderr[-4000:]
     metrics = json.loads((tmp_path / "two" / "eval_results.json").read_text())
@@ -206,9 +346,18 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
 def test_unused_parameters_rule_matches_the_gradients(out_indices):
     """The script asks DDP to search for parameters without gradients exactly when some exist (the search costs a
     graph traversal per step, and transformers' default search warns on every process when there are none)."""
-    config = MAESegmentationConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=4,
-                                   num_attention_heads=2, intermediate_size=64, out_indices=out_indices,
-                                   decode_channels=16, auxiliary_channels=8, num_labels=3)
+    config = MAESegmentationConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        out_indices=out_indices,
+        decode_channels=16,
+        auxiliary_channels=8,
+        num_labels=3,
+    )
     model = MAEForSemanticSegmentation(config).train()
     model(torch.randn(2, 3, 16, 16), labels=torch.randint(0, 3, (2, 16, 16))).loss.backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
@@ -220,12 +369,26 @@ def test_truncated_image_is_named_before_training_or_skipped(tmp_path, split, ca
     root = make_ade_folder(tmp_path / "ADEChallengeData2016")
     image = root / "images" / split / f"ADE_{split}_00000001.jpg"
     image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])  # headers intact, pixels cut off
-    with pytest.raises(ValueError, match=rf"its image .*ADE_{split}_00000001\.jpg cannot be read .*--skip_corrupt_images"):
+    with pytest.raises(
+        ValueError, match=rf"its image .*ADE_{split}_00000001\.jpg cannot be read .*--skip_corrupt_images"
+    ):
         run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151")
     assert not (tmp_path / "out").exists()
     with caplog.at_level(logging.WARNING, logger="mae_hf"):
-        metrics = run(tmp_path, "--dataset_name", str(root), "--max_steps", "1", "--num_labels", "151",
-                      "--skip_corrupt_images", "--eval_strategy", "steps", "--eval_steps", "1")
+        metrics = run(
+            tmp_path,
+            "--dataset_name",
+            str(root),
+            "--max_steps",
+            "1",
+            "--num_labels",
+            "151",
+            "--skip_corrupt_images",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "1",
+        )
     assert metrics["train_loss"] > 0 and "eval_mean_iou" in metrics
     name = {"training": "train", "validation": "validation"}[split]
     assert f"skipped 1 {name} image/annotation pair(s) that cannot be read (--skip_corrupt_images)" in caplog.text

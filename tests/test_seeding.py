@@ -78,8 +78,13 @@ PIPELINES = {
 def epoch_batches(pipeline, workers: int, epochs=(0, 1)) -> list[dict]:
     dataset, collator, draws = pipeline
     sampler = sample_key_sampler(torch.utils.data.RandomSampler(dataset), dataset, seed=0)
-    loader = DataLoader(SeededSamples(dataset, 0, draws), batch_size=8, sampler=sampler, num_workers=workers,
-                        collate_fn=SeededCollator(collator, 0, draws))
+    loader = DataLoader(
+        SeededSamples(dataset, 0, draws),
+        batch_size=8,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=SeededCollator(collator, 0, draws),
+    )
     batches = []
     for epoch in epochs:
         sampler.set_epoch(epoch)

@@ -32,9 +32,18 @@ PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixel_values = colour
 
 
 def data_args(name, **overrides):
-    fields = dict(dataset_name=name, dataset_config_name=None, image_column_name=None, annotation_column_name=None,
-                  train_val_split=0.25, max_train_samples=None, max_eval_samples=None, cache_dir=None,
-                  reduce_labels=False, num_labels=None)
+    fields = dict(
+        dataset_name=name,
+        dataset_config_name=None,
+        image_column_name=None,
+        annotation_column_name=None,
+        train_val_split=0.25,
+        max_train_samples=None,
+        max_eval_samples=None,
+        cache_dir=None,
+        reduce_labels=False,
+        num_labels=None,
+    )
     return SimpleNamespace(**{**fields, **overrides})
 
 
@@ -66,15 +75,24 @@ def test_digits_seg_unlabelled_configuration_for_pretraining(digits_seg):
     assert unlabelled["train"].column_names == ["image"] and len(unlabelled["train"]) == 10_000
     assert unlabelled["validation"].column_names == ["image"]
     for i in (0, 199):  # the same validation images as the labelled configuration
-        assert np.array_equal(np.asarray(unlabelled["validation"][i]["image"]),
-                              np.asarray(digits_seg["validation"][i]["image"]))
+        assert np.array_equal(
+            np.asarray(unlabelled["validation"][i]["image"]), np.asarray(digits_seg["validation"][i]["image"])
+        )
     assert not np.array_equal(np.asarray(unlabelled["train"][0]["image"]), np.asarray(digits_seg["train"][0]["image"]))
     assert load_digits_seg_dataset("default")["train"].column_names == ["image", "annotation"]
     with pytest.raises(ValueError, match="digits_seg has the configurations default, unlabelled; got 'labelled'"):
         load_digits_seg_dataset("labelled")
-    images = load_image_datasets(SimpleNamespace(dataset_name="digits_seg", dataset_config_name="unlabelled",
-                                                 train_dir=None, streaming=False, max_train_samples=None,
-                                                 max_eval_samples=None, cache_dir=None))
+    images = load_image_datasets(
+        SimpleNamespace(
+            dataset_name="digits_seg",
+            dataset_config_name="unlabelled",
+            train_dir=None,
+            streaming=False,
+            max_train_samples=None,
+            max_eval_samples=None,
+            cache_dir=None,
+        )
+    )
     assert len(images["train"]) == 10_000  # what run_pretraining.py reads with --dataset_config_name unlabelled
 
 
@@ -117,8 +135,9 @@ def test_ade_folder_loads_and_reduce_labels(tmp_path):
 
 def test_ade_folder_errors_name_files_and_folders(tmp_path):
     root = write_ade(tmp_path / "ade")
-    (root / "images" / "training" / "ADE_extra.jpg").write_bytes((root / "images" / "training" /
-                                                                  "ADE_training_00000000.jpg").read_bytes())
+    (root / "images" / "training" / "ADE_extra.jpg").write_bytes(
+        (root / "images" / "training" / "ADE_training_00000000.jpg").read_bytes()
+    )
     with pytest.raises(ValueError, match=r"1 image\(s\) without an annotation: .*ADE_extra\.jpg"):
         load_ade_folder(str(root))
     (root / "images" / "training" / "ADE_extra.jpg").unlink()
@@ -135,9 +154,11 @@ def test_ade_folder_errors_name_files_and_folders(tmp_path):
 
 def test_parquet_columns_are_detected_and_errors_list_columns(tmp_path):
     rng = np.random.default_rng(0)
-    rows = {"pixel_values": [Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)) for _ in range(8)],
-            "label": [Image.fromarray(rng.integers(0, 5, (6, 5), dtype=np.uint8), mode="L") for _ in range(8)],
-            "scene": list(range(8))}
+    rows = {
+        "pixel_values": [Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)) for _ in range(8)],
+        "label": [Image.fromarray(rng.integers(0, 5, (6, 5), dtype=np.uint8), mode="L") for _ in range(8)],
+        "scene": list(range(8)),
+    }
     features = Features({"pixel_values": ImageFeature(), "label": ImageFeature(), "scene": Value("int64")})
     (tmp_path / "data").mkdir()
     Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "data" / "train.parquet"))
@@ -160,8 +181,11 @@ def test_check_annotations_names_files_sizes_and_values(tmp_path):
     bad_label[0, 0], bad_label[0, 1] = 200, 255
     root = write_ade(tmp_path / "ade", labels={"training": {1: bad_label}}, sizes={"training": {2: (11, 10)}})
     datasets = load_ade_folder(str(root))
-    with pytest.raises(ValueError, match=r"ADE_training_00000002\.png has size \(11, 10\).*"
-                                         r"ADE_training_00000002\.jpg has size \(12, 10\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ADE_training_00000002\.png has size \(11, 10\).*"
+        r"ADE_training_00000002\.jpg has size \(12, 10\)",
+    ):
         check_annotations(datasets["train"].select([0, 2]), "image", "annotation", 151)
     with pytest.raises(ValueError, match=r"ADE_training_00000001\.png has label 200.*num_labels=151"):
         check_annotations(datasets["train"].select([0, 1]), "image", "annotation", 151)
@@ -176,8 +200,10 @@ def test_check_annotations_names_files_sizes_and_values(tmp_path):
 
 def test_check_annotations_names_rows_without_files():
     features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
-    ds = Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * 2,
-                            "annotation": [Image.new("L", (4, 4)), Image.new("L", (4, 5), 9)]}, features=features)
+    ds = Dataset.from_dict(
+        {"image": [Image.new("RGB", (4, 4))] * 2, "annotation": [Image.new("L", (4, 4)), Image.new("L", (4, 5), 9)]},
+        features=features,
+    )
     with pytest.raises(ValueError, match=r"row 1 has size \(4, 5\).*row 1 has size \(4, 4\)"):
         check_annotations(ds, "image", "annotation", 5)
 
@@ -225,8 +251,9 @@ def blocks(width=64, height=48, block=8):
 @pytest.mark.parametrize("flip", [0.0, 1.0])
 def test_rescale_crop_and_flip_move_image_and_map_together_in_both_directions(flip):
     image, annotation = blocks()
-    transform = SegmentationTrainTransform(32, scale=(128, 48), ratio_range=(0.5, 2.0), flip=flip, photometric=False,
-                                           cat_max_ratio=1.0, **PLAIN)
+    transform = SegmentationTrainTransform(
+        32, scale=(128, 48), ratio_range=(0.5, 2.0), flip=flip, photometric=False, cat_max_ratio=1.0, **PLAIN
+    )
     agree = total = 0
     for seed in range(20):
         torch.manual_seed(seed)
@@ -286,8 +313,9 @@ def test_cat_max_ratio_is_respected_when_possible():
     annotation, image = Image.fromarray(classes, mode="L"), Image.new("RGB", (64, 64))
 
     def balanced_crops(cat_max_ratio):
-        transform = SegmentationTrainTransform(32, scale=(64, 64), ratio_range=(1.0, 1.0),
-                                               cat_max_ratio=cat_max_ratio, photometric=False, **PLAIN)
+        transform = SegmentationTrainTransform(
+            32, scale=(64, 64), ratio_range=(1.0, 1.0), cat_max_ratio=cat_max_ratio, photometric=False, **PLAIN
+        )
         count = 0
         for seed in range(30):
             torch.manual_seed(seed)
@@ -314,8 +342,10 @@ def test_batch_transform_and_collate_pad_with_0_and_255(digits_seg):
     ds = ds.with_transform(SegmentationBatchTransform(SegmentationEvalTransform(scale=(32, 16)), "image", "annotation"))
     batch = collate_segmentation([ds[i] for i in range(3)])
     assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["labels"].shape == (3, 32, 32)  # maps: original
-    examples = [{"pixel_values": torch.ones(3, 4, 5), "labels": torch.full((4, 5), 2)},
-                {"pixel_values": torch.ones(3, 6, 3), "labels": torch.full((6, 3), 1)}]
+    examples = [
+        {"pixel_values": torch.ones(3, 4, 5), "labels": torch.full((4, 5), 2)},
+        {"pixel_values": torch.ones(3, 6, 3), "labels": torch.full((6, 3), 1)},
+    ]
     batch = collate_segmentation(examples)
     assert set(batch) == {"pixel_values", "labels"}
     assert batch["pixel_values"].shape == (2, 3, 6, 5) and batch["labels"].dtype == torch.int64
@@ -327,8 +357,10 @@ def test_batch_transform_and_collate_pad_with_0_and_255(digits_seg):
 
 
 def test_evaluation_collator_pads_images_and_maps_separately_and_gives_their_sizes():
-    examples = [{"pixel_values": torch.ones(3, 4, 6), "labels": torch.full((9, 13), 2)},
-                {"pixel_values": torch.ones(3, 5, 3), "labels": torch.full((11, 7), 1)}]
+    examples = [
+        {"pixel_values": torch.ones(3, 4, 6), "labels": torch.full((9, 13), 2)},
+        {"pixel_values": torch.ones(3, 5, 3), "labels": torch.full((11, 7), 1)},
+    ]
     batch = collate_segmentation_with_sizes(examples)
     assert batch["pixel_values"].shape == (2, 3, 5, 6) and batch["labels"].shape == (2, 11, 13)
     assert batch["image_sizes"].tolist() == [[4, 6], [5, 3]] and batch["label_sizes"].tolist() == [[9, 13], [11, 7]]

@@ -32,19 +32,27 @@ class Pixels(Dataset):
 
 def trainer_for(tmp_path, model, train=None, evaluation=None, **overrides):
     settings = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, report_to="none",
-        remove_unused_columns=False, label_names=["pixel_values"], use_cpu=True, logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["pixel_values"],
+        use_cpu=True,
+        logging_steps=1,
     )
     args = RecipeArguments(**{**settings, **overrides})
-    return MAETrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                      data_collator=collate_pixel_values)
+    return MAETrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, data_collator=collate_pixel_values
+    )
 
 
 def test_no_decay_for_biases_norms_and_tokens():
     model = MAEForPreTraining(tiny_config())
     decayed = set(decay_parameter_names(model))
     expected = {
-        name for name, p in model.named_parameters()
+        name
+        for name, p in model.named_parameters()
         if name.endswith("weight") and ".norm" not in name and "norm1" not in name and "norm2" not in name
     }
     assert decayed == expected
@@ -83,8 +91,9 @@ def test_evaluation_scores_every_example_with_dataloader_drop_last(tmp_path, eva
     """--dataloader_drop_last is for training batches; transformers applies it to evaluation too, where it left
     10 % 3 = 1 image unscored, or all of them (no eval_loss) when the eval batch is larger than the split."""
     model, images = MAEForPreTraining(tiny_config()), Pixels(count=10)
-    dropping = trainer_for(tmp_path, model, Pixels(count=6), images, dataloader_drop_last=True,
-                           per_device_eval_batch_size=eval_batch)
+    dropping = trainer_for(
+        tmp_path, model, Pixels(count=6), images, dataloader_drop_last=True, per_device_eval_batch_size=eval_batch
+    )
     assert sum(len(batch["pixel_values"]) for batch in dropping.get_eval_dataloader()) == 10
     assert len(dropping.get_train_dataloader()) == 1  # training still drops: 6 images, one batch of 4
     keeping = trainer_for(tmp_path, model, evaluation=images, per_device_eval_batch_size=eval_batch)
@@ -104,8 +113,16 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
 
 def test_deferred_finite_check_reads_the_loss_only_at_logging_and_checkpoint_steps(tmp_path, monkeypatch):
     model = MAEForPreTraining(tiny_config())
-    trainer = trainer_for(tmp_path, model, Pixels(24, nan_after=8), save_steps=2, logging_steps=3, max_steps=6,
-                          finite_loss_check="log", logging_nan_inf_filter=False)
+    trainer = trainer_for(
+        tmp_path,
+        model,
+        Pixels(24, nan_after=8),
+        save_steps=2,
+        logging_steps=3,
+        max_steps=6,
+        finite_loss_check="log",
+        logging_nan_inf_filter=False,
+    )
     checks, syncs, inside_step = [], [], []
     check, step = MAETrainer._check_accumulated_loss, MAETrainer.training_step
     item, as_bool = torch.Tensor.item, torch.Tensor.__bool__
@@ -118,11 +135,11 @@ def test_deferred_finite_check_reads_the_loss_only_at_logging_and_checkpoint_ste
             inside_step.pop()
 
     monkeypatch.setattr(MAETrainer, "training_step", spy_step)
-    monkeypatch.setattr(MAETrainer, "_check_accumulated_loss",
-                        lambda self: checks.append(self.state.global_step) or check(self))
+    monkeypatch.setattr(
+        MAETrainer, "_check_accumulated_loss", lambda self: checks.append(self.state.global_step) or check(self)
+    )
     monkeypatch.setattr(torch.Tensor, "item", lambda self: (inside_step and syncs.append("item"), item(self))[1])
-    monkeypatch.setattr(torch.Tensor, "__bool__",
-                        lambda self: (inside_step and syncs.append("bool"), as_bool(self))[1])
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: (inside_step and syncs.append("bool"), as_bool(self))[1])
     with pytest.raises(NonFiniteLossError, match="became non-finite at step 3"):
         trainer.train()
     assert syncs == []  # nothing inside the training step reads a tensor on the host
@@ -165,13 +182,23 @@ def test_gpu_fast_paths_on_cuda_only_and_never_over_a_chosen_precision(tmp_path,
     gpu = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=2)
     gpu.dataloader_pin_memory = True  # its default off the CPU
     assert apply_gpu_fast_paths(gpu) == [
-        "bf16", "tf32", "dataloader_persistent_workers", "non_blocking", "logging_nan_inf_filter=False"
+        "bf16",
+        "tf32",
+        "dataloader_persistent_workers",
+        "non_blocking",
+        "logging_nan_inf_filter=False",
     ]
     assert gpu.bf16 and gpu.mixed_precision == "bf16" and gpu.tf32 and gpu.accelerator_config.non_blocking
     assert gpu.optim == "adamw_torch_fused" and gpu.dataloader_pin_memory
     assert torch.backends.cuda.matmul.allow_tf32
-    chosen = RecipeArguments(output_dir=str(tmp_path), use_cpu=True, fp16=False, tf32=False, dataloader_num_workers=0,
-                             dataloader_pin_memory=False)
+    chosen = RecipeArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        fp16=False,
+        tf32=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+    )
     chosen.fp16 = True  # (fp16 cannot be constructed on a CPU-only machine)
     assert apply_gpu_fast_paths(chosen) == ["logging_nan_inf_filter=False"]
     assert not chosen.bf16 and chosen.tf32 is False

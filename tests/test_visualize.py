@@ -86,6 +86,7 @@ def test_cli_turns_photos_upright_by_their_exif_orientation_as_training_does(tmp
     exif[0x0112] = 6  # stored sideways, shown rotated by 90 degrees
     Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif)
     seen = {}
+
     def spy(model, pixel_values, *args, **kwargs):
         seen["pixels"] = pixel_values
         return Image.new("RGB", (1, 1))

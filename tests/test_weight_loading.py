@@ -51,7 +51,9 @@ TABLES = {
 def config_for(model_class, **overrides):
     if model_class is MAEForSemanticSegmentation:
         return seg_config(**overrides)
-    return tiny_config(num_labels=3, **overrides) if model_class is MAEForImageClassification else tiny_config(**overrides)
+    return (
+        tiny_config(num_labels=3, **overrides) if model_class is MAEForImageClassification else tiny_config(**overrides)
+    )
 
 
 @pytest.mark.parametrize("model_class", list(TABLES))
@@ -87,19 +89,86 @@ def test_grid_of_a_table_comes_from_the_saved_config():
         table_grid("pos_embed", 24, None, (4, 4))
 
 
-SCRIPT_TINY = ["--image_size", "32", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "4",
-               "--num_attention_heads", "2", "--intermediate_size", "64", "--max_steps", "1", "--do_eval", "false",
-               "--per_device_train_batch_size", "4", "--report_to", "none", "--dataloader_num_workers", "0",
-               "--save_strategy", "no", "--max_train_samples", "8", "--logging_steps", "1"]
+SCRIPT_TINY = [
+    "--image_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "4",
+    "--num_attention_heads",
+    "2",
+    "--intermediate_size",
+    "64",
+    "--max_steps",
+    "1",
+    "--do_eval",
+    "false",
+    "--per_device_train_batch_size",
+    "4",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+    "--save_strategy",
+    "no",
+    "--max_train_samples",
+    "8",
+    "--logging_steps",
+    "1",
+]
 SCRIPTS = {
-    "pretraining": (run_pretraining, MAEForPreTraining, ["--dataset_name", "digits", "--warmup_epochs", "0", "--decoder_hidden_size",
-                                      "16", "--decoder_num_attention_heads", "2", "--decoder_intermediate_size", "32",
-                                      "--decoder_num_hidden_layers", "1"]),
-    "classification": (run_image_classification, MAEForImageClassification, ["--dataset_name", "digits", "--warmup_epochs", "0"]),
-    "segmentation": (run_semantic_segmentation, MAEForSemanticSegmentation, ["--dataset_name", "digits_seg", "--crop_size", "32",
-                                                 "--resize_scale", "128", "32", "--out_indices", "0", "1", "2", "3",
-                                                 "--decode_channels", "16", "--auxiliary_channels", "8",
-                                                 "--warmup_steps", "0", "--num_visualized_images", "1"]),
+    "pretraining": (
+        run_pretraining,
+        MAEForPreTraining,
+        [
+            "--dataset_name",
+            "digits",
+            "--warmup_epochs",
+            "0",
+            "--decoder_hidden_size",
+            "16",
+            "--decoder_num_attention_heads",
+            "2",
+            "--decoder_intermediate_size",
+            "32",
+            "--decoder_num_hidden_layers",
+            "1",
+        ],
+    ),
+    "classification": (
+        run_image_classification,
+        MAEForImageClassification,
+        ["--dataset_name", "digits", "--warmup_epochs", "0"],
+    ),
+    "segmentation": (
+        run_semantic_segmentation,
+        MAEForSemanticSegmentation,
+        [
+            "--dataset_name",
+            "digits_seg",
+            "--crop_size",
+            "32",
+            "--resize_scale",
+            "128",
+            "32",
+            "--out_indices",
+            "0",
+            "1",
+            "2",
+            "3",
+            "--decode_channels",
+            "16",
+            "--auxiliary_channels",
+            "8",
+            "--warmup_steps",
+            "0",
+            "--num_visualized_images",
+            "1",
+        ],
+    ),
 }
 
 
@@ -107,13 +176,24 @@ SCRIPTS = {
 def test_scripts_image_size_resamples_by_grid(tmp_path, mae_log, script):
     """A (16, 64) checkpoint, patch 8: 2x8 = 16 patches; --image_size 32 is 4x4 = 16 patches too."""
     module, model_class, extra = SCRIPTS[script]
-    checkpoint = learned_looking(MAEForPreTraining(tiny_config(
-        image_size=(16, 64), hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-        decoder_hidden_size=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
-    )))
+    checkpoint = learned_looking(
+        MAEForPreTraining(
+            tiny_config(
+                image_size=(16, 64),
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                intermediate_size=64,
+                decoder_hidden_size=16,
+                decoder_num_attention_heads=2,
+                decoder_intermediate_size=32,
+            )
+        )
+    )
     checkpoint.save_pretrained(tmp_path / "mae")
-    module.main(["--model_name_or_path", str(tmp_path / "mae"), "--output_dir", str(tmp_path / "out"),
-                 *SCRIPT_TINY, *extra])
+    module.main(
+        ["--model_name_or_path", str(tmp_path / "mae"), "--output_dir", str(tmp_path / "out"), *SCRIPT_TINY, *extra]
+    )
     trained = model_class.from_pretrained(tmp_path / "out")
     for name in TABLES[model_class]:  # buffers: the training step leaves them as loaded
         expected = resample_pos_embed(checkpoint.get_buffer(name), (2, 8), (4, 4))
@@ -134,7 +214,9 @@ def test_classifier_folder_as_a_bare_encoder(tmp_path, caplog, pooling):
         transformers_logger.removeHandler(caplog.handler)
     assert type(encoder) is MAEModel and not info["missing_keys"]
     assert "MISSING" not in caplog.text and "newly initialized" not in caplog.text
-    assert {key.split(".")[0] for key in info["unexpected_keys"]} == ({"fc_norm", "head"} if pooling == "mean" else {"head"})
+    assert {key.split(".")[0] for key in info["unexpected_keys"]} == (
+        {"fc_norm", "head"} if pooling == "mean" else {"head"}
+    )
     pixels = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(encoder.eval()(pixels).last_hidden_state, classifier.vit(pixels).last_hidden_state)
     encoder.save_pretrained(tmp_path / "again")  # and the bare encoder round-trips as it is
@@ -164,9 +246,15 @@ def test_bare_encoder_into_a_task_model_reports_only_the_new_parts(tmp_path, cap
     """A bare encoder folder (official mae_pretrain_vit_*.pth or timm *.mae, converted) brings a final norm that
     mean pooling and the segmenter do not use: silently ignored, as the pretraining checkpoint's `vit.norm`."""
     config = config_for(model_class)
-    MAEModel(config_for(MAEModel, **{k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
-                                                                     "num_attention_heads", "intermediate_size")})
-             ).save_pretrained(tmp_path)
+    MAEModel(
+        config_for(
+            MAEModel,
+            **{
+                k: getattr(config, k)
+                for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            },
+        )
+    ).save_pretrained(tmp_path)
     transformers_logger = logging.getLogger("transformers")
     transformers_logger.addHandler(caplog.handler)
     try:

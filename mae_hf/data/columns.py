@@ -42,13 +42,16 @@ def find_segmentation_columns(dataset, image_column: str | None = None, annotati
     """(image column, annotation column): the given names (they must exist), else for the annotation a usual name
     (it is a `datasets.Image` too, so its type cannot tell it apart) and for the image the first other
     `datasets.Image` feature, else a usual name. Both must be `datasets.Image` columns. Errors list the columns."""
-    annotation = find_column(dataset, annotation_column, None, ANNOTATION_COLUMN_NAMES, "--annotation_column_name",
-                             "annotation")
-    image = find_column(dataset, image_column, Image, IMAGE_COLUMN_NAMES, "--image_column_name", "image",
-                        exclude=(annotation,))
+    annotation = find_column(
+        dataset, annotation_column, None, ANNOTATION_COLUMN_NAMES, "--annotation_column_name", "annotation"
+    )
+    image = find_column(
+        dataset, image_column, Image, IMAGE_COLUMN_NAMES, "--image_column_name", "image", exclude=(annotation,)
+    )
     for column, flag in ((image, "--image_column_name"), (annotation, "--annotation_column_name")):
         feature = (dataset.features or {}).get(column)
         if feature is not None and not isinstance(feature, Image):
-            raise ValueError(f"column {column!r} holds {feature}, not images; pass {flag} "
-                             f"(columns: {list(dataset.column_names)})")
+            raise ValueError(
+                f"column {column!r} holds {feature}, not images; pass {flag} (columns: {list(dataset.column_names)})"
+            )
     return image, annotation

@@ -29,8 +29,15 @@ from .transforms import ImageTransform, pretrain_transform
 class FastRandomResizedCrop:
     """`pretrain_transform` (RandomResizedCrop(scale, bicubic) + flip + normalise) on encoded images."""
 
-    def __init__(self, size, mean=IMAGENET_MEAN, std=IMAGENET_STD, min_scale: float = 0.2, flip: float = 0.5,
-                 num_channels: int = 3):
+    def __init__(
+        self,
+        size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        min_scale: float = 0.2,
+        flip: float = 0.5,
+        num_channels: int = 3,
+    ):
         self.size_hw = (size, size) if isinstance(size, int) else tuple(size)
         self.draw = CropFlipDraw(self.size_hw, min_scale, flip)
         self.num_channels = num_channels
@@ -50,8 +57,9 @@ class EncodedImageTransform(ImageTransform):
         return value
 
 
-def pretrain_image_transform(decoding: str, column: str, size, mean, std, *, min_scale: float, flip: float,
-                             num_channels: int) -> ImageTransform:
+def pretrain_image_transform(
+    decoding: str, column: str, size, mean, std, *, min_scale: float, flip: float, num_channels: int
+) -> ImageTransform:
     """The training batch transform for `--image_decoding` pil | fast | gpu (see the module docstring)."""
     if decoding == "pil":
         return ImageTransform(pretrain_transform(size, mean, std, min_scale, flip), column, num_channels)

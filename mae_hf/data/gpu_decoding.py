@@ -64,9 +64,11 @@ class GPUImageDecoder:
 
     def __call__(self, encoded: list[np.ndarray], crops: np.ndarray, flips: torch.Tensor, device) -> torch.Tensor:
         images = self.decode(encoded, device)
-        pixels = torch.stack([  # boxes differ per image: one resize each (small kernels on a GPU)
-            F.resized_crop(image, top, left, height, width, self.size, interpolation=BICUBIC, antialias=True)
-            for image, (top, left, height, width) in zip(images, crops.tolist())
-        ])
+        pixels = torch.stack(
+            [  # boxes differ per image: one resize each (small kernels on a GPU)
+                F.resized_crop(image, top, left, height, width, self.size, interpolation=BICUBIC, antialias=True)
+                for image, (top, left, height, width) in zip(images, crops.tolist())
+            ]
+        )
         flips = flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
         return self.normalize(torch.where(flips, pixels.flip(-1), pixels))

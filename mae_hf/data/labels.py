@@ -78,8 +78,10 @@ def class_balanced_subset(dataset, column: str, fraction: float, seed: int = 0):
 def annotation_array(annotation: PILImage.Image) -> np.ndarray:
     """A class map as a writable (H, W) array: uint8 for 8-bit maps, int64 for 16/32-bit ones."""
     if annotation.mode not in CLASS_MAP_MODES:
-        raise ValueError(f"an annotation must hold one class id per pixel (PIL modes {', '.join(CLASS_MAP_MODES)}); "
-                         f"got mode {annotation.mode}")
+        raise ValueError(
+            f"an annotation must hold one class id per pixel (PIL modes {', '.join(CLASS_MAP_MODES)}); "
+            f"got mode {annotation.mode}"
+        )
     array = np.array(annotation)  # a copy: PIL's buffer is read-only
     return array if array.dtype == np.uint8 else array.astype(np.int64)
 
@@ -91,8 +93,9 @@ def reduce_labels_map(array: np.ndarray) -> np.ndarray:
     return reduced.astype(array.dtype)
 
 
-def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_labels: bool,
-                 decode_images: bool = True) -> dict:
+def _stats_batch(
+    batch: dict, image_column: str, annotation_column: str, reduce_labels: bool, decode_images: bool = True
+) -> dict:
     out = {"image_size": [], "annotation_size": [], "labels": [], "error": []}
     for image_value, annotation_value in zip(batch[image_column], batch[annotation_column]):
         image_size, annotation_size, labels, error = [], [], [], ""
@@ -107,8 +110,11 @@ def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_
             if reduce_labels:
                 array = reduce_labels_map(array)
             # bincount is a single pass for 8-bit maps; np.unique sorts
-            labels = (np.flatnonzero(np.bincount(array.ravel(), minlength=256)) if array.dtype == np.uint8
-                      else np.unique(array)).tolist()
+            labels = (
+                np.flatnonzero(np.bincount(array.ravel(), minlength=256))
+                if array.dtype == np.uint8
+                else np.unique(array)
+            ).tolist()
         except Exception as exception:  # noqa: BLE001 - reported with the file's name below
             error = f"{type(exception).__name__}: {exception}"
         for key, value in zip(out, (image_size, annotation_size, labels, error)):
@@ -116,23 +122,49 @@ def _stats_batch(batch: dict, image_column: str, annotation_column: str, reduce_
     return out
 
 
-def _annotation_stats(dataset: Dataset, image_column: str, annotation_column: str, reduce_labels: bool,
-                      num_proc: int | None = None, split: str = "train", decode_images: bool = True) -> Dataset:
+def _annotation_stats(
+    dataset: Dataset,
+    image_column: str,
+    annotation_column: str,
+    reduce_labels: bool,
+    num_proc: int | None = None,
+    split: str = "train",
+    decode_images: bool = True,
+) -> Dataset:
     """Per row: image and annotation sizes from the headers, the class ids present (decoding the map), any error.
     The same function and arguments each time, so `datasets` reuses its cache for file-backed sets."""
     raw = dataset.select_columns([image_column, annotation_column])
     raw = raw.cast_column(image_column, Image(decode=False)).cast_column(annotation_column, Image(decode=False))
     ints = Sequence(Value("int64"))  # explicit: a first batch of empty lists would otherwise infer nulls
     features = Features({"image_size": ints, "annotation_size": ints, "labels": ints, "error": Value("string")})
-    function = functools.partial(_stats_batch, image_column=image_column, annotation_column=annotation_column,
-                                 reduce_labels=reduce_labels, decode_images=decode_images)
-    return raw.map(function, batched=True, num_proc=num_proc, remove_columns=raw.column_names, features=features,
-                   desc=f"checking {split} annotations")
+    function = functools.partial(
+        _stats_batch,
+        image_column=image_column,
+        annotation_column=annotation_column,
+        reduce_labels=reduce_labels,
+        decode_images=decode_images,
+    )
+    return raw.map(
+        function,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=raw.column_names,
+        features=features,
+        desc=f"checking {split} annotations",
+    )
 
 
-def check_annotations(dataset: Dataset, image_column: str, annotation_column: str, num_labels: int,
-                      reduce_labels: bool = False, split: str = "train", num_proc: int | None = None,
-                      skip_corrupt: bool = False, decode_images: bool = True) -> tuple[Dataset, int]:
+def check_annotations(
+    dataset: Dataset,
+    image_column: str,
+    annotation_column: str,
+    num_labels: int,
+    reduce_labels: bool = False,
+    split: str = "train",
+    num_proc: int | None = None,
+    skip_corrupt: bool = False,
+    decode_images: bool = True,
+) -> tuple[Dataset, int]:
     """Before training: every image decodes (JPEGs at 1/8 scale; skipped when `decode_images` is False), every
     annotation opens, is a class map the size of its image, and holds only class ids in [0, num_labels) or 255
     (ignored), after `reduce_labels` when set. A ValueError counts the bad rows and names the first three files
@@ -153,15 +185,21 @@ def check_annotations(dataset: Dataset, image_column: str, annotation_column: st
         if error:
             unreadable.append(index)
             if not skip_corrupt:
-                problems.append(f"annotation {name(index, annotation_column)} or its image "
-                                f"{name(index, image_column)} cannot be read ({error})")
+                problems.append(
+                    f"annotation {name(index, annotation_column)} or its image "
+                    f"{name(index, image_column)} cannot be read ({error})"
+                )
         elif image_size != annotation_size:
-            problems.append(f"annotation {name(index, annotation_column)} has size {tuple(annotation_size)} but its "
-                            f"image {name(index, image_column)} has size {tuple(image_size)} (width, height)")
+            problems.append(
+                f"annotation {name(index, annotation_column)} has size {tuple(annotation_size)} but its "
+                f"image {name(index, image_column)} has size {tuple(image_size)} (width, height)"
+            )
         elif bad := [v for v in labels if v >= num_labels and v != IGNORE_INDEX]:
             raw = f" ({bad[0] + 1} before --reduce_labels)" if reduce_labels else ""
-            problems.append(f"annotation {name(index, annotation_column)} has label {bad[0]}{raw}, outside "
-                            f"num_labels={num_labels} (ids must be 0..{num_labels - 1}, or 255 = ignored)")
+            problems.append(
+                f"annotation {name(index, annotation_column)} has label {bad[0]}{raw}, outside "
+                f"num_labels={num_labels} (ids must be 0..{num_labels - 1}, or 255 = ignored)"
+            )
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         hint = "" if skip_corrupt or not unreadable else " (--skip_corrupt_images leaves unreadable pairs out)"
@@ -171,8 +209,14 @@ def check_annotations(dataset: Dataset, image_column: str, annotation_column: st
     return dataset, len(unreadable)
 
 
-def class_map_names(datasets, image_column: str, annotation_column: str, reduce_labels: bool = False,
-                    num_labels: int | None = None, known: list[str] | None = None) -> list[str]:
+def class_map_names(
+    datasets,
+    image_column: str,
+    annotation_column: str,
+    reduce_labels: bool = False,
+    num_labels: int | None = None,
+    known: list[str] | None = None,
+) -> list[str]:
     """Segmentation class names by id: `known` (the source's own names, id 0 first; id 0 dropped with
     `reduce_labels`), else the ids up to `num_labels`, else up to the largest id in the annotations of every split
     (which reads every map; ValueError when they hold only 255)."""
@@ -182,8 +226,15 @@ def class_map_names(datasets, image_column: str, annotation_column: str, reduce_
         return [str(i) for i in range(num_labels)]
     logger.info("no --num_labels: scanning the annotations for the largest class id (pass --num_labels to skip)")
     largest = max(
-        max((v for row in _annotation_stats(d, image_column, annotation_column, reduce_labels, split=split)["labels"]
-             for v in row if v != IGNORE_INDEX), default=-1)
+        max(
+            (
+                v
+                for row in _annotation_stats(d, image_column, annotation_column, reduce_labels, split=split)["labels"]
+                for v in row
+                if v != IGNORE_INDEX
+            ),
+            default=-1,
+        )
         for split, d in datasets.items()
     )
     if largest < 0:

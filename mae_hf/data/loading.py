@@ -41,8 +41,10 @@ def _image_files(folder: str) -> dict[str, str]:
         if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
             stem = os.path.splitext(name)[0]
             if stem in files:
-                raise ValueError(f"{files[stem]} and {os.path.join(folder, name)} share a name: images and "
-                                 "annotations pair up by file name without suffix")
+                raise ValueError(
+                    f"{files[stem]} and {os.path.join(folder, name)} share a name: images and "
+                    "annotations pair up by file name without suffix"
+                )
             files[stem] = os.path.join(folder, name)
     return files
 
@@ -115,9 +117,7 @@ def _load_folders(args: ImageDataArguments):
     if args.validation_dir:
         check_image_dir(args.validation_dir, "--validation_dir")
         files["validation"] = os.path.join(args.validation_dir, "**")
-    return load_dataset(
-        "imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=_streaming(args)
-    )
+    return load_dataset("imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=_streaming(args))
 
 
 def check_train_split(datasets, training: bool) -> None:
@@ -127,8 +127,10 @@ def check_train_split(datasets, training: bool) -> None:
         return
     if training:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(datasets)}")
-    raise ValueError(f"the dataset has neither a 'validation' split to evaluate nor a 'train' split to carve one "
-                     f"from; splits: {list(datasets)}")
+    raise ValueError(
+        f"the dataset has neither a 'validation' split to evaluate nor a 'train' split to carve one "
+        f"from; splits: {list(datasets)}"
+    )
 
 
 def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatasetDict:
@@ -149,14 +151,17 @@ def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatas
     return datasets
 
 
-def load_image_datasets(args: ImageDataArguments, seed: int = 42,
-                        training: bool = True) -> DatasetDict | IterableDatasetDict:
+def load_image_datasets(
+    args: ImageDataArguments, seed: int = 42, training: bool = True
+) -> DatasetDict | IterableDatasetDict:
     """train + validation (and any other split of the source) for classification and pretraining. Evaluation alone
     (`training` False) takes a source without a train split (e.g. --validation_dir alone): then only validation."""
     no_folder = args.train_dir is None and (training or args.validation_dir is None)
     if args.dataset_name is None and no_folder:
-        raise ValueError("give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
-                         + (" (--validation_dir needs --train_dir)" if args.validation_dir else ""))
+        raise ValueError(
+            "give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
+            + (" (--validation_dir needs --train_dir)" if args.validation_dir else "")
+        )
     return _load_splits(args, seed, training)
 
 
@@ -167,8 +172,7 @@ def _known_class_names(name: str) -> list[str] | None:
     return ["other", *ADE20K_LABELS] if is_ade_folder(name) else None
 
 
-def load_segmentation_datasets(args, seed: int = 42,
-                               training: bool = True) -> tuple[DatasetDict, str, str, list[str]]:
+def load_segmentation_datasets(args, seed: int = 42, training: bool = True) -> tuple[DatasetDict, str, str, list[str]]:
     """(train + validation, image column, annotation column, class names by id).
 
     `args.dataset_name`: 'digits_seg', a local ADE20K-layout folder (images/ + annotations/), a save_to_disk or
@@ -176,16 +180,25 @@ def load_segmentation_datasets(args, seed: int = 42,
     (`train_val_split`, seeded) when the source has none; `max_train_samples` / `max_eval_samples` truncate.
     """
     if args.dataset_name is None:
-        raise ValueError("give --dataset_name ('digits_seg', an ADEChallengeData2016 folder, a local "
-                         "parquet/arrow folder or a Hub id)")
+        raise ValueError(
+            "give --dataset_name ('digits_seg', an ADEChallengeData2016 folder, a local "
+            "parquet/arrow folder or a Hub id)"
+        )
     if _streaming(args):
         raise ValueError("segmentation does not stream: every annotation is checked before training")
     datasets = _load_splits(args, seed, training)
     image_column, annotation_column = find_segmentation_columns(
-        datasets["train" if "train" in datasets else "validation"], args.image_column_name,
-        getattr(args, "annotation_column_name", None)
+        datasets["train" if "train" in datasets else "validation"],
+        args.image_column_name,
+        getattr(args, "annotation_column_name", None),
     )
     datasets = DatasetDict({split: datasets[split] for split in ("train", "validation") if split in datasets})
-    names = class_map_names(datasets, image_column, annotation_column, getattr(args, "reduce_labels", False),
-                            getattr(args, "num_labels", None), _known_class_names(args.dataset_name))
+    names = class_map_names(
+        datasets,
+        image_column,
+        annotation_column,
+        getattr(args, "reduce_labels", False),
+        getattr(args, "num_labels", None),
+        _known_class_names(args.dataset_name),
+    )
     return datasets, image_column, annotation_column, names

@@ -151,7 +151,7 @@ class CatMaxRandomCrop(v2.Transform):
 
     def _balanced(self, mask: torch.Tensor, box: tuple) -> bool:
         top, left, height, width = box
-        labels, counts = mask[..., top:top + height, left:left + width].unique(return_counts=True)
+        labels, counts = mask[..., top : top + height, left : left + width].unique(return_counts=True)
         counts = counts[labels != self.ignore_index]
         return len(counts) > 1 and counts.max().item() / counts.sum().item() < self.cat_max_ratio
 
@@ -179,8 +179,9 @@ class PhotoMetricDistortion(v2.Transform):
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, brightness_delta: float = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
-                 hue_delta: int = 18):
+    def __init__(
+        self, brightness_delta: float = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta: int = 18
+    ):
         super().__init__()
         self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
         self.contrast_range, self.saturation_range = tuple(contrast_range), tuple(saturation_range)
@@ -260,12 +261,24 @@ class SegmentationTrainTransform(_SegmentationTransform):
     0 (image) and 255 (map). Returns (pixel_values (C, crop, crop) float32, labels (crop, crop) int64).
     `reduce_labels`: ADE20K's 0 -> 255, 1..150 -> 0..149 before anything else. The channel count follows `mean`."""
 
-    def __init__(self, crop_size, scale=(2048, 512), ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, reduce_labels: bool = False, flip: float = 0.5,
-                 photometric: bool = True):
+    def __init__(
+        self,
+        crop_size,
+        scale=(2048, 512),
+        ratio_range=(0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        reduce_labels: bool = False,
+        flip: float = 0.5,
+        photometric: bool = True,
+    ):
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-        steps = [RandomRescale(scale, ratio_range), CatMaxRandomCrop(self.crop_size, cat_max_ratio),
-                 v2.RandomHorizontalFlip(flip)]
+        steps = [
+            RandomRescale(scale, ratio_range),
+            CatMaxRandomCrop(self.crop_size, cat_max_ratio),
+            v2.RandomHorizontalFlip(flip),
+        ]
         if photometric:
             steps.append(PhotoMetricDistortion())
         super().__init__(v2.Compose(steps), mean, std, reduce_labels, pad_size=self.crop_size)
@@ -292,6 +305,8 @@ class SegmentationBatchTransform:
         self.transform, self.image_column, self.annotation_column = transform, image_column, annotation_column
 
     def __call__(self, batch: dict) -> dict:
-        pairs = [self.transform(image, annotation)
-                 for image, annotation in zip(batch[self.image_column], batch[self.annotation_column])]
+        pairs = [
+            self.transform(image, annotation)
+            for image, annotation in zip(batch[self.image_column], batch[self.annotation_column])
+        ]
         return {"pixel_values": [p for p, _ in pairs], "labels": [labels for _, labels in pairs]}
