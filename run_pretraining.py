@@ -189,7 +189,7 @@ def reconstruction_figures(eval_dataset, processor, model_args, training_args) -
     return ReconstructionCallback(images, processor.image_mean, processor.image_std, training_args.output_dir)
 
 
-def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> FeatureMonitor | None:
+def build_monitor(monitor_args, config: MAEConfig, processor, data_args, training_args) -> FeatureMonitor | None:
     """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one."""
     if monitor_args.enabled and not training_args.do_eval:
         logger.warning("--monitor_dataset is scored at evaluations, and this run has none (--do_eval false)")
@@ -200,6 +200,7 @@ def build_monitor(monitor_args, config: MAEConfig, data_args, training_args) -> 
         training_args.per_device_eval_batch_size,
         training_args.dataloader_num_workers,
         data_args.cache_dir,
+        processor,
     )
 
 
@@ -234,7 +235,7 @@ def main(argv=None, callbacks=()):
     raw = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
     apply_recipe_schedule(training_args, train_size(raw))  # before any image is decoded
     datasets = prepare_datasets(raw, data_args, config, processor, training_args)
-    monitor = build_monitor(monitor_args, config, data_args, training_args)
+    monitor = build_monitor(monitor_args, config, processor, data_args, training_args)
 
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)

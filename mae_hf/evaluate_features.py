@@ -38,6 +38,17 @@ def load_encoder(path: str):
     return getattr(model, "vit", model)
 
 
+def saved_processor(path: str):
+    """The image processor saved beside the model (its mean/std are the ones it was trained with); None without one
+    (a converted checkpoint): the monitor then uses ImageNet's, as every mae_hf script does."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -68,7 +79,7 @@ def main(argv=None) -> dict[str, float]:
     state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
     encoder = load_encoder(args.model_dir).to(state.device)
     monitor = FeatureMonitor.from_arguments(
-        monitor_args, encoder.config, args.batch_size, args.num_workers, args.cache_dir
+        monitor_args, encoder.config, args.batch_size, args.num_workers, args.cache_dir, saved_processor(args.model_dir)
     )
     autocast = (lambda: torch.autocast(state.device.type, torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     metrics = monitor(encoder, state.device, autocast)

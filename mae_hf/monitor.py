@@ -114,7 +114,7 @@ def monitor_columns(dataset, args: MonitorArguments) -> tuple[str, str]:
     return image_column, label_column
 
 
-def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = None) -> dict:
+def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = None, processor=None) -> dict:
     """train / validation splits with a deterministic evaluation transform and their label column, checked here
     (missing columns, labels < 0, corrupt images) so that errors come before training. Returns `train`,
     `validation` (datasets whose rows give `pixel_values` (C, H, W) and `labels`) and `num_classes`."""
@@ -137,7 +137,8 @@ def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = No
         "validation": random_subset(raw["validation"], args.monitor_eval_samples),
     }
     num_classes = max(len(label_names(splits[split], label_column)) for split in splits)
-    mean, std = normalisation(config.num_channels)
+    # the run's (or saved model's) image processor is the source of mean/std; ImageNet's when there is none
+    mean, std = (processor.image_mean, processor.image_std) if processor else normalisation(config.num_channels)
     transform = ImageTransform(
         eval_transform(config.image_hw, mean, std, crop_pct=args.monitor_crop_pct),
         image_column,
@@ -258,11 +259,17 @@ class FeatureMonitor:
 
     @classmethod
     def from_arguments(
-        cls, args: MonitorArguments, config, batch_size: int = 128, num_workers: int = 0, cache_dir: str | None = None
+        cls,
+        args: MonitorArguments,
+        config,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        processor=None,
     ) -> "FeatureMonitor | None":
         if not args.enabled:
             return None
-        data = load_monitor_data(args, config, cache_dir)
+        data = load_monitor_data(args, config, cache_dir, processor)
         return cls(
             data["train"],
             data["validation"],

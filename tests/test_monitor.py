@@ -166,3 +166,21 @@ def test_monitor_tells_a_pretrained_encoder_from_broken_ones():
             knn, linear = f"eval_knn_top1_{pooling}", f"eval_linear_top1_{pooling}"
             assert scores[broken][knn] < scores["pretrained"][knn] - 0.2, (broken, scores)
             assert scores[broken][linear] < scores["pretrained"][linear] - 0.05, (broken, scores)
+
+
+def test_mean_and_std_come_from_the_image_processor(tmp_path):
+    # The saved image processor is the one source of mean/std: the monitor normalised with ImageNet's whatever the
+    # run (or the saved model, for `python -m mae_hf.evaluate_features`) used.
+    from transformers import ViTImageProcessor
+
+    from mae_hf.evaluate_features import saved_processor
+
+    config = tiny_config(image_size=8, patch_size=2, num_channels=1)
+    arguments = MonitorArguments(monitor_dataset="digits", monitor_train_samples=4, monitor_crop_pct=1.0)
+    default = FeatureMonitor.from_arguments(arguments, config).splits[0][0]["pixel_values"]
+    ViTImageProcessor(image_mean=[0.0], image_std=[1.0]).save_pretrained(tmp_path)
+    processor = saved_processor(str(tmp_path))
+    assert list(processor.image_mean) == [0.0] and saved_processor(str(tmp_path / "none")) is None
+    plain = FeatureMonitor.from_arguments(arguments, config, processor=processor).splits[0][0]["pixel_values"]
+    assert 0 <= plain.min() and plain.max() <= 1  # x / 255: mean 0, std 1
+    torch.testing.assert_close(default, (plain - 0.449) / 0.226, atol=1e-5, rtol=0)
