@@ -153,6 +153,14 @@ class MAEPreTrainedModel(PreTrainedModel):
         )
 
 
+def fixed_table(dim: int, config: MAEConfig) -> torch.Tensor:
+    """The (1, 1 + L, dim) sin-cos table of a new `pos_embed` buffer, in the default dtype (that of the model being
+    built). Computed at construction as well as in `_init_weights`: a model built without weight initialisation
+    (transformers' `no_init_weights`, DeepSpeed ZeRO-3 loading) then holds the table, never zeros, and one built on the
+    meta device gets it from `_init_weights` once materialised; both hold the same values."""
+    return sincos_2d(dim, config.grid_size).to(torch.get_default_dtype())
+
+
 def head_linear(model) -> nn.Linear | None:
     head = getattr(model, "head", None)
     return head[-1] if isinstance(head, nn.Sequential) else head
@@ -167,7 +175,7 @@ class MAEModel(MAEPreTrainedModel):
         self.patch_embed = PatchEmbed(config.patch_size, config.num_channels, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         # A buffer, not a frozen Parameter: it cannot become trainable after from_pretrained, and it is saved.
-        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, config.hidden_size))
+        self.register_buffer("pos_embed", fixed_table(config.hidden_size, config))
         self.blocks = make_blocks(
             config.num_hidden_layers,
             config.hidden_size,
@@ -261,7 +269,7 @@ class MAEDecoder(nn.Module):
         self.config = config
         self.embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, config.decoder_hidden_size))
+        self.register_buffer("pos_embed", fixed_table(config.decoder_hidden_size, config))
         self.blocks = make_blocks(
             config.decoder_num_hidden_layers,
             config.decoder_hidden_size,
