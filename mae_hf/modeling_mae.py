@@ -93,6 +93,9 @@ class MAEPreTrainedModel(PreTrainedModel):
     _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
     # Sized by config.num_labels: new with `ignore_mismatched_sizes` when a checkpoint has other classes.
     _label_layers = ("head.",)
+    # Where transformers' get_input_embeddings / set_input_embeddings (and enable_input_require_grads) find the patch
+    # embedding: on the encoder, and through `base_model` (the encoder) on the task models, as ViT's `patch_embeddings`.
+    _input_embed_layer = "patch_embed"
 
     def __init__(self, config: MAEConfig, *args, **kwargs):
         config.check()  # again: from_pretrained overrides and plain attribute writes bypass __post_init__
@@ -130,7 +133,8 @@ class MAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
-            init_patch_embed(module.patch_embed.proj)
+            if isinstance(module.patch_embed, PatchEmbed):  # not one the user set (`set_input_embeddings`)
+                init_patch_embed(module.patch_embed.proj)
         elif isinstance(module, MAEDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
@@ -187,9 +191,6 @@ class MAEModel(MAEPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if final_norm else nn.Identity()
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.patch_embed
-
     def pos_embed_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
         return position_table(self.pos_embed, self.config, grid, interpolate_pos_encoding)
 
@@ -219,7 +220,7 @@ class MAEModel(MAEPreTrainedModel):
             mask_ratio = self.config.mask_ratio
 
         # Image processors and users give float32 pixels; a bf16/fp16 model takes them in its own dtype, as ViT does.
-        x = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # (B, L, D)
+        x = self.patch_embed(pixel_values.to(self.cls_token.dtype))  # (B, L, D)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         pos_embed = self.pos_embed_for(grid, interpolate_pos_encoding)  # (1, 1 + L, D)
         x = x + pos_embed[:, 1:]
@@ -300,9 +301,6 @@ class MAEForPreTraining(MAEPreTrainedModel):
         self.vit = MAEModel(config)
         self.decoder = MAEDecoder(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.patch_embed
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C), each patch flattened as (row, column, channel) like the official code."""
@@ -388,9 +386,6 @@ class MAEForImageClassification(MAEPreTrainedModel):
         if config.head_batchnorm:  # the linear-probing protocol: normalise the frozen features first
             self.head = nn.Sequential(nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6), self.head)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.patch_embed
 
     def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """(B, 1 + L, D) -> (B, D)."""

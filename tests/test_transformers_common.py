@@ -1,16 +1,19 @@
 """transformers' common model tests (tests/test_modeling_common.py of transformers 5.x, which is not shipped with the
-package) reproduced on every model class: the same buffers and weights with and without weight initialisation."""
+package) reproduced on every model class, and the accessors and hooks of transformers' vision models (ViTModel,
+ViTMAEModel, ViTForImageClassification): the same buffers with and without weight initialisation, the input
+embeddings get and set, gradient checkpointing with input gradients, attention switching, nothing tied."""
 
 import copy
+import warnings
 from contextlib import contextmanager
 
 import pytest
 import torch
-from test_pretrained_contract import MODELS
+from test_pretrained_contract import MODELS, inputs
 from transformers import PreTrainedModel, set_seed
 from transformers.initialization import no_init_weights
 
-from mae_hf import MAEForPreTraining
+from mae_hf import MAEForPreTraining, MAEModel
 from mae_hf.pos_embed import sincos_2d
 
 
@@ -40,6 +43,14 @@ def seeded_initialize_weights():
 
 
 WITHOUT_INIT = {"skip_initialize_weights": skip_initialize_weights, "no_init_weights": no_init_weights}
+
+
+def encoder_of(model):
+    return model if isinstance(model, MAEModel) else model.vit
+
+
+def main_output(output) -> torch.Tensor:
+    return output.last_hidden_state if "last_hidden_state" in output else output.logits
 
 
 # ---- buffers and weights, whichever way the model is built ---------------------------------------------------------
@@ -81,3 +92,122 @@ def test_can_init_all_missing_weights(name):
     expected, got = from_init.state_dict(), from_pretrained.state_dict()
     assert sorted(expected) == sorted(got)
     assert [key for key, tensor in expected.items() if not torch.equal(tensor, got[key])] == []
+
+
+# ---- input embeddings ----------------------------------------------------------------------------------------------
+
+
+class Doubled(torch.nn.Module):
+    """A patch embedding of another class than ours (no `proj`): twice the tokens of the one it wraps."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(pixel_values)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_set_input_embeddings_replaces_the_patch_embedding_the_forward_uses(name):
+    """`set_input_embeddings` raised NotImplementedError while transformers' ViTModel / ViTMAEModel take any module.
+    The module set is the one `get_input_embeddings` returns, the one the forward runs and the one
+    `enable_input_require_grads` hooks: doubling the tokens gives the output of doubled patch-embedding weights."""
+    model_class, make_config, labels = MODELS[name]
+    model = model_class(make_config()).eval()
+    pixels, kwargs = inputs(labels)
+    with torch.no_grad():
+        before = main_output(model(pixels, **kwargs))
+        reference = copy.deepcopy(model)
+        proj = encoder_of(reference).patch_embed.proj
+        proj.weight.mul_(2), proj.bias.mul_(2)
+        expected = main_output(reference(pixels, **kwargs))
+    doubled = Doubled(model.get_input_embeddings())
+    model.set_input_embeddings(doubled)
+    assert model.get_input_embeddings() is doubled and encoder_of(model).patch_embed is doubled
+    with torch.no_grad():
+        got = main_output(model(pixels, **kwargs))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, before)
+    model.requires_grad_(False)
+    model.enable_input_require_grads()
+    assert main_output(model(pixels, **kwargs)).requires_grad
+
+
+# ---- gradient checkpointing with input gradients (what PEFT relies on) ----------------------------------------------
+
+
+def adapter_gradient(model, adapter: torch.nn.Parameter, pixels, kwargs) -> torch.Tensor | None:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    output = model(pixels, **kwargs)[0]  # the loss, or the encoder's last hidden state
+    if not output.requires_grad:
+        return None
+    output.float().sum().backward()
+    return adapter.grad.clone()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradient_checkpointing_with_input_gradients_trains_a_frozen_model(name):
+    """A frozen model whose one trainable weight sits inside the checkpointed blocks (a LoRA adapter, as PEFT trains).
+    With reentrant checkpointing, blocks whose inputs need no gradient give none: the loss does not even require one,
+    until `enable_input_require_grads` hooks the patch embedding (`get_input_embeddings`); then the weight gets the
+    gradient it gets without checkpointing. transformers' default (non-reentrant) checkpointing needs no hook.
+    Enabled and disabled with the names of transformers 4 (`gradient_checkpointing_*`) and 5 (`activation_...`)."""
+    model_class, make_config, labels = MODELS[name]
+    model = model_class(make_config()).train()
+    blocks = encoder_of(model).blocks
+    model.requires_grad_(False)
+    adapter = blocks[-1].attn.qkv.weight
+    adapter.requires_grad_(True)
+    pixels, kwargs = inputs(labels)
+    expected = adapter_gradient(model, adapter, pixels, kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecated name; torch: "None of the inputs have requires_grad=True"
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        assert model.is_gradient_checkpointing and all(block.gradient_checkpointing for block in blocks)
+        assert adapter_gradient(model, adapter, pixels, kwargs) is None
+    model.enable_input_require_grads()
+    torch.testing.assert_close(adapter_gradient(model, adapter, pixels, kwargs), expected)
+    model.disable_input_require_grads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_disable()
+        assert not model.is_gradient_checkpointing and not any(block.gradient_checkpointing for block in blocks)
+
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing and all(block.gradient_checkpointing for block in blocks)
+    torch.testing.assert_close(adapter_gradient(model, adapter, pixels, kwargs), expected)
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
+
+
+# ---- the other accessors of transformers' vision models -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_encoder_decoder_accessors_tying_counting_and_attention_switch(name):
+    """As on ViTMAEModel / ViTMAEForPreTraining / ViTForImageClassification: no separate encoder (`get_encoder()` is
+    the model), `get_decoder()` is the pretraining decoder or the base model's own answer (the encoder), nothing tied,
+    `num_parameters` counts the parameters (the fixed tables are buffers; there is no nn.Embedding to exclude), and
+    `set_attn_implementation("eager")` switches every part to the attention that materialises its maps."""
+    model_class, make_config, labels = MODELS[name]
+    model = model_class(make_config()).eval()
+    encoder = encoder_of(model)
+    assert model.get_encoder() is model
+    decoder = {MAEModel: model, MAEForPreTraining: getattr(model, "decoder", None)}.get(model_class, encoder)
+    assert model.get_decoder() is decoder
+    state = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    model.tie_weights()
+    assert model.all_tied_weights_keys == {}
+    assert all(torch.equal(tensor, state[key]) for key, tensor in model.state_dict().items())
+    count = sum(parameter.numel() for parameter in model.parameters())
+    assert model.num_parameters() == model.num_parameters(exclude_embeddings=True) == count
+
+    pixels, kwargs = inputs(labels)
+    with torch.no_grad():
+        fused = main_output(model(pixels, **kwargs))
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == encoder.config._attn_implementation == "eager"
+        torch.testing.assert_close(main_output(model(pixels, **kwargs)), fused, rtol=1e-4, atol=1e-5)
