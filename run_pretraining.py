@@ -41,7 +41,6 @@ from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     apply_runtime_defaults,
-    logger,
     parse_arguments,
     reference_split,
     start_run,
@@ -190,10 +189,8 @@ def reconstruction_figures(eval_dataset, processor, model_args, training_args) -
 
 
 def build_monitor(monitor_args, config: MAEConfig, processor, data_args, training_args) -> FeatureMonitor | None:
-    """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one."""
-    if monitor_args.enabled and not training_args.do_eval:
-        logger.warning("--monitor_dataset is scored at evaluations, and this run has none (--do_eval false)")
-        return None
+    """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one. (With
+    --do_eval false a monitor is switched off or refused with the arguments: `cli.IMPLIED`, `cli.NEEDS_EVALUATION`.)"""
     return FeatureMonitor.from_arguments(
         monitor_args,
         config,

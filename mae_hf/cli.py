@@ -5,7 +5,8 @@ a preset switched on by a flag (e.g. `--linear_probe`), the flags. A higher laye
 spellings of the same setting (`ALTERNATIVES`): `--train_dir` on the command line replaces the file's
 `dataset_name`, `--learning_rate` replaces the default `--base_learning_rate`. Two spellings of one setting in the
 same layer are refused, naming both. A flag also sets what it implies (`IMPLIED`: `--save_steps N` checkpoints every
-N steps) unless a layer as high sets that itself.
+N steps, `--do_eval false` turns off every setting that evaluates) unless a layer as high sets that itself; a setting
+that needs an evaluation (`NEEDS_EVALUATION`) in a run without one is refused before any data work.
 
 Argument dataclasses may declare, as class variables: `PRESETS` ({flag: words put under the layer that switches the
 flag on}), `IGNORED` ({flag: why}: hidden from --help and refused when given) and `HIDDEN` (flags hidden from
@@ -61,12 +62,33 @@ OFF = {
 }
 SAME_LAYER_ALLOWED = {"training length"}  # transformers' rule: --max_steps overrides --num_train_epochs
 # (flag, value or None for any, setting, its value): the flag given above every layer that gives the setting sets
-# it too. Our scripts evaluate and checkpoint every epoch by default, so --save_steps N / --eval_steps N alone would
-# be ignored, and transformers turns --do_eval false back on while an eval_strategy is set.
+# it too; of several such flags, that of the highest layer (in one layer, the later entry). Our scripts evaluate and
+# checkpoint every epoch by default, so --save_steps N / --eval_steps N alone would be ignored; transformers turns
+# --do_eval false back on while an eval_strategy is set; a run without evaluation loads no evaluation data, so
+# nothing may evaluate at start, choose a best model or score the monitor; a best model needs evaluations and
+# checkpoints; one precision. A value of None (off) is set after parsing, as words cannot say None.
 IMPLIED = (
     ("save_steps", None, "save_strategy", "steps"),
     ("eval_steps", None, "eval_strategy", "steps"),
     ("do_eval", False, "eval_strategy", "no"),
+    ("do_eval", False, "eval_on_start", False),
+    ("do_eval", False, "load_best_model_at_end", False),
+    ("do_eval", False, "metric_for_best_model", None),
+    ("do_eval", False, "monitor_dataset", None),
+    ("do_eval", False, "monitor_train_dir", None),
+    ("eval_strategy", "no", "load_best_model_at_end", False),
+    ("save_strategy", "no", "load_best_model_at_end", False),
+    ("fp16", True, "bf16", False),
+    ("bf16", True, "fp16", False),
+)
+# (setting, value or None for any value but off): what needs an evaluation, refused with --do_eval false in the same
+# or a higher layer (the Trainer would fail after the data and the model are built, or silently skip it).
+NEEDS_EVALUATION = (
+    ("eval_on_start", True),
+    ("load_best_model_at_end", True),
+    ("save_strategy", "best"),
+    ("monitor_dataset", None),
+    ("monitor_train_dir", None),
 )
 
 
@@ -213,16 +235,23 @@ def check_layer(layer: Layer, ignored: dict, defaults: dict) -> None:
 
 def switch_off_alternatives(layers: list[Layer], parsed) -> None:
     """For each setting, the side given in the highest layer wins: the other side's flags get their off value."""
-    owners = {f.name: obj for obj in parsed for f in fields(obj)}
+    off = {}
     for _setting, one, other in ALTERNATIVES:
         for layer in reversed(layers):
             has_one, has_other = (any(name in layer.given for name in side) for side in (one, other))
             if has_one != has_other:  # both: a same-layer pair that transformers resolves itself
-                for name in other if has_one else one:
-                    if name in owners and name in OFF:
-                        setattr(owners[name], name, OFF[name])
+                off.update({name: OFF[name] for name in (other if has_one else one) if name in OFF})
             if has_one or has_other:
                 break
+    set_fields(parsed, off)
+
+
+def set_fields(parsed, values: dict) -> None:
+    """Set the fields named in `values` on the dataclasses that have them."""
+    owners = {f.name: obj for obj in parsed for f in fields(obj)}
+    for name, value in values.items():
+        if name in owners:
+            setattr(owners[name], name, value)
 
 
 def highest(layers: list[Layer], name: str) -> int:
@@ -230,21 +259,58 @@ def highest(layers: list[Layer], name: str) -> int:
     return max((i for i, layer in enumerate(layers) if name in layer.given), default=-1)
 
 
-def value_in(layers: list[Layer], name: str, top: int, defaults: dict):
-    """The value of `name` that the layers up to `top` give (or the default)."""
-    index = highest(layers[: top + 1], name)
-    value = layers[index].given[name] if index >= 0 else defaults.get(name)
+def plain(value):
     return getattr(value, "value", value)  # enums
 
 
-def implied_words(layers: list[Layer], defaults: dict) -> list[str]:
-    """Words that go last: the settings that flags imply (IMPLIED), and no scheduler settings under a scheduler
-    type given above them for another type (the recipe's {"min_lr": ...} fails transformers' cosine, linear, ...)."""
-    values = {}
+def value_in(layers: list[Layer], name: str, top: int, defaults: dict):
+    """The value of `name` that the layers up to `top` give (or the default)."""
+    index = highest(layers[: top + 1], name)
+    return plain(layers[index].given[name] if index >= 0 else defaults.get(name))
+
+
+def implied_values(layers: list[Layer], defaults: dict) -> dict:
+    """{setting: value} that flags imply (IMPLIED), for the settings this script has."""
+    chosen = {}  # setting: (layer of the implying flag, value)
     for flag, value, setting, implied in IMPLIED:
         top = highest(layers, flag)
-        if top > highest(layers, setting) and (value is None or layers[top].given[flag] == value):
-            values[setting] = implied
+        if setting not in defaults or top <= highest(layers, setting):
+            continue
+        if (value is None or plain(layers[top].given[flag]) == value) and top >= chosen.get(setting, (-1,))[0]:
+            chosen[setting] = (top, implied)
+    return {setting: implied for setting, (_, implied) in chosen.items()}
+
+
+def check_needs_evaluation(layers: list[Layer], defaults: dict, implied: dict) -> None:
+    """Refuse what needs an evaluation (NEEDS_EVALUATION) in a run without one, naming where each is given."""
+
+    def final(name):
+        return implied[name] if name in implied else value_in(layers, name, len(layers) - 1, defaults)
+
+    if "do_eval" not in defaults or final("do_eval") or final("eval_strategy") != "no":
+        return  # an eval_strategy: transformers turns --do_eval back on
+    for setting, value in NEEDS_EVALUATION:
+        got = final(setting) if setting in defaults else None
+        off = got is None or value is None and str(got).lower() in ("", "none")  # MonitorArguments: "none" is None
+        if not off and (value is None or got == value):
+            shown = str(got).lower() if isinstance(got, bool) else got
+            raise ValueError(
+                f"--{setting} {shown} ({where(layers, setting)}) needs an evaluation, which --do_eval false "
+                f"({where(layers, 'do_eval')}) turns off; drop one of them"
+            )
+
+
+def where(layers: list[Layer], name: str) -> str:
+    """Where `name` is given, for messages: "given on the command line"."""
+    index = highest(layers, name)
+    return f"given {layers[index].name}" if index >= 0 else "the script's default"
+
+
+def implied_words(layers: list[Layer], defaults: dict, implied: dict) -> list[str]:
+    """Words that go last: the settings that flags imply (IMPLIED; None values are set after parsing), and no
+    scheduler settings under a scheduler type given above them for another type (the recipe's {"min_lr": ...}
+    fails transformers' cosine, linear, ...)."""
+    values = {setting: value for setting, value in implied.items() if value is not None}
     kinds, settings = highest(layers, "lr_scheduler_type"), highest(layers, "lr_scheduler_kwargs")
     if kinds > settings and (
         value_in(layers, "lr_scheduler_type", kinds, defaults)
@@ -282,11 +348,16 @@ def parse_arguments(dataclass_types, argv=None):
         parser.parse_args(["--help"])  # prints the help and exits
     layers = layers_of(parser, dataclass_types, argv)
     ignored = class_settings(dataclass_types, "IGNORED")
-    defaults = {action.dest: action.default for action in parser._actions}
+    defaults = {}
+    for action in parser._actions:  # the first action of a dest gives its default (not --no_x's False)
+        defaults.setdefault(action.dest, action.default)
     for layer in layers:
         if not layer.preset:
             check_layer(layer, ignored, defaults)
-    words = [word for layer in layers for word in layer.words] + implied_words(layers, defaults)
+    implied = implied_values(layers, defaults)
+    check_needs_evaluation(layers, defaults, implied)
+    words = [word for layer in layers for word in layer.words] + implied_words(layers, defaults, implied)
     parsed = into_dataclasses(parser, words)
     switch_off_alternatives(layers, parsed)
+    set_fields(parsed, {setting: value for setting, value in implied.items() if value is None})
     return parsed

@@ -93,6 +93,9 @@ class MAEPreTrainedModel(PreTrainedModel):
     _auto_classes = AUTO_CLASSES  # written into config.json's auto_map on save
     # Sized by config.num_labels: new with `ignore_mismatched_sizes` when a checkpoint has other classes.
     _label_layers = ("head.",)
+    # Where transformers' get_input_embeddings / set_input_embeddings (and enable_input_require_grads) find the patch
+    # embedding: on the encoder, and through `base_model` (the encoder) on the task models, as ViT's `patch_embeddings`.
+    _input_embed_layer = "patch_embed"
 
     def __init__(self, config: MAEConfig, *args, **kwargs):
         config.check()  # again: from_pretrained overrides and plain attribute writes bypass __post_init__
@@ -130,7 +133,8 @@ class MAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MAEModel):
             init.normal_(module.cls_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
-            init_patch_embed(module.patch_embed.proj)
+            if isinstance(module.patch_embed, PatchEmbed):  # not one the user set (`set_input_embeddings`)
+                init_patch_embed(module.patch_embed.proj)
         elif isinstance(module, MAEDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
@@ -153,6 +157,14 @@ class MAEPreTrainedModel(PreTrainedModel):
         )
 
 
+def fixed_table(dim: int, config: MAEConfig) -> torch.Tensor:
+    """The (1, 1 + L, dim) sin-cos table of a new `pos_embed` buffer, in the default dtype (that of the model being
+    built). Computed at construction as well as in `_init_weights`: a model built without weight initialisation
+    (transformers' `no_init_weights`, DeepSpeed ZeRO-3 loading) then holds the table, never zeros, and one built on the
+    meta device gets it from `_init_weights` once materialised; both hold the same values."""
+    return sincos_2d(dim, config.grid_size).to(torch.get_default_dtype())
+
+
 def head_linear(model) -> nn.Linear | None:
     head = getattr(model, "head", None)
     return head[-1] if isinstance(head, nn.Sequential) else head
@@ -167,7 +179,7 @@ class MAEModel(MAEPreTrainedModel):
         self.patch_embed = PatchEmbed(config.patch_size, config.num_channels, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         # A buffer, not a frozen Parameter: it cannot become trainable after from_pretrained, and it is saved.
-        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, config.hidden_size))
+        self.register_buffer("pos_embed", fixed_table(config.hidden_size, config))
         self.blocks = make_blocks(
             config.num_hidden_layers,
             config.hidden_size,
@@ -178,9 +190,6 @@ class MAEModel(MAEPreTrainedModel):
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if final_norm else nn.Identity()
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.patch_embed
 
     def pos_embed_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
         return position_table(self.pos_embed, self.config, grid, interpolate_pos_encoding)
@@ -211,7 +220,7 @@ class MAEModel(MAEPreTrainedModel):
             mask_ratio = self.config.mask_ratio
 
         # Image processors and users give float32 pixels; a bf16/fp16 model takes them in its own dtype, as ViT does.
-        x = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # (B, L, D)
+        x = self.patch_embed(pixel_values.to(self.cls_token.dtype))  # (B, L, D)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         pos_embed = self.pos_embed_for(grid, interpolate_pos_encoding)  # (1, 1 + L, D)
         x = x + pos_embed[:, 1:]
@@ -261,7 +270,7 @@ class MAEDecoder(nn.Module):
         self.config = config
         self.embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, config.decoder_hidden_size))
+        self.register_buffer("pos_embed", fixed_table(config.decoder_hidden_size, config))
         self.blocks = make_blocks(
             config.decoder_num_hidden_layers,
             config.decoder_hidden_size,
@@ -292,9 +301,6 @@ class MAEForPreTraining(MAEPreTrainedModel):
         self.vit = MAEModel(config)
         self.decoder = MAEDecoder(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.patch_embed
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C), each patch flattened as (row, column, channel) like the official code."""
@@ -380,9 +386,6 @@ class MAEForImageClassification(MAEPreTrainedModel):
         if config.head_batchnorm:  # the linear-probing protocol: normalise the frozen features first
             self.head = nn.Sequential(nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6), self.head)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.patch_embed
 
     def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """(B, 1 + L, D) -> (B, D)."""

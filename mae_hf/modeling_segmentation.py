@@ -105,9 +105,6 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
             init.normal_(module.weight, std=self.config.classifier_init_std)  # mmseg's conv_seg: N(0, 0.01)
             init.zeros_(module.bias)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vit.patch_embed
-
     def features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The neck's pyramid of (B, D, h_i, w_i) maps; other image sizes resample the position table."""
         return self.encode(pixel_values)[0]

@@ -1,5 +1,6 @@
 """The scripts' command line (mae_hf/cli.py): flags over the config file (other spellings of a setting included),
-conflicts refused, presets under the flags, ignored flags refused, an honest --help, and the README's table of
+conflicts refused, presets under the flags, the settings a flag implies, what needs an evaluation refused without
+one, ignored flags refused, an honest --help, and the README's table of
 recipe defaults equal to the defaults without a config file."""
 
 import dataclasses
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_argument_checks import COMMON
+from test_argument_checks import SCRIPTS as ARGUMENT_CHECK_SCRIPTS
 
 import run_image_classification
 import run_pretraining
@@ -126,6 +129,92 @@ def test_step_intervals_and_do_eval_given_alone_set_their_strategy(tmp_path):
     assert (args.do_eval, args.eval_strategy) == (False, "no")
     _, _, args = parse("pretrain", write(tmp_path, "do_eval: false\n"), "--eval_strategy", "steps")
     assert (args.do_eval, args.eval_strategy) == (True, "steps")  # the higher place wins
+
+
+# Everything that evaluates, in one config file (checkpoints every 10 steps, a multiple of the evaluations').
+EVALUATING = (
+    "eval_strategy: steps\neval_steps: 5\neval_on_start: true\nload_best_model_at_end: true\n"
+    "metric_for_best_model: loss\nsave_strategy: steps\nsave_steps: 10\n"
+)
+
+
+def test_do_eval_false_switches_off_every_setting_that_evaluates(tmp_path):
+    """The issue: over the demo config, --do_eval false left its eval_on_start on, and the Trainer asked for an
+    evaluation that no data was loaded for, after the data and the model were built. --do_eval false now switches off
+    whatever evaluates (the evaluation strategy, at start, the best model and its metric, the feature monitor) in
+    every script, wherever it was set below it; checkpoints stay. Likewise, no evaluations or no checkpoints switch off
+    the best model, and one precision the other."""
+    demo = str(ROOT / "configs/pretrain_digits_demo.yaml")
+    _, _, args, monitor = parse_arguments(run_pretraining.ARGUMENTS, [demo, "--do_eval", "false"])
+    assert (args.do_eval, args.eval_strategy, args.eval_on_start) == (False, "no", False)
+    assert (monitor.monitor_dataset, monitor.enabled, monitor.metric_names()) == (None, False, ())
+    for script in SCRIPTS:
+        _, _, args = parse(script, write(tmp_path, EVALUATING), "--do_eval", "false")
+        assert (args.do_eval, args.eval_strategy, args.eval_on_start) == (False, "no", False), script
+        assert (args.load_best_model_at_end, args.metric_for_best_model) == (False, None), script
+        assert (args.save_strategy, args.save_steps) == ("steps", 10), script
+    _, _, args = parse("classify", write(tmp_path, "do_eval: false\n"), "--eval_steps", "5")  # the higher place wins
+    assert (args.do_eval, args.eval_strategy, args.eval_steps) == (True, "steps", 5)
+    for flag in ("--eval_strategy", "--save_strategy"):
+        _, _, args = parse("segment", write(tmp_path, EVALUATING), flag, "no")
+        assert (args.load_best_model_at_end, args.do_eval) == (False, True), flag
+    _, _, args = parse("classify", str(ROOT / "configs/finetune_vit_base.yaml"), "--fp16", "true", "--use_cpu", "true")
+    assert (args.fp16, args.bf16) == (True, False)  # the file's bf16: "At most one of fp16 and bf16"
+
+
+LOADERS = {
+    "pretrain": "load_image_datasets",
+    "classify": "load_image_datasets",
+    "segment": "load_segmentation_datasets",
+}
+
+
+@pytest.mark.parametrize(
+    "script, file, flags, message",
+    [
+        ("pretrain", None, ["--do_eval", "false", "--eval_on_start", "true"], "--eval_on_start true .given on the "),
+        ("classify", "do_eval: false\n", ["--load_best_model_at_end", "true"], "--load_best_model_at_end true .given"),
+        (
+            "segment",
+            "do_eval: false\nsave_strategy: best\n",
+            ["--metric_for_best_model", "loss"],
+            "--save_strategy best",
+        ),
+        (
+            "pretrain",
+            None,
+            ["--monitor_train_dir", "photos", "--do_eval", "false"],
+            "--monitor_train_dir photos .given",
+        ),
+        ("pretrain", "do_eval: false\n", ["--monitor_dataset", "digits"], "--monitor_dataset digits .given on the"),
+    ],
+)
+def test_settings_that_need_an_evaluation_are_refused_without_one(tmp_path, monkeypatch, script, file, flags, message):
+    """Given with --do_eval false or above it (where --do_eval false does not switch them off), they are refused
+    before any data work, naming both and where each was given."""
+    monkeypatch.setattr(SCRIPTS[script], LOADERS[script], None)  # a call would fail the test
+    argv = [write(tmp_path, file)] if file else []
+    out = tmp_path / "out"
+    where = "in the config file" if file else "on the command line"
+    with pytest.raises(ValueError, match=f"{message}.* needs an evaluation, which --do_eval false .given {where}"):
+        SCRIPTS[script].main([*argv, "--output_dir", str(out), *flags])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["pretraining", "classification", "segmentation"])
+def test_config_that_evaluates_trains_with_do_eval_false(tmp_path, script):
+    """The issue's command in-process: the demo config + --do_eval false trained nothing (the Trainer's evaluation at
+    start failed for want of data); the other scripts under a config that evaluates in every way did the same."""
+    module, arguments = ARGUMENT_CHECK_SCRIPTS[script]
+    if script == "pretraining":
+        config, arguments = str(ROOT / "configs/pretrain_digits_demo.yaml"), ["--max_train_samples", "64"]
+    else:
+        config, arguments = write(tmp_path, EVALUATING), [*COMMON, *arguments]
+    out = tmp_path / "out"
+    argv = [config, "--output_dir", str(out), *arguments, "--do_eval", "false", "--max_steps", "2"]
+    metrics = module.main([*argv, "--warmup_steps", "0", "--dataloader_num_workers", "0"])
+    assert metrics["train_loss"] > 0 and not [key for key in metrics if key.startswith("eval_")]
+    assert (out / "model.safetensors").is_file() and not (out / "eval_results.json").exists()
 
 
 @pytest.mark.parametrize(
