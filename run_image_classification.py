@@ -12,7 +12,7 @@ Without --model_name_or_path the encoder starts from random init (the from-scrat
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from transformers import ConvNextImageProcessor, set_seed
+from transformers import AutoConfig, ConvNextImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
 from transformers.training_args import OptimizerNames
 
@@ -33,6 +33,7 @@ from mae_hf.data import (
     MixupCollator,
     check_labels,
     class_balanced_subset,
+    class_id_labels,
     collate_pixel_values,
     eval_transform,
     find_image_column,
@@ -168,19 +169,30 @@ class FinetuningArguments(RecipeArguments):
 ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, FinetuningArguments)
 
 
-def prepare_data(data_args, training_args):
-    """Datasets (train on the label subset, if any), the image and label columns, and the class names."""
+def prepare_data(model_args, data_args, training_args):
+    """Datasets (train on the label subset, if any), the image and label columns (class ids, see
+    `class_id_labels`), and the class names."""
     datasets = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
     reference = reference_split(datasets)
     image_column = find_image_column(reference, data_args.image_column_name)
     label_column = find_label_column(reference, data_args.label_column_name)
-    names = label_names(reference, label_column)
+    class_id_labels(datasets, label_column, saved_classes(model_args, training_args))
+    names = label_names(reference_split(datasets), label_column)
     if training_args.do_train and data_args.label_fraction is not None and data_args.label_fraction < 1:
         datasets["train"] = class_balanced_subset(
             datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
         )
         logger.info(f"training on {len(datasets['train'])} labelled examples ({data_args.label_fraction:.0%})")
     return datasets, image_column, label_column, names
+
+
+def saved_classes(model_args, training_args) -> list[str] | None:
+    """Evaluation alone keeps the checkpoint's classes: class names in the data map to its ids (None: training, or
+    a new model, takes the data's classes)."""
+    if training_args.do_train or not model_args.model_name_or_path:
+        return None
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    return [config.id2label[i] for i in range(config.num_labels)]
 
 
 def build_model(model_args, training_args, names: list[str]) -> MAEForImageClassification:
@@ -300,7 +312,7 @@ def main(argv=None, callbacks=()):
     )
     apply_runtime_defaults(training_args)
 
-    datasets, image_column, label_column, names = prepare_data(data_args, training_args)
+    datasets, image_column, label_column, names = prepare_data(model_args, data_args, training_args)
     apply_recipe_schedule(training_args, train_size(datasets))  # before any image is decoded
     batchnorm = LINEAR_PROBE_BATCHNORM if training_args.linear_probe else None
     check_batchnorm_batches(training_args, train_size(datasets), batchnorm)

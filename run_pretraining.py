@@ -231,8 +231,8 @@ def main(argv=None, callbacks=()):
 
     raw = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
     apply_recipe_schedule(training_args, train_size(raw))  # before any image is decoded
+    monitor = build_monitor(monitor_args, config, processor, data_args, training_args)  # its few images first
     datasets = prepare_datasets(raw, data_args, config, processor, training_args)
-    monitor = build_monitor(monitor_args, config, processor, data_args, training_args)
 
     set_seed(training_args.seed)  # the fresh model's weights too
     model = build_model(model_args, config)

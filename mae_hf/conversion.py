@@ -41,6 +41,7 @@ from .checkpoint import (
 )
 from .configuration_mae import MAEConfig, to_pair
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
+from .preflight import check_writable_dir
 
 logger = logging.get_logger(__name__)
 
@@ -148,6 +149,7 @@ def convert(source, output_dir, format=None, overwrite=False, **kwargs):
         raise ValueError(f"output path {output_dir} exists and is not a folder")
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(f"output folder {output_dir} is not empty; pass overwrite=True (--overwrite) to write into it")
+    check_writable_dir(output_dir, "output folder")  # before reading a checkpoint of gigabytes
     model = load_source(source, format=format, **kwargs)
     model.save_pretrained(output_dir)
     return model

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -21,6 +22,7 @@ from transformers import AutoConfig
 from transformers.hf_argparser import string_to_bool
 
 from .monitor import FeatureMonitor, MonitorArguments
+from .preflight import check_model_folder, check_writable_dir
 
 PREFIX = "monitor_"
 
@@ -76,6 +78,9 @@ def main(argv=None) -> dict[str, float]:
     )
     if not monitor_args.enabled:
         raise ValueError("give the labelled images: --dataset (Hub id, local folder, 'digits') or --train_dir")
+    check_model_folder(args.model_dir, flag="MODEL_DIR")  # before any image is read
+    if args.output:
+        check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
     state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
     encoder = load_encoder(args.model_dir).to(state.device)
     monitor = FeatureMonitor.from_arguments(
@@ -86,6 +91,7 @@ def main(argv=None) -> dict[str, float]:
     if state.is_main_process:
         print(json.dumps(metrics))
         if args.output:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:
                 json.dump(metrics, f, indent=2)
     return metrics

@@ -22,7 +22,15 @@ from datasets import ClassLabel, Image
 from torch.utils.data import BatchSampler, DataLoader
 
 from .arguments import ImageDataArguments, recipe
-from .data import ImageTransform, check_labels, eval_transform, label_names, load_image_datasets, normalisation
+from .data import (
+    ImageTransform,
+    check_labels,
+    class_id_labels,
+    eval_transform,
+    label_names,
+    load_image_datasets,
+    normalisation,
+)
 from .data.columns import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, find_column
 from .data.images import verify_images
 from .data.loading import BUILTIN
@@ -129,12 +137,14 @@ def load_monitor_data(args: MonitorArguments, config, cache_dir: str | None = No
     )
     try:
         raw = load_image_datasets(source, seed=SUBSET_SEED)
-    except ValueError as error:  # its messages name the classification flags; these are their --monitor_ twins
+        image_column, label_column = monitor_columns(raw["train"], args)
+        labelled = {split: raw[split] for split in ("train", "validation")}
+        class_id_labels(labelled, label_column, defining=list(labelled))  # the classes of both, as with ids
+    except ValueError as error:  # messages name the classification flags and splits; say whose they are
         raise ValueError(f"the monitor's data set (--monitor_dataset / --monitor_train_dir): {error}") from error
-    image_column, label_column = monitor_columns(raw["train"], args)
     splits = {
-        "train": random_subset(raw["train"], args.monitor_train_samples),
-        "validation": random_subset(raw["validation"], args.monitor_eval_samples),
+        "train": random_subset(labelled["train"], args.monitor_train_samples),
+        "validation": random_subset(labelled["validation"], args.monitor_eval_samples),
     }
     num_classes = max(len(label_names(splits[split], label_column)) for split in splits)
     # the run's (or saved model's) image processor is the source of mean/std; ImageNet's when there is none

@@ -17,7 +17,9 @@ from .argument_checks import (
     check_warmup_steps,
     steps_per_epoch,
 )
+from .arguments import ENCODER, config_overrides
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
+from .preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
 
 logger = logging.getLogger("mae_hf")
 
@@ -45,8 +47,10 @@ def start_run(
     check_trainer_arguments(training_args, label_names, metrics, smoothing_hint)
     check_training_plan(training_args, streaming)
     check_output_dir(training_args)
+    check_writable_dir(training_args.output_dir)  # every process: each writes its RNG state into checkpoints
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
+    check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER))
     check_resume_argument(training_args)
 
 
@@ -168,7 +172,7 @@ def check_output_dir(training_args) -> None:
         raise ValueError(f"--output_dir {out} is a file")
     if (
         os.path.isdir(out)
-        and os.listdir(out)
+        and [name for name in os.listdir(out) if not name.startswith(WRITE_PROBE_PREFIX)]  # another process's
         and training_args.do_train
         and not training_args.overwrite_output_dir
         and not resume_request(training_args)

@@ -157,6 +157,7 @@ def main(argv=None) -> str:
     from .data import eval_transform, to_model_mode
     from .data.images import upright
     from .modeling_mae import MAEForPreTraining
+    from .preflight import check_model_folder
 
     parser = argparse.ArgumentParser(description="Reconstruction figure of a saved MAE pretraining model.")
     parser.add_argument("model_dir", help="a saved MAEForPreTraining folder (or a Hub id, with --output)")
@@ -171,6 +172,7 @@ def main(argv=None) -> str:
     if missing:
         parser.error(f"no such image file: {', '.join(missing)}")
     output = args.output or os.path.join(args.model_dir, CLI_FIGURE)
+    check_model_folder(args.model_dir, flag="MODEL_DIR", decoder=True)  # a figure of random weights says nothing
 
     overrides = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
     model = MAEForPreTraining.from_pretrained(args.model_dir, **overrides).eval()

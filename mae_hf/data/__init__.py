@@ -15,6 +15,7 @@ from .labels import (
     check_annotations,
     check_labels,
     class_balanced_subset,
+    class_id_labels,
     label_names,
     reduce_labels_map,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "check_annotations",
     "check_labels",
     "class_balanced_subset",
+    "class_id_labels",
     "collate_pixel_values",
     "collate_segmentation",
     "collate_segmentation_with_sizes",

@@ -36,6 +36,67 @@ ADE20K_LABELS = [
 ]  # fmt: skip
 
 
+def class_id_labels(datasets, column: str, classes: list[str] | None = None, defining=None) -> None:
+    """Make the label `column` of every split (a dict of datasets, changed in place) class ids, before any image is
+    decoded, or refuse it naming the column:
+
+    - `ClassLabel` and integer columns stay as they are (`check_labels` checks their range against the model);
+    - strings are class names, mapped as an ImageFolder maps folder names: the sorted names get ids 0..C-1, one
+      mapping for every split, stored as a `ClassLabel` (so the model's id2label / label2id carry the names):
+      `classes` (names by id, e.g. a saved model's) when given, else the names found in the `defining` splits
+      (default: train, or every split without one); a name outside the mapping is refused, naming it and its split;
+    - floats with integral values (3.0: pandas stores an int column with a missing value as floats) are cast to
+      int64; any other value (1.5, nan) is refused, naming it;
+    - missing labels (null) and other types (booleans, lists, images) are refused.
+    Raises ValueError."""
+    types = {split: (dataset.features or {}).get(column) for split, dataset in datasets.items()}
+    kinds = {split: _label_kind(feature, column, split) for split, feature in types.items()}
+    if "string" in kinds.values() and len(set(kinds.values())) > 1:
+        raise ValueError(f"label column {column!r} holds class names in some splits, numbers in others: {types}")
+    if "string" in kinds.values() or "float" in kinds.values():
+        values = {split: datasets[split].unique(column) for split in datasets if kinds[split] != "ids"}
+        for split, found in values.items():
+            if None in found:
+                raise ValueError(f"{split} label column {column!r} has missing labels (null)")
+    if "float" in kinds.values():
+        for split in [s for s in datasets if kinds[s] == "float"]:
+            if fractional := [v for v in values[split] if not float(v).is_integer()]:
+                raise ValueError(
+                    f"{split} label column {column!r} holds {fractional[0]!r}, not a class id: labels must be "
+                    "integers (class ids) or strings (class names)"
+                )
+            datasets[split] = datasets[split].cast_column(column, Value("int64"))
+    if "string" in kinds.values():
+        if classes is None:
+            chosen = defining or (["train"] if "train" in datasets else list(datasets))
+            classes = sorted({str(v) for split in chosen if kinds[split] == "string" for v in values[split]})
+            source = f"the classes of the {' and '.join(chosen)} split(s)"
+        else:
+            source = "the model's classes"
+        for split in [s for s in datasets if kinds[s] == "string"]:
+            if unknown := sorted(set(values[split]) - set(classes)):
+                shown = ", ".join(map(repr, classes[:10])) + (", ..." if len(classes) > 10 else "")
+                raise ValueError(
+                    f"{split} label {unknown[0]!r} (column {column!r}; {len(unknown)} such name(s)) is not one of "
+                    f"{source}: {shown}"
+                )
+            datasets[split] = datasets[split].cast_column(column, ClassLabel(names=list(classes)))
+        logger.info(f"label column {column!r}: {len(classes)} class names mapped to ids 0..{len(classes) - 1}")
+
+
+def _label_kind(feature, column: str, split: str) -> str:
+    """'ids' (ClassLabel, integers), 'string' or 'float'; ValueError for anything else."""
+    if isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
+        return "ids"
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        return "string"
+    if isinstance(feature, Value) and feature.dtype.startswith("float"):
+        return "float"
+    raise ValueError(
+        f"{split} label column {column!r} holds {feature}: labels must be integers (class ids) or strings (class names)"
+    )
+
+
 def label_names(dataset, column: str) -> list[str]:
     """Class names by id: the ClassLabel names, else the ids 0..max as strings."""
     feature = (dataset.features or {}).get(column)

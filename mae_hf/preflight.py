@@ -1,0 +1,142 @@
+"""Checks of the folders a run writes and reads that need no data: the output folder can be written, and a model
+folder holds an mae_hf model with every weight its encoder needs. They read only small files (config.json, the
+index or header of the weights), so a run that cannot work fails in seconds, before any data is loaded, any image
+decoded or any model built, with a message naming the folder.
+
+Used by the three scripts (`run_utils.start_run`), `python -m mae_hf.evaluate_features`, `python -m mae_hf.visualize`
+and `python -m mae_hf.conversion`.
+"""
+
+import json
+import os
+import re
+import tempfile
+
+WRITE_PROBE_PREFIX = ".mae_hf-write-probe-"  # other processes of the run skip these when they list the output dir
+MODEL_TYPES = ("mae_vit", "mae_upernet")
+CONVERSIONS = (
+    "transformers' ViTMAE folders (model_type vit_mae), the official MAE .pth checkpoints and timm ViT checkpoints "
+    "convert with `python -m mae_hf.conversion SOURCE OUTPUT_DIR`"
+)
+# The one encoder weight that may be absent: the final norm. Mean-pooled classifiers and segmenters have none, and
+# a model that has one starts it as LayerNorm does (ones / zeros), not at random. The position tables are buffers
+# (the fixed sin-cos table, recomputed when absent), not parameters, so they are not required either.
+OPTIONAL_WEIGHTS = re.compile(r"^(vit\.)?norm\.")
+SHOWN_KEYS = 5
+
+
+def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
+    """`path` is a folder this process can write files into, or one it can create: a probe file is written and
+    removed in it, or in its nearest existing parent when it does not exist yet (nothing is left behind, so a run
+    refused later finds no new folder). Raises ValueError naming `flag`, the folder and the OS error."""
+    target = os.path.abspath(os.path.expanduser(path))
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path} cannot be created: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=WRITE_PROBE_PREFIX, dir=existing)
+        with os.fdopen(handle, "wb") as file:
+            file.write(b"mae_hf")
+        os.remove(probe)
+    except OSError as error:
+        where = "is not writable" if existing == target else f"cannot be created: {existing} is not writable"
+        raise ValueError(
+            f"{flag} {path} {where} ({type(error).__name__}: {error.strerror or error}); the run saves its "
+            "checkpoints, model and results there"
+        ) from error
+
+
+def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", decoder=False):
+    """A model to start from (a local folder or a Hub id) must be an mae_hf model (config.json's model_type one of
+    `MODEL_TYPES`) whose weights hold every parameter of the encoder (`overrides`: encoder fields given on the
+    command line, e.g. a deeper `num_hidden_layers`), and of the pretraining decoder too with `decoder`. Everything
+    else (a classifier head, a decoder, a neck and heads) may be new. Raises ValueError naming the folder and the
+    model_type, or the missing weights (their count and the first few)."""
+    if path is None:
+        return
+    config = _config_dict(path, flag)
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        convert = (
+            f"convert it with `python -m mae_hf.conversion {path} OUTPUT_DIR`"
+            if model_type == "vit_mae"
+            else CONVERSIONS
+        )
+        raise ValueError(
+            f"{flag} {path} holds a model of type {model_type!r} (config.json's model_type), not an mae_hf model "
+            f"({' or '.join(MODEL_TYPES)}); {convert}"
+        )
+    keys = _checkpoint_keys(path)
+    if keys is None:
+        raise ValueError(
+            f"{flag} {path} has a config.json but no weights (model.safetensors, its index, or pytorch_model.bin)"
+        )
+    missing = [name for name in _required_weights(config, overrides or {}, decoder) if not _present(name, keys)]
+    if missing and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
+        missing = [name if name.startswith(("vit.", "decoder.")) else f"vit.{name}" for name in missing]
+    if missing:
+        more = f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else ""
+        part = "encoder and decoder" if decoder else "encoder"
+        raise ValueError(
+            f"{flag} {path} lacks {len(missing)} weight(s) of the {part}, which would start at random: "
+            f"{', '.join(missing[:SHOWN_KEYS])}{more}. Only new task layers (a classifier head, the decoder, the "
+            "segmentation neck and heads) may be missing: is it a complete checkpoint of the model you meant?"
+        )
+
+
+def _config_dict(path: str, flag: str) -> dict:
+    """The saved config of a local folder or a Hub model (the Hub's errors, e.g. offline, are raised as they are)."""
+    from transformers import PretrainedConfig
+
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(
+            f"{flag} {path} has no config.json, so it is not a saved model (it holds {sorted(os.listdir(path))[:5]}); "
+            + CONVERSIONS
+        )
+    return PretrainedConfig.get_config_dict(path)[0]
+
+
+def _weights_file(path: str, name: str) -> str | None:
+    """The file `name` of a local model folder or a Hub model (downloaded as from_pretrained would); None if absent."""
+    if os.path.isdir(path):
+        file = os.path.join(path, name)
+        return file if os.path.isfile(file) else None
+    from transformers.utils import cached_file
+
+    return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+
+
+def _checkpoint_keys(path: str) -> set[str] | None:
+    """The weight names of a saved model (from the index or the safetensors header; a .bin is read whole); None
+    without weights. The files transformers' from_pretrained would read, in its order."""
+    from .checkpoint import read_shapes
+
+    index = _weights_file(path, "model.safetensors.index.json")
+    if index is not None:
+        with open(index) as file:
+            return set(json.load(file)["weight_map"])
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        file = _weights_file(path, name)
+        if file is not None:
+            return set(read_shapes([file]))
+    return None
+
+
+def _required_weights(config: dict, overrides: dict, decoder: bool) -> list[str]:
+    """Parameter names of the encoder (`MAEModel`), or of `MAEForPreTraining` with `decoder`, for the saved config
+    with the command line's `overrides`; built on the meta device (no memory, no init cost)."""
+    from accelerate import init_empty_weights
+
+    from .configuration_mae import MAEConfig
+    from .modeling_mae import MAEForPreTraining, MAEModel
+
+    with init_empty_weights(include_buffers=True):
+        model = (MAEForPreTraining if decoder else MAEModel)(MAEConfig.from_dict({**config, **overrides}))
+    return [name for name, _ in model.named_parameters() if not OPTIONAL_WEIGHTS.match(name)]
+
+
+def _present(name: str, keys: set[str]) -> bool:
+    """A checkpoint of a task model holds the encoder under "vit.", a bare encoder's without it."""
+    return bool({name, f"vit.{name}", name.removeprefix("vit.")} & keys)

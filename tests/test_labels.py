@@ -1,0 +1,143 @@
+"""Label columns that are not class ids, made class ids or refused before any image is decoded or model built:
+class names (strings) mapped as an ImageFolder maps folder names, one mapping for every split and saved with the
+model; integral floats cast; fractional floats, nulls and other types refused naming the column. Through
+`class_id_labels`, the classification script, and the feature monitor (`python -m mae_hf.evaluate_features`)."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from datasets import ClassLabel, Dataset, Value
+from PIL import Image
+from transformers import pipeline
+
+import run_image_classification
+import run_pretraining
+from mae_hf import evaluate_features
+from mae_hf.data import class_id_labels, load_digits_dataset
+
+TINY_PRETRAINED = Path(__file__).parent / "data" / "tiny_mae_digits"
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TINY = [
+    *["--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "2"],
+    *["--num_attention_heads", "2", "--intermediate_size", "64", "--per_device_train_batch_size", "16"],
+    *["--warmup_epochs", "0", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"],
+]
+
+
+def splits(train, validation):
+    return {"train": Dataset.from_dict({"label": train}), "validation": Dataset.from_dict({"label": validation})}
+
+
+def labelled_digits(folder: Path, label_of, counts=(48, 24)) -> Path:
+    """A parquet dataset of the first digits of each split, with `label_of(digit)` as their labels."""
+    digits = load_digits_dataset()
+    folder.mkdir()
+    for split, count in zip(("train", "validation"), counts):
+        part = digits[split].select(range(count))
+        values = [label_of(digit) for digit in part["label"]]
+        part.remove_columns("label").add_column("label", values).to_parquet(str(folder / f"{split}.parquet"))
+    return folder
+
+
+def test_class_names_share_one_mapping_over_the_splits():
+    """Sorted names -> 0..C-1, from the train split, as an ImageFolder; datasets' own class_encode_column would
+    number each split by its own names (validation 'cat', 'dog' as 0, 1)."""
+    data = splits(["dog", "cat", "bird", "dog"], ["cat", "dog"])
+    class_id_labels(data, "label")
+    assert data["train"].features["label"] == ClassLabel(names=["bird", "cat", "dog"])
+    assert data["train"]["label"] == [2, 1, 0, 2] and data["validation"]["label"] == [1, 2]
+    assert data["validation"].features["label"].names == ["bird", "cat", "dog"]
+    data = splits(["dog", "cat"], ["fish", "cat", "eel"])
+    with pytest.raises(ValueError, match=r"validation label 'eel' \(column 'label'; 2 such name\(s\)\) is not one of "):
+        class_id_labels(data, "label")
+    data = splits(["dog"], ["cat"])  # a saved model's classes, by id
+    class_id_labels(data, "label", classes=["dog", "cat"])
+    assert data["validation"]["label"] == [1]
+    data = splits(["dog"], ["cat"])  # the monitor: the classes of both splits
+    class_id_labels(data, "label", defining=["train", "validation"])
+    assert data["train"]["label"] == [1] and data["validation"]["label"] == [0]
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ([0.0, 1.5], r"train label column 'label' holds 1.5, not a class id"),
+        ([0.0, float("nan")], r"train label column 'label' holds nan, not a class id"),
+        (["dog", None], r"train label column 'label' has missing labels \(null\)"),
+        ([True, False], r"train label column 'label' holds Value\('bool'\): labels must be integers"),
+        ([[0, 1], [1]], r"train label column 'label' holds List\(Value\('int64'\)\)"),
+    ],
+)
+def test_labels_that_are_not_class_ids_are_refused(train, message):
+    with pytest.raises(ValueError, match=message):
+        class_id_labels(splits(train, train[:1]), "label")
+
+
+def test_integral_floats_are_class_ids_and_ids_stay_as_they_are():
+    data = splits([0.0, 3.0], [2.0])  # pandas writes an int column with a missing value as floats
+    class_id_labels(data, "label")
+    assert data["train"].features["label"] == Value("int64") and data["train"]["label"] == [0, 3]
+    data = {"train": Dataset.from_dict({"label": [5, 1]}), "validation": Dataset.from_dict({"label": ["a"]})}
+    with pytest.raises(ValueError, match="holds class names in some splits, numbers in others"):
+        class_id_labels(data, "label")
+    digits = load_digits_dataset()
+    class_id_labels(digits, "label")
+    assert digits["train"].features["label"] == load_digits_dataset()["train"].features["label"]
+
+
+def test_classifier_trained_on_class_names_predicts_them(tmp_path, caplog):
+    """The names become id2label / label2id of the saved model (the pipeline shows them); evaluation alone maps the
+    names through the model's classes; a resumed run is the same run (its mapping does not move)."""
+    data = labelled_digits(tmp_path / "named", lambda digit: NAMES[digit])
+    common = [*TINY, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--save_steps", "2"]
+    trained = run_image_classification.main([*common, "--max_steps", "2", "--save_strategy", "steps"])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(sorted(NAMES))}
+    assert config["label2id"] == {name: i for i, name in enumerate(sorted(NAMES))}
+    predictions = pipeline("image-classification", model=str(tmp_path / "out"))(Image.new("L", (8, 8), 128))
+    assert {p["label"] for p in predictions} <= set(NAMES)
+    again = run_image_classification.main(
+        [*TINY, "--dataset_name", str(data), "--output_dir", str(tmp_path / "eval")]
+        + ["--model_name_or_path", str(tmp_path / "out"), "--do_train", "false"]
+    )
+    assert again["eval_accuracy"] == trained["eval_accuracy"]
+    with caplog.at_level(logging.INFO, logger="mae_hf"):
+        resumed = run_image_classification.main([*common, "--max_steps", "2", "--resume_from_checkpoint", "latest"])
+    assert "this run is finished" in caplog.text  # the same run identity
+    assert resumed["eval_accuracy"] == trained["eval_accuracy"]
+
+
+def test_bad_label_columns_are_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the model was built (and images decoded after it) before the labels were checked")
+
+    monkeypatch.setattr(run_image_classification, "build_model", not_reached)
+    floats = labelled_digits(tmp_path / "floats", lambda digit: digit + 0.5)
+    argv = [*TINY, "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--dataset_name"]
+    with pytest.raises(ValueError, match=r"train label column 'label' holds \d\.5, not a class id"):
+        run_image_classification.main([*argv, str(floats)])
+    unseen = labelled_digits(tmp_path / "unseen", lambda digit: NAMES[digit], counts=(3, 24))  # 3 digits in train
+    with pytest.raises(ValueError, match=r"validation label '[a-z]+' \(column 'label'; \d such name\(s\)\) is not one"):
+        run_image_classification.main([*argv, str(unseen)])
+
+
+def test_feature_monitor_takes_class_names_and_refuses_fractions(tmp_path):
+    named = labelled_digits(tmp_path / "named", lambda digit: NAMES[digit], counts=(60, 30))
+    metrics = evaluate_features.main([str(TINY_PRETRAINED), "--dataset", str(named), "--crop_pct", "1"])
+    assert 0 <= metrics["eval_knn_top1_cls"] <= 1
+    floats = labelled_digits(tmp_path / "floats", lambda digit: digit / 2)
+    with pytest.raises(ValueError, match=r"monitor's data set .* label column 'label' holds \d\.5, not a class id"):
+        evaluate_features.main([str(TINY_PRETRAINED), "--dataset", str(floats), "--crop_pct", "1"])
+
+
+def test_pretraining_refuses_monitor_labels_before_decoding_its_training_images(tmp_path, monkeypatch):
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the training images were decoded before the monitor's labels were checked")
+
+    monkeypatch.setattr(run_pretraining, "verify_splits", not_reached)
+    floats = labelled_digits(tmp_path / "floats", lambda digit: digit / 2)
+    argv = [*TINY, "--output_dir", str(tmp_path / "out"), "--dataset_name", "digits", "--max_steps", "1"]
+    with pytest.raises(ValueError, match=r"monitor's data set .* label column 'label' holds \d\.5, not a class id"):
+        run_pretraining.main([*argv, "--monitor_dataset", str(floats)])
