@@ -34,7 +34,7 @@ def start_run(
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
     that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
-    from .resume import check_resume_argument
+    from .run_directory.resume import check_resume_argument
 
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
@@ -159,7 +159,7 @@ def apply_runtime_defaults(training_args, unused_parameters: bool = False) -> No
 def check_output_dir(training_args) -> None:
     """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. (With
     --overwrite_output_dir, a previous run's checkpoints are moved aside once all checks have passed: `_train`.)"""
-    from .resume import resume_request
+    from .run_directory.resume import resume_request
 
     out = training_args.output_dir
     if out is None:
@@ -289,7 +289,7 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import (
+    from .run_directory.resume import (
         check_checkpoint_fits,
         checkpoint_step,
         choose_checkpoint,
@@ -329,7 +329,7 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
     figure (no train metrics, as no step is trained) and return {}."""
     from transformers import TrainerState
 
-    from .resume import checkpoint_step, finished_run
+    from .run_directory.resume import checkpoint_step, finished_run
     from .trainer import FigureCallback
 
     step = checkpoint_step(checkpoint)
@@ -352,7 +352,7 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
 
 def _mark_finished(trainer, training_args) -> None:
     """The run's manifest in the output dir, written last: this run's model (its files and sizes) is complete."""
-    from .checkpointing import file_sizes, write_manifest
+    from .run_directory.checkpoints import file_sizes, write_manifest
 
     out = training_args.output_dir
     write_manifest(out, trainer.run_identity, trainer.state.global_step, file_sizes(out, trainer.published_model_files))

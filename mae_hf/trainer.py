@@ -12,10 +12,10 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .checkpointing import CrashSafeCheckpoints
 from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
 from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
+from .run_directory.checkpoints import CrashSafeCheckpoints
 from .visualize import fixed_noise, reconstruction_grid, segmentation_figure, to_uint8
 
 logger = logging.get_logger(__name__)
@@ -41,7 +41,7 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     `args`: RecipeArguments (its sdpa_backend, finite_loss_check, layer_decay and use_lars are read).
 
     Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
-    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
+    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `run_directory/checkpoints.py`."""
 
     def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)

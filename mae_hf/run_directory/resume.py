@@ -11,8 +11,8 @@ import time
 
 from transformers import TrainingArguments
 
-from .checkpoint import read_shapes, weight_files
-from .checkpointing import (
+from ..checkpoint import read_shapes, weight_files
+from .checkpoints import (
     MANIFEST_NAME,
     checkpoint_folders,
     folder_problems,
