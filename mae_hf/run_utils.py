@@ -18,6 +18,16 @@ from .argument_checks import (
     steps_per_epoch,
 )
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
+from .run_directory.identity import run_identity
+from .run_directory.lifecycle import check_output_dir, mark_finished
+from .run_directory.resume import (
+    check_checkpoint_fits,
+    check_resume_argument,
+    checkpoint_step,
+    choose_checkpoint,
+    finished_run,
+    move_aside_previous_checkpoints,
+)
 
 logger = logging.getLogger("mae_hf")
 
@@ -34,8 +44,6 @@ def start_run(
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
     that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
-    from .run_directory.resume import check_resume_argument
-
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -156,29 +164,6 @@ def apply_runtime_defaults(training_args, unused_parameters: bool = False) -> No
         training_args.ddp_find_unused_parameters = unused_parameters
 
 
-def check_output_dir(training_args) -> None:
-    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. (With
-    --overwrite_output_dir, a previous run's checkpoints are moved aside once all checks have passed: `_train`.)"""
-    from .run_directory.resume import resume_request
-
-    out = training_args.output_dir
-    if out is None:
-        raise ValueError("--output_dir is required")
-    if os.path.isfile(out):
-        raise ValueError(f"--output_dir {out} is a file")
-    if (
-        os.path.isdir(out)
-        and os.listdir(out)
-        and training_args.do_train
-        and not training_args.overwrite_output_dir
-        and not resume_request(training_args)
-    ):
-        raise ValueError(
-            f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
-            "or --resume_from_checkpoint latest to continue its training"
-        )
-
-
 def check_model_path(path: str | None) -> None:
     """--model_name_or_path before any data work: a local folder must exist (a missing one is named as such, not
     reported as a malformed Hub id); anything else is looked up on the Hub now (its config only)."""
@@ -280,7 +265,7 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
         metrics.update(eval_metrics)
     if trainer.is_world_process_zero() and training_args.do_train:
         write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
-        _mark_finished(trainer, training_args)
+        mark_finished(trainer, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     return metrics
@@ -289,15 +274,6 @@ def train_evaluate_save(trainer, model, model_args, data_args, training_args) ->
 def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
     """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
     `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .run_directory.resume import (
-        check_checkpoint_fits,
-        checkpoint_step,
-        choose_checkpoint,
-        finished_run,
-        move_aside_previous_checkpoints,
-        run_identity,
-    )
-
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
     checkpoint = choose_checkpoint(training_args, trainer.run_identity)
@@ -329,7 +305,6 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
     figure (no train metrics, as no step is trained) and return {}."""
     from transformers import TrainerState
 
-    from .run_directory.resume import checkpoint_step, finished_run
     from .trainer import FigureCallback
 
     step = checkpoint_step(checkpoint)
@@ -348,14 +323,6 @@ def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
     trainer.save_model()
     trainer.save_state()
     return {}
-
-
-def _mark_finished(trainer, training_args) -> None:
-    """The run's manifest in the output dir, written last: this run's model (its files and sizes) is complete."""
-    from .run_directory.checkpoints import file_sizes, write_manifest
-
-    out = training_args.output_dir
-    write_manifest(out, trainer.run_identity, trainer.state.global_step, file_sizes(out, trainer.published_model_files))
 
 
 def _saved_results(output_dir: str) -> dict:
