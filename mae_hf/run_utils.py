@@ -18,15 +18,23 @@ from .argument_checks import (
     steps_per_epoch,
 )
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
+from .run_directory.checkpoints import checkpoint_step
+from .run_directory.files import read_manifest
 from .run_directory.identity import run_identity
-from .run_directory.lifecycle import check_output_dir, mark_finished
+from .run_directory.lifecycle import (
+    check_output_dir,
+    mark_finished,
+    mark_trained,
+    open_run,
+    run_status,
+    stop_reason,
+)
+from .run_directory.preemption import EvaluationInterrupted, TrainingPreempted, stop_request
 from .run_directory.resume import (
-    check_checkpoint_fits,
     check_resume_argument,
-    checkpoint_step,
     choose_checkpoint,
-    finished_run,
     move_aside_previous_checkpoints,
+    resume_request,
 )
 
 logger = logging.getLogger("mae_hf")
@@ -247,45 +255,71 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
 
 
 def train_evaluate_save(trainer, model, model_args, data_args, training_args) -> dict:
-    """What every script ends with: train (resuming the checkpoint that --resume_from_checkpoint names, checked
-    to fit the model), save the model, its processor, metrics and state; evaluate; write the model card; push to
-    the Hub when asked. Returns the train and eval metrics."""
+    """What every script ends with, in its output directory (`run_directory`: locked for this run, stop signals
+    handled): train (resuming the checkpoint that --resume_from_checkpoint names, checked to fit the model), save the
+    model, its processor, metrics and state; evaluate; write the model card; mark the run finished; push to the Hub
+    when asked. Returns the train and eval metrics. A stop signal (pre-emption) ends it with RunPreempted (exit
+    status 75) once the step's checkpoint, or after training the final model, is saved."""
+    run = open_run(training_args)
+    try:
+        return _train_evaluate_save(trainer, model, model_args, data_args, training_args, run)
+    except (TrainingPreempted, EvaluationInterrupted) as stop:
+        raise run.preempted(stop) from None
+    finally:
+        run.close()
+
+
+def _train_evaluate_save(trainer, model, model_args, data_args, training_args, run) -> dict:
     from .model_card import write_model_card
 
     metrics = {}
     if training_args.do_train:
-        result = _train(trainer, model, model_args, data_args, training_args)
+        result = _train(trainer, model, model_args, data_args, training_args, run)
         if result is None:  # a finished run resumed at its end: its results stay as they are
             return _saved_results(training_args.output_dir)
         metrics.update(result)
+        mark_trained(trainer, training_args)
+        stop_request.check_training("the final model is saved")
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
-    if trainer.is_world_process_zero() and training_args.do_train:
-        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+    if training_args.do_train:
+        if trainer.is_world_process_zero():
+            write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
         mark_finished(trainer, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     return metrics
 
 
-def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
-    """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
-    `_nothing_to_train`), None when the output dir holds this run's finished results."""
+def _train(trainer, model, model_args, data_args, training_args, run) -> dict | None:
+    """Train and save; the train metrics ({} when the checkpoint resumed is the end of training, see
+    `_nothing_to_train`; those saved when the output dir holds this run's trained model, which is then loaded for
+    its evaluation), None when the output dir holds this run's finished results."""
+    out = training_args.output_dir
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
-    checkpoint = choose_checkpoint(training_args, trainer.run_identity)
-    check_checkpoint_fits(checkpoint, model)
-    if checkpoint is None and training_args.overwrite_output_dir:
+    checkpoint = choose_checkpoint(training_args, trainer.run_identity, model)
+    status = (
+        run_status(out, trainer.run_identity, checkpoint_step(checkpoint)) if resume_request(training_args) else None
+    )
+    if status == "finished":
+        logger.info(f"this run is finished: nothing to train; the model and results in {out} are kept as they are")
+        return None
+    if checkpoint is None and status is None and training_args.overwrite_output_dir:
         move_aside_previous_checkpoints(training_args)
-    if checkpoint is not None and (
-        checkpoint_step(checkpoint) >= _planned_steps(trainer)
-        or finished_run(training_args.output_dir, trainer.run_identity, checkpoint_step(checkpoint))
-    ):
-        return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
+    run.prepare(trainer, checkpoint, out if status == "trained" else checkpoint)
+    if status == "trained":
+        logger.info(f"the final model of this run is saved in {out}: evaluating it (no step to train)")
+        _restore(trainer, out)
+        return {k: v for k, v in _saved_results(out).items() if not k.startswith("eval_")}
+    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
+        return _nothing_to_train(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.stopped_by = stop_reason(trainer)  # never from train() returning alone: a stop signal is not an end
+    stop_request.check_training(f"training returned at step {trainer.state.global_step}")
     trainer.save_model()  # with the image processor passed as processing_class
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -299,24 +333,22 @@ def _planned_steps(trainer) -> int:
     return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
-def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
-    """A resume at the end of training, or of a finished run: None when the output dir holds this run's finished
-    model and results (kept as they are); else the run stopped during its final save: save the checkpoint's model, state and end-of-training
-    figure (no train metrics, as no step is trained) and return {}."""
+def _restore(trainer, folder: str) -> None:
+    """The model weights and trainer state saved in `folder` (a checkpoint or the output dir)."""
     from transformers import TrainerState
 
+    trainer._load_from_checkpoint(folder)  # what Trainer.train does first when resuming
+    trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+    trainer.stopped_by = (read_manifest(folder) or {}).get("stopped_by") or stop_reason(trainer)
+
+
+def _nothing_to_train(trainer, checkpoint: str) -> dict:
+    """A resume at the end of training: the run stopped during its final save. Save the checkpoint's model, state and
+    end-of-training figure (no train metrics, as no step is trained) and return {}."""
     from .trainer import FigureCallback
 
-    step = checkpoint_step(checkpoint)
-    if finished_run(output_dir, trainer.run_identity, step):
-        logger.info(
-            f"this run is finished (its newest checkpoint: {checkpoint}): nothing to train; the model and "
-            f"results in {output_dir} are kept as they are"
-        )
-        return None
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
-    trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
-    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    _restore(trainer, checkpoint)
     for callback in trainer.callback_handler.callbacks:  # the end-of-training figure, which the kill may have cut
         if isinstance(callback, FigureCallback):
             callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)

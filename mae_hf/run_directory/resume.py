@@ -9,80 +9,59 @@ import os
 import time
 
 from ..checkpoint import read_shapes, weight_files
-from .checkpoints import checkpoint_folders
+from .checkpoints import checkpoint_folders, checkpoint_problems, checkpoint_step
 from .files import MANIFEST_NAME, folder_problems, is_leftover, read_manifest
-from .identity import identity_differences
+from .identity import SIZE_FIELDS, applied_changes, describe, identity_differences
 
 logger = logging.getLogger("mae_hf")
 
-# MAEConfig / MAESegmentationConfig fields that decide tensor shapes: named when a checkpoint does not fit.
-SIZE_FIELDS = (
-    "image_size",
-    "patch_size",
-    "num_channels",
-    "hidden_size",
-    "num_hidden_layers",
-    "intermediate_size",
-    "decoder_hidden_size",
-    "decoder_num_hidden_layers",
-    "decoder_intermediate_size",
-    "num_labels",
-    "head_batchnorm",
-    "out_indices",
-    "neck_rescales",
-    "decode_channels",
-    "auxiliary_channels",
-    "use_auxiliary_head",
-)
-
 
 def resume_request(training_args) -> str | None:
-    """--resume_from_checkpoint as None (no resume), "latest" (also "true") or the path given."""
+    """--resume_from_checkpoint as None (no resume), "latest" (also "true"), "auto" or the path given."""
     wanted = training_args.resume_from_checkpoint
     if wanted in (None, "", "false", "False"):
         return None
     return "latest" if wanted in ("latest", "true", "True") else wanted
 
 
-def checkpoint_step(path: str | None) -> int:
-    """The global step a checkpoint was saved at (0 for none)."""
-    if path is None:
-        return 0
-    try:
-        with open(os.path.join(path, "trainer_state.json")) as file:
-            return int(json.load(file)["global_step"])
-    except (OSError, ValueError, KeyError):
-        return 0
+def _summary(problems: list[str], shown: int = 3) -> str:
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 def newest_complete_checkpoint(output_dir: str, identity: dict | None = None) -> tuple[str | None, list[str]]:
-    """(the newest complete checkpoint-N of `output_dir` whose run identity is `identity` (any when None), the
-    reasons each newer one was skipped)."""
+    """(the newest complete and intact checkpoint-N of `output_dir` of the run `identity` (any run when None),
+    the reasons each newer one was skipped: a file missing, short, unreadable or corrupt (checksum), steps that
+    disagree, or another run (its RUN_DEFINING settings differ))."""
     skipped = []
     for _step, path in checkpoint_folders(output_dir):
-        if problems := folder_problems(path):
-            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-            skipped.append(f"{os.path.basename(path)} is incomplete: {'; '.join(problems[:3])}{more}")
-        elif identity is not None and (
-            diff := identity_differences((read_manifest(path) or {}).get("run_identity"), identity)
-        ):
-            more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
-            skipped.append(f"{os.path.basename(path)} belongs to another run ({'; '.join(diff[:4])}{more})")
+        if problems := checkpoint_problems(path):
+            skipped.append(f"{os.path.basename(path)} is incomplete or corrupt: {_summary(problems)}")
+        elif identity is not None and (diff := identity_differences(_identity_of(path), identity)):
+            skipped.append(f"{os.path.basename(path)} belongs to another run ({_summary(diff, 4)})")
         else:
             return path, skipped
     return None, skipped
 
 
+def _identity_of(folder: str) -> dict | None:
+    return (read_manifest(folder) or {}).get("run_identity")
+
+
 def check_resume_argument(training_args) -> None:
-    """Before any data work: `latest` needs a complete checkpoint in the output dir, a path must be a complete
-    checkpoint. (Which one `latest` takes is decided once the run identity is known: `choose_checkpoint`.)"""
+    """Before any data work: `latest` needs a complete checkpoint in the output dir, a path must be a complete,
+    intact checkpoint (a corrupt file is named); `auto` needs nothing. (Which one `latest` or `auto` takes is decided
+    once the run identity is known: `choose_checkpoint`.)"""
     wanted = resume_request(training_args)
-    if wanted is None:
+    if wanted in (None, "auto"):
         return
     if wanted == "latest":
         found, skipped = newest_complete_checkpoint(training_args.output_dir)
         if found is None and not skipped:
-            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {training_args.output_dir}")
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no checkpoint-* folder in {training_args.output_dir} "
+                "(--resume_from_checkpoint auto starts the run when it has none)"
+            )
         if found is None:
             raise ValueError(
                 f"--resume_from_checkpoint latest: no complete checkpoint in {training_args.output_dir}: "
@@ -91,37 +70,79 @@ def check_resume_argument(training_args) -> None:
         return
     if not os.path.isdir(wanted):
         raise ValueError(f"--resume_from_checkpoint {wanted} does not exist")
-    if problems := folder_problems(wanted):
+    if problems := checkpoint_problems(wanted):
         raise ValueError(
-            f"--resume_from_checkpoint {wanted} is not a complete checkpoint: {'; '.join(problems)}. "
+            f"--resume_from_checkpoint {wanted} is not a complete, intact checkpoint: {'; '.join(problems)}. "
             "--resume_from_checkpoint latest takes the newest complete one"
         )
 
 
-def choose_checkpoint(training_args, identity: dict) -> str | None:
-    """The checkpoint to resume, logged with why: `latest` = the newest complete checkpoint of this run (newer ones
-    that are incomplete or belong to another run are named with the reason); a path is taken as given (a warning
-    lists the arguments in which its run differs)."""
+def _latest(training_args, identity: dict, wanted: str) -> tuple[str | None, str]:
+    found, skipped = newest_complete_checkpoint(training_args.output_dir, identity)
+    for reason in skipped:
+        logger.warning(f"--resume_from_checkpoint {wanted}: skipping {reason}")
+    if found is None and wanted == "auto" and not _holds_another_run(training_args.output_dir, identity):
+        return None, ""
+    if found is None:
+        raise ValueError(
+            f"--resume_from_checkpoint {wanted}: no complete checkpoint of this run in "
+            f"{training_args.output_dir} ({'; '.join(skipped)}). Start this run in another --output_dir, or pass "
+            "--overwrite_output_dir to move the other run's checkpoints aside"
+        )
+    return found, "the newest complete checkpoint of this run" + (" (newer ones skipped, see above)" if skipped else "")
+
+
+def _holds_another_run(output_dir: str, identity: dict) -> bool:
+    """Whether `output_dir` holds a complete checkpoint or a final model of another run (which `auto` must not
+    start over)."""
+    folders = [path for _step, path in checkpoint_folders(output_dir) if not folder_problems(path, verify=False)]
+    if read_manifest(output_dir) is not None:
+        folders.append(output_dir)
+    return any(identity_differences(_identity_of(folder), identity) for folder in folders)
+
+
+def choose_checkpoint(training_args, identity: dict, model) -> str | None:
+    """The checkpoint to resume, logged with why. `latest`: the newest complete and intact checkpoint of this run
+    (newer ones that are incomplete, corrupt or another run's are named with the reason). `auto`: the same, or none
+    (a fresh start) when the output dir holds no complete checkpoint and nothing of another run. A path: taken as
+    given, refused when it belongs to another run (naming the RUN_DEFINING settings that differ). The settings that
+    differ otherwise are applied from the resumed step on (`resumed_changes`). Any checkpoint chosen must hold a
+    model that fits `model` (`check_checkpoint_fits`)."""
     wanted = resume_request(training_args)
     if wanted is None:
         return None
-    if wanted == "latest":
-        found, skipped = newest_complete_checkpoint(training_args.output_dir, identity)
-        for reason in skipped:
-            logger.warning(f"--resume_from_checkpoint latest: skipping {reason}")
+    if wanted in ("latest", "auto"):
+        found, why = _latest(training_args, identity, wanted)
         if found is None:
-            raise ValueError(
-                f"--resume_from_checkpoint latest: no complete checkpoint of this run in "
-                f"{training_args.output_dir} ({'; '.join(skipped)}). Give a checkpoint's path to resume "
-                "it anyway, or start this run in another --output_dir"
-            )
-        why = "the newest complete checkpoint of this run" + (" (newer ones skipped, see above)" if skipped else "")
+            logger.info(f"--resume_from_checkpoint auto: no checkpoint in {training_args.output_dir}; starting the run")
+            return None
     else:
         found, why = wanted, "as given"
-        if diff := identity_differences((read_manifest(found) or {}).get("run_identity"), identity):
-            logger.warning(f"resuming {found} although its run differs from this one: {'; '.join(diff)}")
+        check_checkpoint_fits(found, model)  # first: it names the sizes of both models
+        if diff := identity_differences(_identity_of(found), identity):
+            raise ValueError(
+                f"--resume_from_checkpoint {found} belongs to another run: {'; '.join(diff)}. These settings define "
+                "a run and cannot change when it resumes (its data position, model and optimizer state depend on "
+                "them). Resume with the settings of the run that wrote it, or pass it as --model_name_or_path to "
+                "start a new run from its weights"
+            )
+    check_checkpoint_fits(found, model)
     logger.info(f"resuming from {found} (step {checkpoint_step(found)}; {why})")
     return found
+
+
+def resumed_changes(checkpoint: str | None, identity: dict) -> dict[str, tuple]:
+    """{name: (value in the checkpoint's run, value now)} of the settings this resume changes, logged: they are
+    applied from the resumed step on (see `apply_resumed_settings`) and recorded in the manifests written after."""
+    if checkpoint is None or (theirs := _identity_of(checkpoint)) is None:
+        return {}
+    changes = applied_changes(theirs, identity)
+    if changes:
+        logger.warning(
+            f"settings changed since {os.path.basename(checkpoint)} was saved, applied from step "
+            f"{checkpoint_step(checkpoint) + 1} on: {'; '.join(describe(changes))}"
+        )
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------------- model fit
@@ -213,16 +234,3 @@ def move_aside_previous_checkpoints(training_args) -> str | None:
                 f"entries) to {moved_to}; delete it if you do not need them"
             )
     return moved_to
-
-
-def finished_run(output_dir: str, identity: dict, step: int) -> bool:
-    """The output dir holds this run's final model and results, complete (its manifest written last), of `step` or
-    later: a run can end after its newest checkpoint (--save_total_limit 1 with --load_best_model_at_end keeps only
-    the best one; early stopping)."""
-    manifest = read_manifest(output_dir)
-    return (
-        manifest is not None
-        and manifest.get("run_identity") == identity
-        and manifest.get("global_step", -1) >= step
-        and not folder_problems(output_dir)
-    )
