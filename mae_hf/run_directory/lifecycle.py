@@ -60,12 +60,12 @@ def _any_error(error: str | None) -> str | None:
 
 
 class RunDirectory:
-    """A run's hold on its output directory while it trains: the lock (taken by the process that writes the output
-    dir; the others learn whether it succeeded), the stop-signal handlers, the wandb run id in the environment."""
+    """A run's hold on its output directory while it trains: the lock (taken by the first process, global rank 0;
+    the others learn whether it succeeded), the stop-signal handlers, the wandb run id in the environment."""
 
     def __init__(self, training_args):
         self.args = training_args
-        self.lock = RunLock(training_args.output_dir) if training_args.should_save else None
+        self.lock = RunLock(training_args.output_dir) if training_args.process_index == 0 else None
         self._environment: dict[str, str | None] = {}
 
     def open(self) -> None:
