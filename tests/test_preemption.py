@@ -8,6 +8,7 @@ a forked process of its own."""
 import json
 import multiprocessing
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -117,6 +118,28 @@ def test_sigterm_mid_epoch_stops_at_the_next_step_with_its_checkpoint_and_resume
     signal_ = Signal(3)  # as step 4 begins (mid-epoch: 5 steps per epoch)
     step = preempt_and_resume(script, tmp_path, callbacks=[signal_])
     assert step == 4  # the step running when the signal came completed, then its checkpoint: 0 steps lost
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+class SignalEveryProcess(Signal):
+    """SIGTERM to this process and to its DataLoader workers, as Slurm signals every process of a job step."""
+
+    def send(self, state):
+        if self.sent_at is None:
+            self.sent_at = state.global_step
+            with open(f"/proc/self/task/{os.getpid()}/children") as file:
+                workers = [int(pid) for pid in file.read().split()]
+            assert len(workers) == 2
+            for pid in [*workers, os.getpid()]:
+                os.kill(pid, signal.SIGTERM)
+
+
+def test_sigterm_to_every_process_dataloader_workers_included(tmp_path):
+    # Workers killed by SIGTERM made the main process fail ("DataLoader worker ... is killed by signal") before it
+    # could save: they inherit the handler and leave the stop to the main process.
+    workers = ["--dataloader_num_workers", "2"]
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS, *workers])
+    assert preempt_and_resume("pretraining", tmp_path, workers, [SignalEveryProcess(3)]) == 4
     assert_same_run(tmp_path / "preempted", tmp_path / "straight")
 
 
@@ -235,16 +258,15 @@ def test_enable_jit_checkpoint_stop_is_not_taken_for_the_end_of_training(tmp_pat
 # ---------------------------------------------------------------------------------------------------- torchrun
 
 SIGNAL_ONE_RANK = """
-import os, signal, sys
+import importlib, os, signal, sys
 from transformers import TrainerCallback
-import run_pretraining
 
-class SignalRank(TrainerCallback):  # SIGTERM to rank {rank} only, as step {step} begins
+class SignalRank(TrainerCallback):  # {signal} to {target} from rank {rank} only, as step {step} begins
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == {step} and args.process_index == {rank}:
             os.kill({target}, signal.{signal})
 
-run_pretraining.main(sys.argv[1:], callbacks=[SignalRank()])
+importlib.import_module("{module}").main(sys.argv[1:], callbacks=[SignalRank()])
 """
 
 
@@ -277,7 +299,8 @@ TWO_PROCESSES = [
 
 def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path):
     script = tmp_path / "signal_rank_1.py"
-    script.write_text(SIGNAL_ONE_RANK.format(rank=1, step=2, target="os.getpid()", signal="SIGTERM"))
+    program = SIGNAL_ONE_RANK.format(rank=1, step=2, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
+    script.write_text(program)
     out = tmp_path / "two"
     stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script)
     # torchrun reports the first process to exit (with 75) and sends SIGTERM to the other, which has stopped already
@@ -297,14 +320,25 @@ def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)  # one process = two (gloo), resume included
 
 
-def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_path):
+MODULES = {
+    "pretraining": "run_pretraining",
+    "finetuning": "run_image_classification",
+    "segmentation": "run_semantic_segmentation",
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_path, script):
     # Slurm's `--signal=USR1@...` (without B:) reaches torchrun; with --signals_to_handle it forwards it.
-    script = tmp_path / "signal_launcher.py"
-    script.write_text(SIGNAL_ONE_RANK.format(rank=0, step=2, target="os.getppid()", signal="SIGUSR1"))
+    program = tmp_path / "signal_launcher.py"
+    target = dict(rank=0, step=2, target="os.getppid()", signal="SIGUSR1", module=MODULES[script])
+    program.write_text(SIGNAL_ONE_RANK.format(**target))
     out = tmp_path / "two"
+    argv = [*SCRIPTS[script][1], *STEPS, *ONLY_THEIR_CHECKPOINT, "--use_cpu", "--output_dir", str(out)]
     launcher = ["--signals_to_handle", "SIGTERM,SIGINT,SIGUSR1,SIGUSR2"]
-    stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script, launcher)
+    stopped = torchrun(tmp_path, argv, program, launcher)
     assert stopped.returncode != 0
     (step, checkpoint), *_ = checkpoint_folders(str(out))
     assert step in (2, 3) and checkpoint_problems(checkpoint) == [], stopped.stderr[-4000:]
+    assert (pathlib.Path(checkpoint) / "rng_state_1.pth").exists()  # both processes saved into it
     assert (read_manifest(str(out)) or {}).get("status") is None

@@ -119,6 +119,21 @@ def test_a_corrupt_final_model_is_not_a_finished_run_and_is_saved_again_from_the
     assert (out / "model.safetensors").read_bytes() == good and folder_problems(str(out)) == []
 
 
+def test_auto_starts_resumes_and_leaves_a_finished_run_alone_with_one_command_line(tmp_path, caplog):
+    # What a requeued job runs each time: `--resume_from_checkpoint auto`.
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        pretrain(out, "--resume_from_checkpoint", "auto", callbacks=[StopAfter(3)])  # a fresh start
+    with caplog.at_level(logging.INFO, logger="mae_hf"):
+        pretrain(out, "--resume_from_checkpoint", "auto")
+    assert f"resuming from {out / 'checkpoint-3'} (step 3;" in caplog.text
+    kept = (out / "model.safetensors").read_bytes()
+    pretrain(out, "--resume_from_checkpoint", "auto")
+    assert "this run is finished: nothing to train" in caplog.text and (out / "model.safetensors").read_bytes() == kept
+    with pytest.raises(ValueError, match=r"auto: no complete checkpoint of this run .*belongs to another run \(seed"):
+        pretrain(out, "--seed", "1", "--resume_from_checkpoint", "auto")
+
+
 # ---------------------------------------------------------------------------------------------------- the lock
 
 

@@ -125,6 +125,7 @@ class CrashSafeCheckpoints:
     run_record: dict | None = None
     evaluation_pending = False  # the evaluation of the current step was left for the resumed run (pre-emption)
     resumed_changes: dict | None = None  # {setting: (old, new)} that this run changed on resume: applied at its start
+    stopped_by: str | None = None  # why training ended on purpose (`lifecycle.stop_reason`); None: it did not
     published_model_files: tuple = ()  # the files the last save_model into the output dir moved there
     _staging_root: str | None = None
     _fresh_groups: list | None = None

@@ -67,6 +67,7 @@ class RunDirectory:
         self.args = training_args
         self.lock = RunLock(training_args.output_dir) if training_args.process_index == 0 else None
         self._environment: dict[str, str | None] = {}
+        self.was_preempted = False
 
     def open(self) -> None:
         error = None
@@ -75,6 +76,8 @@ class RunDirectory:
                 self.lock.acquire()
             except RunLocked as locked:
                 error = str(locked)
+            except OSError as failure:  # every process must learn it, or the others wait for this one forever
+                error = f"--output_dir {self.args.output_dir}: cannot take the run's lock ({failure})"
         if error := _any_error(error):
             self.close()
             raise RunLocked(error)
@@ -83,7 +86,7 @@ class RunDirectory:
     def close(self) -> None:
         stop_request.uninstall()
         if "WANDB_RUN_ID" in self._environment:
-            _finish_wandb(EXIT_PREEMPTED if stop_request.requested else 0)
+            _finish_wandb(EXIT_PREEMPTED if self.was_preempted else 0)
         if self.lock is not None:
             self.lock.release()
         for name, value in self._environment.items():
@@ -113,6 +116,7 @@ class RunDirectory:
             "--resume_from_checkpoint latest (or auto): no step is lost"
         )
         logger.warning(message)
+        self.was_preempted = True
         try:
             import wandb
 

@@ -151,7 +151,7 @@ class PreemptionCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if stop_request.agreed():  # a signal while data and model were prepared: nothing new to save
             raise TrainingPreempted(f"{stop_request.signal_name} before the first step")
-        if self.trainer.evaluation_pending and not args.eval_on_start:
+        if self.trainer.evaluation_pending and self.trainer.eval_dataset is not None and not args.eval_on_start:
             args.eval_on_start = True  # read by Trainer right after on_train_begin; reset in on_evaluate
 
     def on_evaluate(self, args, state, control, **kwargs):
