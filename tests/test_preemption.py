@@ -160,6 +160,20 @@ def test_signal_during_an_evaluation_abandons_it_and_the_resumed_run_evaluates_t
     assert_same_run(tmp_path / "preempted", tmp_path / "straight")  # the evaluation at step 4 included
 
 
+def test_an_abandoned_evaluation_still_counts_for_the_best_checkpoint(tmp_path):
+    # The resumed run's first evaluation is the one at step 4, judged for the best checkpoint as it would have been
+    # (Trainer's `_determine_best_metric`); the worst loss wins here so that the best moves with every evaluation.
+    best = [*EVALUATIONS, "--save_steps", "2", "--metric_for_best_model", "eval_loss", "--greater_is_better", "true"]
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS, *best])
+    preempt_and_resume("pretraining", tmp_path, best, [Signal(4, during="evaluation")])
+    states = [
+        json.loads((d / "trainer_state.json").read_text()) for d in (tmp_path / "preempted", tmp_path / "straight")
+    ]
+    assert states[0]["best_metric"] == states[1]["best_metric"]
+    assert states[0]["best_global_step"] == states[1]["best_global_step"]
+    assert scored_history(tmp_path / "preempted") == scored_history(tmp_path / "straight")
+
+
 def _signal_in_the_monitor_at_call(number: int):
     """A setup for the child: the monitor's `number`-th feature extraction sends SIGTERM."""
 

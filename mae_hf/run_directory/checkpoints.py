@@ -116,7 +116,7 @@ class CrashSafeCheckpoints:
       process only: with several, the others would wait for it in the middle of their evaluation).
     - Pre-emption (`preemption`): a stop signal ends training at a step with that step's checkpoint; an evaluation
       it interrupts is recorded as pending in the checkpoint and run first by the resumed run.
-    - Settings changed on resume (`resume.apply_resumed_settings`) replace those of the loaded optimizer and
+    - Settings changed on resume (`settings.apply_resumed_settings`) replace those of the loaded optimizer and
       scheduler states.
     `run_identity` (a JSON-ready dict, see `identity.run_identity`) and `run_record` (the settings changed at each
     resume, the wandb run id) go into every manifest."""
@@ -232,7 +232,8 @@ class CrashSafeCheckpoints:
                 )
                 self._save_checkpoint(self.model_wrapped, trial)
             raise
-        if pending:  # what Trainer does after an evaluation due at a step (`_maybe_log_save_evaluate`)
+        if pending:  # what Trainer does after an evaluation due at a step (`_maybe_log_save_evaluate`); private,
+            # no public method judges metrics for the best checkpoint. Pinned by test_preemption (best checkpoint)
             self._determine_best_metric(metrics=metrics, trial=trial)
         return metrics
 
