@@ -329,9 +329,14 @@ class FeatureMonitor:
             dist.all_reduce(same, op=dist.ReduceOp.MIN)
         return bool(same)
 
-    def __call__(self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval") -> dict[str, float]:
+    def __call__(
+        self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval", stop_check=None
+    ) -> dict[str, float]:
         """`{prefix}_knn_top1_cls`, `..._mean`, `{prefix}_linear_top1_*` and `{prefix}_monitor_runtime` (seconds).
-        Collective under torch.distributed: every process must call it; all return the main process's numbers."""
+        Collective under torch.distributed: every process must call it; all return the main process's numbers.
+        `stop_check`: called (by every process) before each phase — the features of each split, the scoring — to
+        abandon the monitor on a stop signal (it raises)."""
+        stop_check = stop_check or (lambda: None)
         weights = weights_fingerprint(encoder)
         if self._unchanged(weights, device):
             return {f"{prefix}_{name}": value for name, value in {**self._last[1], "monitor_runtime": 0.0}.items()}
@@ -339,12 +344,15 @@ class FeatureMonitor:
         was_training = encoder.training
         encoder.eval()
         try:
-            features = [
-                encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast)
-                for split in (0, 1)
-            ]
+            features = []
+            for split in (0, 1):
+                stop_check()
+                features.append(
+                    encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast)
+                )
         finally:
             encoder.train(was_training)
+        stop_check()
         rank, world = _world()
         metrics = [self.score(*features) if rank == 0 else None]
         if world > 1:

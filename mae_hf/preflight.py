@@ -12,7 +12,8 @@ import os
 import re
 import tempfile
 
-WRITE_PROBE_PREFIX = ".mae_hf-write-probe-"  # other processes of the run skip these when they list the output dir
+from .run_directory.files import WRITE_PROBE_PREFIX
+
 MODEL_TYPES = ("mae_vit", "mae_upernet")
 CONVERSIONS = (
     "transformers' ViTMAE folders (model_type vit_mae), the official MAE .pth checkpoints and timm ViT checkpoints "

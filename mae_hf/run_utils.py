@@ -19,7 +19,25 @@ from .argument_checks import (
 )
 from .arguments import ENCODER, config_overrides
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
-from .preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
+from .preflight import check_model_folder, check_writable_dir
+from .run_directory.checkpoints import checkpoint_step
+from .run_directory.files import read_manifest
+from .run_directory.identity import run_identity
+from .run_directory.lifecycle import (
+    check_output_dir,
+    mark_finished,
+    mark_trained,
+    open_run,
+    run_status,
+    stop_reason,
+)
+from .run_directory.preemption import EvaluationInterrupted, TrainingPreempted, stop_request
+from .run_directory.resume import (
+    check_resume_argument,
+    choose_checkpoint,
+    move_aside_previous_checkpoints,
+    resume_request,
+)
 
 logger = logging.getLogger("mae_hf")
 
@@ -36,8 +54,6 @@ def start_run(
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
     that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
-    from .resume import check_resume_argument
-
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -160,29 +176,6 @@ def apply_runtime_defaults(training_args, unused_parameters: bool = False) -> No
         training_args.ddp_find_unused_parameters = unused_parameters
 
 
-def check_output_dir(training_args) -> None:
-    """Never write over what the user has: a non-empty output dir needs --overwrite_output_dir or a resume. (With
-    --overwrite_output_dir, a previous run's checkpoints are moved aside once all checks have passed: `_train`.)"""
-    from .resume import resume_request
-
-    out = training_args.output_dir
-    if out is None:
-        raise ValueError("--output_dir is required")
-    if os.path.isfile(out):
-        raise ValueError(f"--output_dir {out} is a file")
-    if (
-        os.path.isdir(out)
-        and [name for name in os.listdir(out) if not name.startswith(WRITE_PROBE_PREFIX)]  # another process's
-        and training_args.do_train
-        and not training_args.overwrite_output_dir
-        and not resume_request(training_args)
-    ):
-        raise ValueError(
-            f"--output_dir {out} already exists and is not empty; pass --overwrite_output_dir to write into it, "
-            "or --resume_from_checkpoint latest to continue its training"
-        )
-
-
 def check_model_path(path: str | None) -> None:
     """--model_name_or_path before any data work: a local folder must exist (a missing one is named as such, not
     reported as a malformed Hub id); anything else is looked up on the Hub now (its config only)."""
@@ -266,54 +259,71 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
 
 
 def train_evaluate_save(trainer, model, model_args, data_args, training_args) -> dict:
-    """What every script ends with: train (resuming the checkpoint that --resume_from_checkpoint names, checked
-    to fit the model), save the model, its processor, metrics and state; evaluate; write the model card; push to
-    the Hub when asked. Returns the train and eval metrics."""
+    """What every script ends with, in its output directory (`run_directory`: locked for this run, stop signals
+    handled): train (resuming the checkpoint that --resume_from_checkpoint names, checked to fit the model), save the
+    model, its processor, metrics and state; evaluate; write the model card; mark the run finished; push to the Hub
+    when asked. Returns the train and eval metrics. A stop signal (pre-emption) ends it with RunPreempted (exit
+    status 75) once the step's checkpoint, or after training the final model, is saved."""
+    run = open_run(training_args)
+    try:
+        return _train_evaluate_save(trainer, model, model_args, data_args, training_args, run)
+    except (TrainingPreempted, EvaluationInterrupted) as stop:
+        raise run.preempted(stop) from None
+    finally:
+        run.close()
+
+
+def _train_evaluate_save(trainer, model, model_args, data_args, training_args, run) -> dict:
     from .model_card import write_model_card
 
     metrics = {}
     if training_args.do_train:
-        result = _train(trainer, model, model_args, data_args, training_args)
+        result = _train(trainer, model, model_args, data_args, training_args, run)
         if result is None:  # a finished run resumed at its end: its results stay as they are
             return _saved_results(training_args.output_dir)
         metrics.update(result)
+        mark_trained(trainer, training_args)
+        stop_request.check_training("the final model is saved")
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
-    if trainer.is_world_process_zero() and training_args.do_train:
-        write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
-        _mark_finished(trainer, training_args)
+    if training_args.do_train:
+        if trainer.is_world_process_zero():
+            write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+        mark_finished(trainer, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     return metrics
 
 
-def _train(trainer, model, model_args, data_args, training_args) -> dict | None:
-    """Train and save; the train metrics, {} when the checkpoint resumed is the end of training (see
-    `_nothing_to_train`), None when the output dir holds this run's finished results."""
-    from .resume import (
-        check_checkpoint_fits,
-        checkpoint_step,
-        choose_checkpoint,
-        finished_run,
-        move_aside_previous_checkpoints,
-        run_identity,
-    )
-
+def _train(trainer, model, model_args, data_args, training_args, run) -> dict | None:
+    """Train and save; the train metrics ({} when the checkpoint resumed is the end of training, see
+    `_nothing_to_train`; those saved when the output dir holds this run's trained model, which is then loaded for
+    its evaluation), None when the output dir holds this run's finished results."""
+    out = training_args.output_dir
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
     trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
-    checkpoint = choose_checkpoint(training_args, trainer.run_identity)
-    check_checkpoint_fits(checkpoint, model)
-    if checkpoint is None and training_args.overwrite_output_dir:
+    checkpoint = choose_checkpoint(training_args, trainer.run_identity, model)
+    status = (
+        run_status(out, trainer.run_identity, checkpoint_step(checkpoint)) if resume_request(training_args) else None
+    )
+    if status == "finished":
+        logger.info(f"this run is finished: nothing to train; the model and results in {out} are kept as they are")
+        return None
+    if checkpoint is None and status is None and training_args.overwrite_output_dir:
         move_aside_previous_checkpoints(training_args)
-    if checkpoint is not None and (
-        checkpoint_step(checkpoint) >= _planned_steps(trainer)
-        or finished_run(training_args.output_dir, trainer.run_identity, checkpoint_step(checkpoint))
-    ):
-        return _nothing_to_train(trainer, checkpoint, training_args.output_dir)
+    run.prepare(trainer, checkpoint, out if status == "trained" else checkpoint)
+    if status == "trained":
+        logger.info(f"the final model of this run is saved in {out}: evaluating it (no step to train)")
+        _restore(trainer, out)
+        return {k: v for k, v in _saved_results(out).items() if not k.startswith("eval_")}
+    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
+        return _nothing_to_train(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.stopped_by = stop_reason(trainer)  # never from train() returning alone: a stop signal is not an end
+    stop_request.check_training(f"training returned at step {trainer.state.global_step}")
     trainer.save_model()  # with the image processor passed as processing_class
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -327,39 +337,28 @@ def _planned_steps(trainer) -> int:
     return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
-def _nothing_to_train(trainer, checkpoint: str, output_dir: str) -> dict | None:
-    """A resume at the end of training, or of a finished run: None when the output dir holds this run's finished
-    model and results (kept as they are); else the run stopped during its final save: save the checkpoint's model, state and end-of-training
-    figure (no train metrics, as no step is trained) and return {}."""
+def _restore(trainer, folder: str) -> None:
+    """The model weights and trainer state saved in `folder` (a checkpoint or the output dir)."""
     from transformers import TrainerState
 
-    from .resume import checkpoint_step, finished_run
+    trainer._load_from_checkpoint(folder)  # what Trainer.train does first when resuming
+    trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
+    trainer.stopped_by = (read_manifest(folder) or {}).get("stopped_by") or stop_reason(trainer)
+
+
+def _nothing_to_train(trainer, checkpoint: str) -> dict:
+    """A resume at the end of training: the run stopped during its final save. Save the checkpoint's model, state and
+    end-of-training figure (no train metrics, as no step is trained) and return {}."""
     from .trainer import FigureCallback
 
-    step = checkpoint_step(checkpoint)
-    if finished_run(output_dir, trainer.run_identity, step):
-        logger.info(
-            f"this run is finished (its newest checkpoint: {checkpoint}): nothing to train; the model and "
-            f"results in {output_dir} are kept as they are"
-        )
-        return None
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
-    trainer._load_from_checkpoint(checkpoint)  # what Trainer.train does first when resuming
-    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    _restore(trainer, checkpoint)
     for callback in trainer.callback_handler.callbacks:  # the end-of-training figure, which the kill may have cut
         if isinstance(callback, FigureCallback):
             callback.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
     trainer.save_model()
     trainer.save_state()
     return {}
-
-
-def _mark_finished(trainer, training_args) -> None:
-    """The run's manifest in the output dir, written last: this run's model (its files and sizes) is complete."""
-    from .checkpointing import file_sizes, write_manifest
-
-    out = training_args.output_dir
-    write_manifest(out, trainer.run_identity, trainer.state.global_step, file_sizes(out, trainer.published_model_files))
 
 
 def _saved_results(output_dir: str) -> dict:

@@ -12,10 +12,11 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .checkpointing import CrashSafeCheckpoints
 from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
 from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
+from .run_directory.checkpoints import CrashSafeCheckpoints
+from .run_directory.preemption import stop_request
 from .visualize import fixed_noise, reconstruction_grid, segmentation_figure, to_uint8
 
 logger = logging.get_logger(__name__)
@@ -41,7 +42,7 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     `args`: RecipeArguments (its sdpa_backend, finite_loss_check, layer_decay and use_lars are read).
 
     Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
-    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `checkpointing.py`."""
+    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `run_directory/checkpoints.py`."""
 
     def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -165,8 +166,9 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
 
     def _raise_nonfinite(self, when: str):
         raise NonFiniteLossError(
-            f"the training loss {when}; training stopped. The last checkpoint in {self.args.output_dir} is intact "
-            "(resume with --resume_from_checkpoint latest, e.g. with a lower learning rate or without fp16)."
+            f"the training loss {when}; training stopped. The last checkpoint in {self.args.output_dir} is intact: "
+            "resume it with --resume_from_checkpoint latest, e.g. with a lower --learning_rate / "
+            "--base_learning_rate (applied from the resumed step on) or without fp16."
         )
 
     def log(self, logs, start_time=None):
@@ -187,7 +189,13 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
             model = self.accelerator.unwrap_model(self.model)
             encoder = getattr(model, "vit", model)
             output.metrics.update(
-                self.monitor(encoder, self.args.device, self.autocast_smart_context_manager, metric_key_prefix)
+                self.monitor(
+                    encoder,
+                    self.args.device,
+                    self.autocast_smart_context_manager,
+                    metric_key_prefix,
+                    stop_check=stop_request.check_evaluation,
+                )
             )
         return output
 

@@ -68,3 +68,9 @@ def test_threads_benchmark_smoke():
     out = run_smoke("bench_threads.py")
     assert re.search(r"threads 2: median \d+ images/s, [\d.]+x the speed at 1 thread\(s\)", out)
     assert "load average before" in out
+
+
+def test_checksums_benchmark_smoke():
+    out = run_smoke("bench_checksums.py")
+    assert "| xxh3_128 (one thread) |" in out and "| sha256 (one thread) |" in out
+    assert re.search(r"checksums at [\d.]+ GB: \+[\d.]+ s per save \([\d.]+ s/GB", out)

@@ -18,15 +18,12 @@ from test_run_pretraining import TINY
 from transformers import modeling_utils
 
 import run_pretraining
-from mae_hf import MAEForPreTraining, checkpointing
-from mae_hf.checkpointing import (
-    folder_problems,
-    publish_files,
-    rotate_checkpoints,
-    write_manifest,
-)
+from mae_hf import MAEForPreTraining
 from mae_hf.data import loading
-from mae_hf.resume import checkpoint_step, newest_complete_checkpoint
+from mae_hf.run_directory import checkpoints, files
+from mae_hf.run_directory.checkpoints import rotate_checkpoints
+from mae_hf.run_directory.files import folder_problems, publish_files, write_manifest
+from mae_hf.run_directory.resume import checkpoint_step, newest_complete_checkpoint
 
 
 def fake_checkpoint(folder, identity=None, step=1, with_manifest=True):
@@ -37,7 +34,7 @@ def fake_checkpoint(folder, identity=None, step=1, with_manifest=True):
         with open(os.path.join(folder, name), "w") as file:
             json.dump({"global_step": step}, file)
     if with_manifest:
-        write_manifest(folder, identity, step, checkpointing.file_sizes(folder))
+        write_manifest(folder, identity, step, files.file_sizes(folder))
     return folder
 
 
@@ -94,7 +91,7 @@ def test_rotation_counts_only_complete_checkpoints_of_this_run(tmp_path):
     fake_checkpoint(str(tmp_path / "checkpoint-3"), theirs, 3)
 
     def belongs(path):
-        return (checkpointing.read_manifest(path) or {}).get("run_identity") == ours
+        return (files.read_manifest(path) or {}).get("run_identity") == ours
 
     assert rotate_checkpoints(str(tmp_path), 1, belongs) == []  # checkpoint-1 is the only complete one of ours
     fake_checkpoint(str(tmp_path / "checkpoint-4"), ours, 4)
@@ -189,8 +186,8 @@ class Killer:
 
         def rmtree_(path, *args, **kwargs):
             def half():
-                files = sorted(os.path.join(r, f) for r, _d, fs in os.walk(path) for f in fs)
-                for name in files[: len(files) // 2]:
+                paths = sorted(os.path.join(r, f) for r, _d, fs in os.walk(path) for f in fs)
+                for name in paths[: len(paths) // 2]:
                     os.remove(name)
 
             if os.path.exists(path):
@@ -231,7 +228,7 @@ def _in_child(out, argv, target=None, record=None) -> int:
 def _kill_and_resume(out: str, target: int) -> dict:
     """One kill scenario, in a process of its own: the run killed at event `target`, what it left, the resume."""
     killed = _in_child(out, RUN, target)
-    incomplete = [path for _step, path in checkpointing.checkpoint_folders(out) if folder_problems(path)]
+    incomplete = [path for _step, path in checkpoints.checkpoint_folders(out) if folder_problems(path)]
     if os.path.exists(os.path.join(out, "config.json")):  # a model only once all of it is in place
         MAEForPreTraining.from_pretrained(out)
     resumed_from = checkpoint_step(newest_complete_checkpoint(out)[0])
@@ -246,7 +243,7 @@ def small_digits(monkeypatch):
     digits = loading.BUILTIN["digits"]()
     digits["train"] = digits["train"].select(range(48))
     monkeypatch.setitem(loading.BUILTIN, "digits", lambda config_name=None: digits)
-    monkeypatch.setattr(checkpointing, "_fsync", lambda path: None)
+    monkeypatch.setattr(files, "_fsync", lambda path: None)
     gc.collect()
     gc.freeze()  # forked runs then skip the parent's objects in Trainer's gc.collect()
     yield

@@ -84,3 +84,13 @@ def test_remote_code_files_import_no_mae_hf():
         source = known[name].read_text()
         assert "import mae_hf" not in source and "from mae_hf" not in source, name
         assert known[name].parent == PACKAGE, f"{name}: remote code is copied flat, without subpackages"
+
+
+def test_the_run_directory_knows_no_trainer_data_or_script_module():
+    """`run_directory` (the output dir's life) sits under the Trainer: it reads checkpoints (`checkpoint`) and
+    nothing of the data, the trainer or the scripts, which use it."""
+    known = modules()
+    package = {name for name in known if name.startswith("mae_hf.run_directory")}
+    allowed = package | {"mae_hf.checkpoint"}
+    for name in package:
+        assert imported(known[name], known, module_level=False) <= allowed, name

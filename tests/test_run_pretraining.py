@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForPreTraining, TrainerCal
 
 import run_pretraining
 from mae_hf import MAEForPreTraining
-from mae_hf.checkpointing import folder_problems
+from mae_hf.run_directory.files import folder_problems
 from mae_hf.run_utils import parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent

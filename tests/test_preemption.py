@@ -1,0 +1,358 @@
+"""Pre-emption: SIGTERM / SIGUSR1 sent at several moments of a run — mid-epoch, during an evaluation, during the
+feature monitor, during a checkpoint save, during the final evaluation — stop it with one complete checkpoint of
+the step it reached and exit status 75; `--resume_from_checkpoint latest` then gives the uninterrupted run's losses,
+evaluations and weights (0 steps lost). Under torchrun a signal that reaches one process stops both at one step.
+transformers' --enable_jit_checkpoint no longer makes a stopped run look finished. Each run that is signalled runs in
+a forked process of its own."""
+
+import json
+import multiprocessing
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import traceback
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_resume import SCRIPTS, STEPS
+from test_run_pretraining import ROOT, TINY
+from transformers import TrainerCallback
+
+import run_pretraining
+from mae_hf import monitor
+from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems
+from mae_hf.run_directory.files import read_manifest
+from mae_hf.run_directory.preemption import EXIT_PREEMPTED
+
+ONLY_THEIR_CHECKPOINT = ["--save_steps", "100"]  # no periodic checkpoint before step 8: the signal's is the only one
+EVALUATIONS = ["--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "2", "--max_eval_samples", "8"]
+MONITOR = ["--monitor_dataset", "digits", "--monitor_train_samples", "32", "--monitor_eval_samples", "16"]
+SCORED = ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_top1", "eval_mean_iou")
+
+
+def _child(main, argv, callbacks, setup) -> None:
+    torch.set_num_threads(1)  # a forked process must not enter its parent's OpenMP pool (see test_checkpointing)
+    try:
+        if setup is not None:
+            setup()
+        main(argv, callbacks=list(callbacks))
+    except SystemExit as stop:
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
+    except BaseException:  # noqa: BLE001 - reported through the exit code, the traceback on stderr
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def in_child(main, argv, callbacks=(), setup=None) -> int:
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(main, argv, callbacks, setup))
+    process.start()
+    process.join(300)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    return process.exitcode
+
+
+class Signal(TrainerCallback):
+    """Sends `sig` to this process at step `step`: as the step begins (mid-epoch), or in the evaluation at that step
+    (`during="evaluation"`), or in the evaluation after training (`during="final evaluation"`)."""
+
+    def __init__(self, step: int, sig=signal.SIGTERM, during: str = "step"):
+        self.step, self.sig, self.during, self.trained, self.sent_at = step, sig, during, False, None
+
+    def send(self, state):
+        if self.sent_at is None:
+            self.sent_at = state.global_step
+            os.kill(os.getpid(), self.sig)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.during == "step" and state.global_step == self.step:
+            self.send(state)
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        final = self.during == "final evaluation" and self.trained
+        if final or (self.during == "evaluation" and state.global_step == self.step):
+            self.send(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trained = True
+
+
+def scored_history(out) -> list[dict]:
+    """Every logged entry's training and evaluation values (not timings)."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [{k: v for k, v in entry.items() if k in SCORED or k == "step"} for entry in history]
+
+
+def assert_same_run(resumed, straight):
+    assert scored_history(resumed) == scored_history(straight)  # every loss and evaluation, identical floats
+    weights, expected = load_file(resumed / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in expected.items())
+
+
+def preempt_and_resume(script, tmp_path, extra=(), callbacks=(), setup=None) -> tuple[int, int]:
+    """The run signalled (in a child), checked to have stopped with exit 75 and one complete checkpoint and no
+    finished model, then resumed with `latest`. Returns (step of the stop checkpoint, steps lost)."""
+    main, base = SCRIPTS[script]
+    argv = ["--output_dir", str(tmp_path / "preempted"), *base, *STEPS, *ONLY_THEIR_CHECKPOINT, *extra]
+    assert in_child(main, argv, callbacks, setup) == EXIT_PREEMPTED
+    out = tmp_path / "preempted"
+    (step, checkpoint), *_ = checkpoint_folders(str(out))
+    assert checkpoint_problems(checkpoint) == []
+    assert (read_manifest(str(out)) or {}).get("status") is None  # neither trained nor finished
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert read_manifest(str(out))["status"] == "finished"
+    return step
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sigterm_mid_epoch_stops_at_the_next_step_with_its_checkpoint_and_resumes_bit_exact(tmp_path, script):
+    main, base = SCRIPTS[script]
+    main(["--output_dir", str(tmp_path / "straight"), *base, *STEPS, *ONLY_THEIR_CHECKPOINT])
+    signal_ = Signal(3)  # as step 4 begins (mid-epoch: 5 steps per epoch)
+    step = preempt_and_resume(script, tmp_path, callbacks=[signal_])
+    assert step == 4  # the step running when the signal came completed, then its checkpoint: 0 steps lost
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+class SignalEveryProcess(Signal):
+    """SIGTERM to this process and to its DataLoader workers, as Slurm signals every process of a job step."""
+
+    def send(self, state):
+        if self.sent_at is None:
+            self.sent_at = state.global_step
+            with open(f"/proc/self/task/{os.getpid()}/children") as file:
+                workers = [int(pid) for pid in file.read().split()]
+            assert len(workers) == 2
+            for pid in [*workers, os.getpid()]:
+                os.kill(pid, signal.SIGTERM)
+
+
+def test_sigterm_to_every_process_dataloader_workers_included(tmp_path):
+    # Workers killed by SIGTERM made the main process fail ("DataLoader worker ... is killed by signal") before it
+    # could save: they inherit the handler and leave the stop to the main process.
+    workers = ["--dataloader_num_workers", "2"]
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS, *workers])
+    assert preempt_and_resume("pretraining", tmp_path, workers, [SignalEveryProcess(3)]) == 4
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+def test_sigusr1_as_slurm_sends_it_stops_the_same_way(tmp_path):
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS])
+    assert preempt_and_resume("pretraining", tmp_path, callbacks=[Signal(5, signal.SIGUSR1)]) == 6
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_signal_during_an_evaluation_abandons_it_and_the_resumed_run_evaluates_that_step_first(tmp_path, script):
+    main, base = SCRIPTS[script]
+    main(["--output_dir", str(tmp_path / "straight"), *base, *STEPS, *ONLY_THEIR_CHECKPOINT, *EVALUATIONS])
+    step = preempt_and_resume(script, tmp_path, EVALUATIONS, [Signal(4, during="evaluation")])
+    assert step == 4
+    manifest = read_manifest(str(tmp_path / "preempted" / "checkpoint-4"))
+    assert manifest["evaluation_pending"] is True
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")  # the evaluation at step 4 included
+
+
+def test_an_abandoned_evaluation_still_counts_for_the_best_checkpoint(tmp_path):
+    # The resumed run's first evaluation is the one at step 4, judged for the best checkpoint as it would have been
+    # (Trainer's `_determine_best_metric`); the worst loss wins here so that the best moves with every evaluation.
+    best = [*EVALUATIONS, "--save_steps", "2", "--metric_for_best_model", "eval_loss", "--greater_is_better", "true"]
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS, *best])
+    preempt_and_resume("pretraining", tmp_path, best, [Signal(4, during="evaluation")])
+    states = [
+        json.loads((d / "trainer_state.json").read_text()) for d in (tmp_path / "preempted", tmp_path / "straight")
+    ]
+    assert states[0]["best_metric"] == states[1]["best_metric"]
+    assert states[0]["best_global_step"] == states[1]["best_global_step"]
+    assert scored_history(tmp_path / "preempted") == scored_history(tmp_path / "straight")
+
+
+def _signal_in_the_monitor_at_call(number: int):
+    """A setup for the child: the monitor's `number`-th feature extraction sends SIGTERM."""
+
+    def setup():
+        extract, calls = monitor.encoder_features, []
+
+        def signalling(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == number:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return extract(*args, **kwargs)
+
+        monitor.encoder_features = signalling
+
+    return setup
+
+
+def test_signal_during_the_feature_monitor_abandons_it(tmp_path):
+    extra = [*EVALUATIONS, *MONITOR]
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS, *extra])
+    # calls 1-2: the evaluation at step 2 (train and scored features); call 3: the one at step 4
+    assert preempt_and_resume("pretraining", tmp_path, extra, setup=_signal_in_the_monitor_at_call(3)) == 4
+    monitored = [
+        [
+            (e["step"], e["eval_knn_top1_cls"])
+            for e in json.loads((d / "trainer_state.json").read_text())["log_history"]
+            if "eval_knn_top1_cls" in e
+        ]
+        for d in (tmp_path / "preempted", tmp_path / "straight")
+    ]
+    assert [step for step, _ in monitored[0]] == [2, 4, 6, 8]  # the abandoned one (step 4) run by the resumed run
+    assert monitored[0] == monitored[1]
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+def _signal_while_saving(step: int):
+    """A setup for the child: SIGTERM while the optimizer state of checkpoint-`step` is written."""
+
+    def setup():
+        save = torch.save
+
+        def signalling(obj, f, *args, **kwargs):
+            if str(f).endswith(os.path.join(f".tmp-checkpoint-{step}", f"checkpoint-{step}", "optimizer.pt")):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return save(obj, f, *args, **kwargs)
+
+        torch.save = signalling
+
+    return setup
+
+
+def test_signal_during_a_checkpoint_save_completes_it_and_stops_there(tmp_path):
+    run_pretraining.main(["--output_dir", str(tmp_path / "straight"), *SCRIPTS["pretraining"][1], *STEPS])
+    every_2 = ["--save_steps", "2"]
+    assert preempt_and_resume("pretraining", tmp_path, every_2, setup=_signal_while_saving(4)) == 4  # no step 5
+    assert_same_run(tmp_path / "preempted", tmp_path / "straight")
+
+
+def test_signal_during_the_final_evaluation_keeps_the_trained_model_and_the_resume_only_evaluates(tmp_path):
+    main, base = SCRIPTS["pretraining"]
+    final_eval = ["--do_eval", "true", "--eval_strategy", "no", "--max_eval_samples", "8"]
+    main(["--output_dir", str(tmp_path / "straight"), *base, *STEPS, *final_eval])
+    out = tmp_path / "preempted"
+    argv = ["--output_dir", str(out), *base, *STEPS, *final_eval]
+    assert in_child(main, argv, [Signal(0, during="final evaluation")]) == EXIT_PREEMPTED
+    assert read_manifest(str(out))["status"] == "trained" and not (out / "eval_results.json").exists()
+    steps = StepCounter()
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "latest"], [steps]) == 0
+    assert read_manifest(str(out))["status"] == "finished"
+    evaluated = [json.loads((d / "eval_results.json").read_text()) for d in (out, tmp_path / "straight")]
+    assert evaluated[0]["eval_loss"] == evaluated[1]["eval_loss"]
+    assert_same_run(out, tmp_path / "straight")
+
+
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.steps += 1
+        raise AssertionError("a trained run was trained again")
+
+
+def test_enable_jit_checkpoint_stop_is_not_taken_for_the_end_of_training(tmp_path):
+    # transformers' JIT checkpoint saved on SIGTERM and let train() return: the run was marked finished at that step
+    # and its resume said "this run is finished" (step 4 of 8).
+    main, base = SCRIPTS["pretraining"]
+    argv = ["--output_dir", str(tmp_path / "out"), *base, *STEPS, *ONLY_THEIR_CHECKPOINT, "--enable_jit_checkpoint"]
+    assert in_child(main, argv, [Signal(3)]) == EXIT_PREEMPTED
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "latest"]) == 0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert read_manifest(str(tmp_path / "out"))["stopped_by"] == "planned steps (8)"
+
+
+# ---------------------------------------------------------------------------------------------------- torchrun
+
+SIGNAL_ONE_RANK = """
+import importlib, os, signal, sys
+from transformers import TrainerCallback
+
+class SignalRank(TrainerCallback):  # {signal} to {target} from rank {rank} only, as step {step} begins
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == {step} and args.process_index == {rank}:
+            os.kill({target}, signal.{signal})
+
+importlib.import_module("{module}").main(sys.argv[1:], callbacks=[SignalRank()])
+"""
+
+
+def torchrun(tmp_path, argv, script=None, extra_launcher=()):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    program = str(ROOT / "run_pretraining.py") if script is None else str(script)
+    return subprocess.run(
+        [*command, *extra_launcher, program, *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+
+
+TWO_PROCESSES = [
+    *TINY,
+    "--dataset_name",
+    "digits",
+    "--max_train_samples",
+    "64",
+    "--max_steps",
+    "6",
+    "--do_eval",
+    "false",
+    "--use_cpu",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "100",
+]
+
+
+def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path):
+    script = tmp_path / "signal_rank_1.py"
+    program = SIGNAL_ONE_RANK.format(rank=1, step=2, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
+    script.write_text(program)
+    out = tmp_path / "two"
+    stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script)
+    # torchrun reports the first process to exit (with 75) and sends SIGTERM to the other, which has stopped already
+    assert stopped.returncode != 0 and f"exitcode: {EXIT_PREEMPTED}" in stopped.stderr, stopped.stderr[-4000:]
+    assert "a stop signal (received by another process): stopped after step 3" in stopped.stderr  # rank 0's log
+    assert [step for step, _ in checkpoint_folders(str(out))] == [3]  # rank 0 was not signalled and stopped there too
+    assert checkpoint_problems(str(out / "checkpoint-3")) == [] and (out / "checkpoint-3" / "rng_state_1.pth").exists()
+    resumed = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    one = tmp_path / "one"
+    run_pretraining.main([*TWO_PROCESSES, "--output_dir", str(one), "--per_device_train_batch_size", "16"])
+    losses = [
+        [e["loss"] for e in json.loads((d / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+        for d in (out, one)
+    ]
+    assert len(losses[0]) == 6
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)  # one process = two (gloo), resume included
+
+
+MODULES = {
+    "pretraining": "run_pretraining",
+    "finetuning": "run_image_classification",
+    "segmentation": "run_semantic_segmentation",
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_path, script):
+    # Slurm's `--signal=USR1@...` (without B:) reaches torchrun; with --signals_to_handle it forwards it.
+    program = tmp_path / "signal_launcher.py"
+    target = dict(rank=0, step=2, target="os.getppid()", signal="SIGUSR1", module=MODULES[script])
+    program.write_text(SIGNAL_ONE_RANK.format(**target))
+    out = tmp_path / "two"
+    argv = [*SCRIPTS[script][1], *STEPS, *ONLY_THEIR_CHECKPOINT, "--use_cpu", "--output_dir", str(out)]
+    launcher = ["--signals_to_handle", "SIGTERM,SIGINT,SIGUSR1,SIGUSR2"]
+    stopped = torchrun(tmp_path, argv, program, launcher)
+    assert stopped.returncode != 0
+    (step, checkpoint), *_ = checkpoint_folders(str(out))
+    assert step in (2, 3) and checkpoint_problems(checkpoint) == [], stopped.stderr[-4000:]
+    assert (pathlib.Path(checkpoint) / "rng_state_1.pth").exists()  # both processes saved into it
+    assert (read_manifest(str(out)) or {}).get("status") is None
