@@ -62,8 +62,8 @@ def start_run(
         training_args.layer_decay = None
     check_trainer_arguments(training_args, label_names, metrics, smoothing_hint)
     check_training_plan(training_args, streaming)
-    check_output_dir(training_args)
     check_writable_dir(training_args.output_dir)  # every process: each writes its RNG state into checkpoints
+    check_output_dir(training_args)
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
     check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER))

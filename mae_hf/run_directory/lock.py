@@ -114,7 +114,7 @@ class RunLock:
             with open(self.path) as file:
                 text = file.read()
             age = time.time() - os.stat(self.path).st_mtime
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no lock (or no folder to hold one)
             return None, None
         try:
             return json.loads(text), age
