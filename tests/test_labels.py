@@ -5,17 +5,19 @@ model; integral floats cast; fractional floats, nulls and other types refused na
 
 import json
 import logging
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from datasets import ClassLabel, Dataset, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 from PIL import Image
 from transformers import pipeline
 
 import run_image_classification
 import run_pretraining
 from mae_hf import evaluate_features
-from mae_hf.data import class_id_labels, load_digits_dataset
+from mae_hf.data import class_id_labels, load_digits_dataset, load_image_datasets
 
 TINY_PRETRAINED = Path(__file__).parent / "data" / "tiny_mae_digits"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -24,6 +26,8 @@ TINY = [
     *["--num_attention_heads", "2", "--intermediate_size", "64", "--per_device_train_batch_size", "16"],
     *["--warmup_epochs", "0", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"],
 ]
+DATA = dict(dataset_config_name=None, cache_dir=None, train_dir=None, validation_dir=None, train_val_split=0.15)
+DATA.update(max_train_samples=None, max_eval_samples=None)
 
 
 def splits(train, validation):
@@ -141,3 +145,32 @@ def test_pretraining_refuses_monitor_labels_before_decoding_its_training_images(
     argv = [*TINY, "--output_dir", str(tmp_path / "out"), "--dataset_name", "digits", "--max_steps", "1"]
     with pytest.raises(ValueError, match=r"monitor's data set .* label column 'label' holds \d\.5, not a class id"):
         run_pretraining.main([*argv, "--monitor_dataset", str(floats)])
+
+
+def test_splits_the_run_does_not_read_are_not_checked(tmp_path):
+    """A source's test split is never read: its labels need not be class ids (imagenet-1k's test labels are -1, a
+    test split may have no label column, or null names), and its images are not decoded."""
+    digits = load_digits_dataset()
+    test = digits["validation"].select(range(8))
+    for name, split in [
+        ("unlabelled", test.cast_column("label", Value("int64")).map(lambda row: {"label": -1})),  # imagenet-1k
+        ("no_label_column", test.remove_columns("label")),
+    ]:
+        DatasetDict(train=digits["train"].select(range(48)), validation=test, test=split).save_to_disk(tmp_path / name)
+        loaded = load_image_datasets(SimpleNamespace(**DATA, dataset_name=str(tmp_path / name)))
+        assert sorted(loaded) == ["train", "validation"]
+        argv = [*TINY, "--dataset_name", str(tmp_path / name), "--output_dir", str(tmp_path / f"out_{name}")]
+        assert "eval_accuracy" in run_image_classification.main([*argv, "--max_steps", "1"])
+    named = labelled_digits(tmp_path / "named", lambda digit: NAMES[digit])
+    Dataset.from_dict({"image": test["image"], "label": [None] * 8}).to_parquet(str(named / "test.parquet"))
+    argv = [*TINY, "--dataset_name", str(named), "--output_dir", str(tmp_path / "out_named"), "--max_steps", "1"]
+    assert "eval_accuracy" in run_image_classification.main(argv)
+    # evaluation alone does not read the train split: a class the model lacks there is no error
+    other = tmp_path / "other_train"
+    other.mkdir()
+    shutil.copy(named / "validation.parquet", other / "validation.parquet")
+    Dataset.from_dict({"image": test["image"], "label": ["eleven"] * 8}).to_parquet(str(other / "train.parquet"))
+    evaluate = [*TINY, "--dataset_name", str(other), "--output_dir", str(tmp_path / "eval"), "--do_train", "false"]
+    assert "eval_accuracy" in run_image_classification.main(
+        [*evaluate, "--model_name_or_path", str(tmp_path / "out_named")]
+    )
