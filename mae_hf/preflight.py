@@ -33,6 +33,11 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
     existing = target
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):  # lexists found it: the link's target is gone
+        raise ValueError(
+            f"{flag} {path} cannot be created: {existing} is a symbolic link to {os.readlink(existing)}, which does "
+            "not exist (create the folder it points to)"
+        )
     if not os.path.isdir(existing):
         raise ValueError(f"{flag} {path} cannot be created: {existing} is a file, not a folder")
     try:

@@ -109,6 +109,20 @@ def test_output_dir_that_cannot_be_written_is_refused_before_any_data(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no folder created, no probe left
 
 
+def test_output_dir_through_a_broken_symbolic_link_is_refused_naming_the_link(tmp_path, script):
+    """A link to a folder on scratch space that is gone (purged, or not mounted on this node): the link is named,
+    with its target, not called a file; a link to an existing folder is written through."""
+    (tmp_path / "outputs").symlink_to(tmp_path / "scratch" / "outputs")
+    for out in (tmp_path / "outputs", tmp_path / "outputs" / "run"):
+        with pytest.raises(
+            ValueError, match=rf"--output_dir {out} cannot be created: .*outputs is a symbolic link to "
+        ):
+            script("--output_dir", out)
+    (tmp_path / "scratch" / "outputs").mkdir(parents=True)
+    check_writable_dir(str(tmp_path / "outputs" / "run"))
+    assert os.listdir(tmp_path / "scratch" / "outputs") == []
+
+
 def test_two_processes_refuse_an_output_dir_they_cannot_create(tmp_path):
     """Under torchrun every process checks (each writes its RNG state into checkpoints) and stops in seconds."""
     (tmp_path / "notes.txt").write_text("a file, not a folder")
