@@ -311,6 +311,7 @@ def main(argv=None, callbacks=()):
         ["labels"],
         CLASSIFICATION_METRICS,
         "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too",
+        model_class=MAEForImageClassification,
     )
     apply_runtime_defaults(training_args)
 

@@ -23,6 +23,11 @@ CONVERSIONS = (
 # (the fixed sin-cos table, recomputed when absent), not parameters, so they are not required either.
 OPTIONAL_WEIGHTS = re.compile(r"^(vit\.)?norm\.")
 SHOWN_KEYS = 5
+# For messages: whose weights are missing (other models by their class name), and which may be.
+WEIGHTS_OF = {None: "the encoder", "MAEForPreTraining": "the encoder and decoder"}
+NEW_LAYERS_MAY_BE_MISSING = (
+    "Only new task layers (a classifier head, the decoder, the segmentation neck and heads) may be missing"
+)
 
 
 def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
@@ -53,12 +58,13 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
         ) from error
 
 
-def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", decoder=False):
+def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", model_class=None):
     """A model to start from (a local folder or a Hub id) must be an mae_hf model (config.json's model_type one of
     `MODEL_TYPES`) whose weights hold every parameter of the encoder (`overrides`: encoder fields given on the
-    command line, e.g. a deeper `num_hidden_layers`), and of the pretraining decoder too with `decoder`. Everything
-    else (a classifier head, a decoder, a neck and heads) may be new. Raises ValueError naming the folder and the
-    model_type, or the missing weights (their count and the first few)."""
+    command line, e.g. a deeper `num_hidden_layers`). Everything else (a classifier head, a decoder, a neck and
+    heads) may be new, unless `model_class` names a model used as it is saved, which must have every parameter: a
+    figure's `MAEForPreTraining` (its decoder), the task model of an evaluation alone (no layer is trained there).
+    Raises ValueError naming the folder and the model_type, or the missing weights (their count and the first few)."""
     if path is None:
         return
     config = _config_dict(path, flag)
@@ -73,21 +79,28 @@ def check_model_folder(path: str | None, overrides: dict | None = None, flag="--
             f"{flag} {path} holds a model of type {model_type!r} (config.json's model_type), not an mae_hf model "
             f"({' or '.join(MODEL_TYPES)}); {convert}"
         )
+    wanted = model_class.config_class.model_type if model_class else None
+    if wanted not in (None, model_type, MODEL_TYPES[0]):  # an encoder's config: the task layers cannot be there
+        raise ValueError(
+            f"{flag} {path} holds a model of type {model_type!r}, not a trained {model_class.__name__} ({wanted!r}), "
+            "whose layers would start at random: nothing may be missing in a model used untrained"
+        )
     keys = _checkpoint_keys(path)
     if keys is None:
         raise ValueError(
             f"{flag} {path} has a config.json but no weights (model.safetensors, its index, or pytorch_model.bin)"
         )
-    missing = [name for name in _required_weights(config, overrides or {}, decoder) if not _present(name, keys)]
-    if missing and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
-        missing = [name if name.startswith(("vit.", "decoder.")) else f"vit.{name}" for name in missing]
+    missing = [name for name in _required_weights(config, overrides or {}, model_class) if not _present(name, keys)]
+    if missing and model_class is None and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
+        missing = [f"vit.{name}" for name in missing]
     if missing:
         more = f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else ""
-        part = "encoder and decoder" if decoder else "encoder"
+        name = model_class.__name__ if model_class else None
+        part = WEIGHTS_OF.get(name, name)
+        allowed = "Nothing may be missing in a model used untrained" if model_class else NEW_LAYERS_MAY_BE_MISSING
         raise ValueError(
-            f"{flag} {path} lacks {len(missing)} weight(s) of the {part}, which would start at random: "
-            f"{', '.join(missing[:SHOWN_KEYS])}{more}. Only new task layers (a classifier head, the decoder, the "
-            "segmentation neck and heads) may be missing: is it a complete checkpoint of the model you meant?"
+            f"{flag} {path} lacks {len(missing)} weight(s) of {part}, which would start at random: "
+            f"{', '.join(missing[:SHOWN_KEYS])}{more}. {allowed}: is it a complete checkpoint of the model you meant?"
         )
 
 
@@ -129,16 +142,16 @@ def _checkpoint_keys(path: str) -> set[str] | None:
     return None
 
 
-def _required_weights(config: dict, overrides: dict, decoder: bool) -> list[str]:
-    """Parameter names of the encoder (`MAEModel`), or of `MAEForPreTraining` with `decoder`, for the saved config
-    with the command line's `overrides`; built on the meta device (no memory, no init cost)."""
+def _required_weights(config: dict, overrides: dict, model_class) -> list[str]:
+    """Parameter names of `model_class` (default: the encoder, `MAEModel`) for the saved config with the command
+    line's `overrides`; built on the meta device (no memory, no init cost)."""
     from accelerate import init_empty_weights
 
-    from .configuration_mae import MAEConfig
-    from .modeling_mae import MAEForPreTraining, MAEModel
+    from .modeling_mae import MAEModel
 
+    model_class = model_class or MAEModel
     with init_empty_weights(include_buffers=True):
-        model = (MAEForPreTraining if decoder else MAEModel)(MAEConfig.from_dict({**config, **overrides}))
+        model = model_class(model_class.config_class.from_dict({**config, **overrides}))
     return [name for name, _ in model.named_parameters() if not OPTIONAL_WEIGHTS.match(name)]
 
 

@@ -172,7 +172,8 @@ def main(argv=None) -> str:
     if missing:
         parser.error(f"no such image file: {', '.join(missing)}")
     output = args.output or os.path.join(args.model_dir, CLI_FIGURE)
-    check_model_folder(args.model_dir, flag="MODEL_DIR", decoder=True)  # a figure of random weights says nothing
+    # a figure of random weights says nothing
+    check_model_folder(args.model_dir, flag="MODEL_DIR", model_class=MAEForPreTraining)
 
     overrides = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
     model = MAEForPreTraining.from_pretrained(args.model_dir, **overrides).eval()

@@ -21,7 +21,16 @@ from transformers import BertConfig, BertModel, ViTMAEConfig
 import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
-from mae_hf import MAEForImageClassification, MAEForPreTraining, MAEModel, conversion, evaluate_features, visualize
+from mae_hf import (
+    MAEForImageClassification,
+    MAEForPreTraining,
+    MAEForSemanticSegmentation,
+    MAEModel,
+    MAESegmentationConfig,
+    conversion,
+    evaluate_features,
+    visualize,
+)
 from mae_hf.preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
 from mae_hf.run_utils import check_output_dir
 
@@ -211,7 +220,7 @@ def test_only_new_task_layers_may_be_missing(tmp_path, pretrained):
     goes on from it); a mean-pooled classifier lacks the final norm (LayerNorm's ones / zeros when a model needs
     one). A deeper model than the checkpoint lacks whole blocks; a figure needs the decoder."""
     check_model_folder(str(pretrained))
-    check_model_folder(str(pretrained), decoder=True)
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
     encoder = tmp_path / "encoder"
     MAEModel.from_pretrained(pretrained).save_pretrained(encoder)
     check_model_folder(str(encoder))
@@ -225,7 +234,7 @@ def test_only_new_task_layers_may_be_missing(tmp_path, pretrained):
         match=r"MODEL_DIR .*classifier lacks \d+ weight\(s\) of the encoder and decoder.*"
         r"decoder\.mask_token",
     ):
-        check_model_folder(str(classifier), flag="MODEL_DIR", decoder=True)
+        check_model_folder(str(classifier), flag="MODEL_DIR", model_class=MAEForPreTraining)
 
 
 # ---- the command-line tools --------------------------------------------------------------------------------------
@@ -272,3 +281,31 @@ def test_conversion_refuses_an_output_folder_it_cannot_write_before_reading_the_
     with read_only_folder() as folder:
         with pytest.raises(ValueError, match=f"output folder {folder}/out cannot be created: {folder} is not writable"):
             conversion.convert("mae_pretrain_vit_base.pth", os.path.join(folder, "out"))
+
+
+def test_evaluation_alone_needs_every_weight_of_the_model(tmp_path, script, pretrained):
+    """Evaluation alone trains nothing: a checkpoint without the script's task layers (the decoder, a classifier
+    head, the segmentation neck and heads) would be scored with random layers. Refused before any data."""
+    encoder = tmp_path / "encoder"
+    MAEModel.from_pretrained(pretrained).save_pretrained(encoder)
+    argv = ["--output_dir", tmp_path / "out", "--do_train", "false", "--model_name_or_path"]
+    with pytest.raises(ValueError, match=rf"{encoder} (lacks \d+ weight\(s\) of|holds a model of type 'mae_vit', not)"):
+        script(*argv, encoder)
+    for model_class in (MAEForPreTraining, MAEForImageClassification):
+        with pytest.raises(
+            ValueError, match=r"lacks \d+ weight\(s\) of .*Nothing may be missing in a model used untrained"
+        ):
+            check_model_folder(str(encoder), model_class=model_class)
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
+    classifier = tmp_path / "classifier"
+    MAEForImageClassification.from_pretrained(pretrained, num_labels=3).save_pretrained(classifier)
+    check_model_folder(str(classifier), model_class=MAEForImageClassification)
+    segmenter = tmp_path / "segmenter"
+    config = MAESegmentationConfig(
+        **tiny_config().to_dict(), out_indices=[0, 1], neck_rescales=[2.0, 1.0], auxiliary_in_index=1, num_labels=3
+    )
+    MAEForSemanticSegmentation(config).save_pretrained(segmenter)
+    check_model_folder(str(segmenter), model_class=MAEForSemanticSegmentation)
+    without_weights(segmenter, "decode_head.")
+    with pytest.raises(ValueError, match=r"lacks \d+ weight\(s\) of MAEForSemanticSegmentation.*decode_head\."):
+        check_model_folder(str(segmenter), model_class=MAEForSemanticSegmentation)
