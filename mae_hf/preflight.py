@@ -70,11 +70,11 @@ def check_model_folder(path: str | None, overrides: dict | None = None, flag="--
     config = _config_dict(path, flag)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
-        convert = (
-            f"convert it with `python -m mae_hf.conversion {path} OUTPUT_DIR`"
-            if model_type == "vit_mae"
-            else CONVERSIONS
-        )
+        convert = CONVERSIONS
+        if model_type == "vit_mae":
+            convert = f"convert it with `python -m mae_hf.conversion {path} OUTPUT_DIR`"
+        elif model_type == "timm_wrapper":  # transformers' name for a timm folder (e.g. the Hub's timm/*.mae)
+            convert = _timm_conversion(path, config)
         raise ValueError(
             f"{flag} {path} holds a model of type {model_type!r} (config.json's model_type), not an mae_hf model "
             f"({' or '.join(MODEL_TYPES)}); {convert}"
@@ -102,6 +102,19 @@ def check_model_folder(path: str | None, overrides: dict | None = None, flag="--
             f"{flag} {path} lacks {len(missing)} weight(s) of {part}, which would start at random: "
             f"{', '.join(missing[:SHOWN_KEYS])}{more}. {allowed}: is it a complete checkpoint of the model you meant?"
         )
+
+
+def _timm_conversion(path: str, config: dict) -> str:
+    """How to convert a timm folder: the conversion reads its weights file, and the heads (which no tensor shape
+    gives) from the folder's config.json."""
+    weights = next(
+        (name for name in ("model.safetensors", "pytorch_model.bin") if _weights_file(path, name)), "WEIGHTS"
+    )
+    heads = (config.get("model_args") or {}).get("num_heads", "N")
+    return (
+        f"convert its weights with `python -m mae_hf.conversion {os.path.join(path, weights)} OUTPUT_DIR --format "
+        f"timm --num_attention_heads {heads}`"
+    )
 
 
 def _config_dict(path: str, flag: str) -> dict:

@@ -309,3 +309,23 @@ def test_evaluation_alone_needs_every_weight_of_the_model(tmp_path, script, pret
     without_weights(segmenter, "decode_head.")
     with pytest.raises(ValueError, match=r"lacks \d+ weight\(s\) of MAEForSemanticSegmentation.*decode_head\."):
         check_model_folder(str(segmenter), model_class=MAEForSemanticSegmentation)
+
+
+def test_timm_folder_is_refused_with_the_conversion_that_reads_it(tmp_path, script):
+    """A timm folder (timm's save_for_hf / the Hub's timm/*.mae: config.json + weights): the hint names its weights
+    file and the heads from its config.json, which the conversion needs; following it gives an mae_hf model."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0
+    )
+    save_for_hf(vit, tmp_path / "timm_vit", safe_serialization=True)
+    match = rf"type 'timm_wrapper' .*`python -m mae_hf.conversion {tmp_path}/timm_vit/model.safetensors OUTPUT_DIR "
+    with pytest.raises(ValueError, match=match + "--format timm --num_attention_heads 2`"):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", tmp_path / "timm_vit")
+    conversion.main(
+        [str(tmp_path / "timm_vit" / "model.safetensors"), str(tmp_path / "converted")]
+        + ["--format", "timm", "--num_attention_heads", "2"]
+    )
+    check_model_folder(str(tmp_path / "converted"))
