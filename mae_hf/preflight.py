@@ -85,11 +85,9 @@ def check_model_folder(path: str | None, overrides: dict | None = None, flag="--
             f"{flag} {path} holds a model of type {model_type!r}, not a trained {model_class.__name__} ({wanted!r}), "
             "whose layers would start at random: nothing may be missing in a model used untrained"
         )
-    keys = _checkpoint_keys(path)
+    keys = _checkpoint_keys(path, flag)
     if keys is None:
-        raise ValueError(
-            f"{flag} {path} has a config.json but no weights (model.safetensors, its index, or pytorch_model.bin)"
-        )
+        raise ValueError(f"{flag} {path} has a config.json but no weights ({', '.join(WEIGHTS_FILES)})")
     missing = [name for name in _required_weights(config, overrides or {}, model_class) if not _present(name, keys)]
     if missing and model_class is None and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
         missing = [f"vit.{name}" for name in missing]
@@ -139,19 +137,38 @@ def _weights_file(path: str, name: str) -> str | None:
     return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
 
 
-def _checkpoint_keys(path: str) -> set[str] | None:
-    """The weight names of a saved model (from the index or the safetensors header; a .bin is read whole); None
-    without weights. The files transformers' from_pretrained would read, in its order."""
+# The weights files that transformers' from_pretrained reads, in its order (a single file before an index).
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _checkpoint_keys(path: str, flag: str) -> set[str] | None:
+    """The weight names of a saved model (from the safetensors header or the index; a .bin is read whole); None
+    without weights. The file that transformers' from_pretrained would read; an unreadable one (a truncated or
+    unfinished save) or a shard that an index names but a local folder lacks is refused, naming the file."""
     from .checkpoint import read_shapes
 
-    index = _weights_file(path, "model.safetensors.index.json")
-    if index is not None:
-        with open(index) as file:
-            return set(json.load(file)["weight_map"])
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in WEIGHTS_FILES:
         file = _weights_file(path, name)
-        if file is not None:
-            return set(read_shapes([file]))
+        if file is None:
+            continue
+        try:
+            if not name.endswith(".index.json"):
+                return set(read_shapes([file]))
+            with open(file) as handle:
+                weight_map = json.load(handle)["weight_map"]
+        except Exception as error:  # safetensors, torch and json each raise their own kinds
+            raise ValueError(
+                f"{flag} {path}: {file} cannot be read ({type(error).__name__}: {error}); is it a truncated or "
+                "unfinished save?"
+            ) from error
+        if os.path.isdir(path) and (lost := sorted(set(weight_map.values()) - set(os.listdir(path)))):
+            raise ValueError(f"{flag} {path}: {name} names {len(lost)} shard(s) the folder lacks: {', '.join(lost)}")
+        return set(weight_map)
     return None
 
 

@@ -4,6 +4,7 @@ a folder that is no saved model, a checkpoint missing encoder weights. The three
 torchrun), `python -m mae_hf.evaluate_features`, `python -m mae_hf.visualize` and `python -m mae_hf.conversion`."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -329,3 +330,34 @@ def test_timm_folder_is_refused_with_the_conversion_that_reads_it(tmp_path, scri
         + ["--format", "timm", "--num_attention_heads", "2"]
     )
     check_model_folder(str(tmp_path / "converted"))
+
+
+def test_weights_files_are_read_as_from_pretrained_reads_them(tmp_path, script, pretrained):
+    """transformers' order (model.safetensors, its index, pytorch_model.bin, its index): a stale index beside a
+    complete file is not read; sharded .bin checkpoints are read; a truncated file or a shard the index names but the
+    folder lacks (an unfinished save or copy) is refused naming the file, before any data."""
+    weights = load_file(pretrained / "model.safetensors")
+    names = sorted(weights)
+    (pretrained / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {names[0]: "gone.safetensors"}}))
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
+    sharded = tmp_path / "sharded_bin"
+    shutil.copytree(pretrained, sharded)
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        (sharded / name).unlink()
+    halves = {"a.bin": names[: len(names) // 2], "b.bin": names[len(names) // 2 :]}
+    for file, keys in halves.items():
+        torch.save({key: weights[key] for key in keys}, sharded / file)
+    weight_map = {key: file for file, keys in halves.items() for key in keys}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    check_model_folder(str(sharded), model_class=MAEForPreTraining)
+    (sharded / "b.bin").unlink()
+    with pytest.raises(
+        ValueError, match=rf"{sharded}: pytorch_model.bin.index.json names 1 shard\(s\) the folder lacks: b.bin"
+    ):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", sharded)
+    data = (pretrained / "model.safetensors").read_bytes()
+    (pretrained / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(
+        ValueError, match=rf"{pretrained}/model.safetensors cannot be read \(SafetensorError: .*truncated"
+    ):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", pretrained)
