@@ -58,6 +58,11 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
         ) from error
 
 
+def check_writable_file(path: str, flag: str = "--output") -> None:
+    """The folder of the file `path` can be written (see `check_writable_dir`; the writer creates it)."""
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"{flag}'s folder")
+
+
 def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", model_class=None):
     """A model to start from (a local folder or a Hub id) must be an mae_hf model (config.json's model_type one of
     `MODEL_TYPES`) whose weights hold every parameter of the encoder (`overrides`: encoder fields given on the

@@ -264,6 +264,24 @@ def test_evaluate_features_refuses_an_output_it_cannot_write_before_scoring(tmp_
         evaluate_features.main([str(pretrained), "--dataset", "digits", "--output", str(output)])
 
 
+def test_visualize_writes_its_output_folder_or_refuses_it_before_loading_the_model(tmp_path, monkeypatch, pretrained):
+    """--output in a folder that does not exist yet is created (as evaluate_features' --output); one that cannot be
+    created is refused naming it, before the model is loaded (it was a FileNotFoundError after the figure)."""
+    image = tmp_path / "digit.png"
+    Image.new("RGB", (16, 16)).save(image)
+    output = tmp_path / "figures" / "run1" / "reconstruction.png"
+    assert visualize.main([str(pretrained), str(image), "--output", str(output)]) == str(output)
+    assert output.is_file()
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(MAEForPreTraining, "from_pretrained", not_reached)
+    with pytest.raises(ValueError, match="--output's folder .*notes.txt/sub cannot be created: .*notes.txt is a file"):
+        visualize.main([str(pretrained), str(image), "--output", str(tmp_path / "notes.txt" / "sub" / "figure.png")])
+
+
 def test_visualize_refuses_a_model_without_decoder(tmp_path, pretrained):
     classifier = tmp_path / "classifier"
     MAEForImageClassification.from_pretrained(pretrained, num_labels=3).save_pretrained(classifier)
