@@ -176,8 +176,10 @@ def prepare_data(model_args, data_args, training_args):
     reference = reference_split(datasets)
     image_column = find_image_column(reference, data_args.image_column_name)
     label_column = find_label_column(reference, data_args.label_column_name)
-    class_id_labels(datasets, label_column, saved_classes(model_args, training_args))
-    names = label_names(reference_split(datasets), label_column)
+    used = {split: datasets[split] for split in used_splits(datasets, training_args)}  # not evaluation's train
+    class_id_labels(used, label_column, saved_classes(model_args, training_args))
+    datasets.update(used)
+    names = label_names(reference_split(used), label_column)
     if training_args.do_train and data_args.label_fraction is not None and data_args.label_fraction < 1:
         datasets["train"] = class_balanced_subset(
             datasets["train"], label_column, data_args.label_fraction, data_args.label_fraction_seed
@@ -309,6 +311,7 @@ def main(argv=None, callbacks=()):
         ["labels"],
         CLASSIFICATION_METRICS,
         "use --label_smoothing, the recipe's, which smooths the mixup / cutmix targets too",
+        model_class=MAEForImageClassification,
     )
     apply_runtime_defaults(training_args)
 

@@ -224,6 +224,7 @@ def main(argv=None, callbacks=()):
         ["pixel_values"],
         PRETRAINING_METRICS + monitor_args.metric_names(),
         streaming=data_args.streaming,
+        model_class=MAEForPreTraining,
     )
     config = build_config(model_args)
     apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0

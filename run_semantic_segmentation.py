@@ -259,7 +259,7 @@ def segmentation_figures(eval_dataset, processor, model_args, training_args) -> 
 
 def main(argv=None, callbacks=()):
     model_args, data_args, training_args = parse_arguments(ARGUMENTS, argv)
-    start_run(model_args, training_args, ["labels"], SEGMENTATION_METRICS)
+    start_run(model_args, training_args, ["labels"], SEGMENTATION_METRICS, model_class=MAEForSemanticSegmentation)
 
     datasets, image_column, annotation_column, names = load_segmentation_datasets(
         data_args, training=training_args.do_train

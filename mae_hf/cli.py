@@ -272,7 +272,13 @@ def value_in(layers: list[Layer], name: str, top: int, defaults: dict):
 def implied_values(layers: list[Layer], defaults: dict) -> dict:
     """{setting: value} that flags imply (IMPLIED), for the settings this script has."""
     chosen = {}  # setting: (layer of the implying flag, value)
+    # --do_eval beside (or under) an eval_strategy other than no: transformers evaluates, so all that goes with it stays
+    evaluates = 0 <= highest(layers, "do_eval") <= highest(layers, "eval_strategy") and (
+        value_in(layers, "eval_strategy", len(layers) - 1, defaults) != "no"
+    )
     for flag, value, setting, implied in IMPLIED:
+        if flag == "do_eval" and evaluates:
+            continue
         top = highest(layers, flag)
         if setting not in defaults or top <= highest(layers, setting):
             continue

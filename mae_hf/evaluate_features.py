@@ -22,7 +22,7 @@ from transformers import AutoConfig
 from transformers.hf_argparser import string_to_bool
 
 from .monitor import FeatureMonitor, MonitorArguments
-from .preflight import check_model_folder, check_writable_dir
+from .preflight import check_model_folder, check_writable_file
 
 PREFIX = "monitor_"
 
@@ -80,7 +80,7 @@ def main(argv=None) -> dict[str, float]:
         raise ValueError("give the labelled images: --dataset (Hub id, local folder, 'digits') or --train_dir")
     check_model_folder(args.model_dir, flag="MODEL_DIR")  # before any image is read
     if args.output:
-        check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output's folder")
+        check_writable_file(args.output)
     state = PartialState()  # initialises torch.distributed under torchrun / accelerate launch
     encoder = load_encoder(args.model_dir).to(state.device)
     monitor = FeatureMonitor.from_arguments(

@@ -24,6 +24,11 @@ CONVERSIONS = (
 # (the fixed sin-cos table, recomputed when absent), not parameters, so they are not required either.
 OPTIONAL_WEIGHTS = re.compile(r"^(vit\.)?norm\.")
 SHOWN_KEYS = 5
+# For messages: whose weights are missing (other models by their class name), and which may be.
+WEIGHTS_OF = {None: "the encoder", "MAEForPreTraining": "the encoder and decoder"}
+NEW_LAYERS_MAY_BE_MISSING = (
+    "Only new task layers (a classifier head, the decoder, the segmentation neck and heads) may be missing"
+)
 
 
 def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
@@ -34,6 +39,11 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
     existing = target
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):  # lexists found it: the link's target is gone
+        raise ValueError(
+            f"{flag} {path} cannot be created: {existing} is a symbolic link to {os.readlink(existing)}, which does "
+            "not exist (create the folder it points to)"
+        )
     if not os.path.isdir(existing):
         raise ValueError(f"{flag} {path} cannot be created: {existing} is a file, not a folder")
     try:
@@ -49,42 +59,66 @@ def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
         ) from error
 
 
-def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", decoder=False):
+def check_writable_file(path: str, flag: str = "--output") -> None:
+    """The folder of the file `path` can be written (see `check_writable_dir`; the writer creates it)."""
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"{flag}'s folder")
+
+
+def check_model_folder(path: str | None, overrides: dict | None = None, flag="--model_name_or_path", model_class=None):
     """A model to start from (a local folder or a Hub id) must be an mae_hf model (config.json's model_type one of
     `MODEL_TYPES`) whose weights hold every parameter of the encoder (`overrides`: encoder fields given on the
-    command line, e.g. a deeper `num_hidden_layers`), and of the pretraining decoder too with `decoder`. Everything
-    else (a classifier head, a decoder, a neck and heads) may be new. Raises ValueError naming the folder and the
-    model_type, or the missing weights (their count and the first few)."""
+    command line, e.g. a deeper `num_hidden_layers`). Everything else (a classifier head, a decoder, a neck and
+    heads) may be new, unless `model_class` names a model used as it is saved, which must have every parameter: a
+    figure's `MAEForPreTraining` (its decoder), the task model of an evaluation alone (no layer is trained there).
+    Raises ValueError naming the folder and the model_type, or the missing weights (their count and the first few)."""
     if path is None:
         return
     config = _config_dict(path, flag)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
-        convert = (
-            f"convert it with `python -m mae_hf.conversion {path} OUTPUT_DIR`"
-            if model_type == "vit_mae"
-            else CONVERSIONS
-        )
+        convert = CONVERSIONS
+        if model_type == "vit_mae":
+            convert = f"convert it with `python -m mae_hf.conversion {path} OUTPUT_DIR`"
+        elif model_type == "timm_wrapper":  # transformers' name for a timm folder (e.g. the Hub's timm/*.mae)
+            convert = _timm_conversion(path, config)
         raise ValueError(
             f"{flag} {path} holds a model of type {model_type!r} (config.json's model_type), not an mae_hf model "
             f"({' or '.join(MODEL_TYPES)}); {convert}"
         )
-    keys = _checkpoint_keys(path)
-    if keys is None:
+    wanted = model_class.config_class.model_type if model_class else None
+    if wanted not in (None, model_type, MODEL_TYPES[0]):  # an encoder's config: the task layers cannot be there
         raise ValueError(
-            f"{flag} {path} has a config.json but no weights (model.safetensors, its index, or pytorch_model.bin)"
+            f"{flag} {path} holds a model of type {model_type!r}, not a trained {model_class.__name__} ({wanted!r}), "
+            "whose layers would start at random: nothing may be missing in a model used untrained"
         )
-    missing = [name for name in _required_weights(config, overrides or {}, decoder) if not _present(name, keys)]
-    if missing and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
-        missing = [name if name.startswith(("vit.", "decoder.")) else f"vit.{name}" for name in missing]
+    keys = _checkpoint_keys(path, flag)
+    if keys is None:
+        raise ValueError(f"{flag} {path} has a config.json but no weights ({', '.join(WEIGHTS_FILES)})")
+    missing = [name for name in _required_weights(config, overrides or {}, model_class) if not _present(name, keys)]
+    if missing and model_class is None and any(key.startswith("vit.") for key in keys):  # named as in the checkpoint
+        missing = [f"vit.{name}" for name in missing]
     if missing:
         more = f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else ""
-        part = "encoder and decoder" if decoder else "encoder"
+        name = model_class.__name__ if model_class else None
+        part = WEIGHTS_OF.get(name, name)
+        allowed = "Nothing may be missing in a model used untrained" if model_class else NEW_LAYERS_MAY_BE_MISSING
         raise ValueError(
-            f"{flag} {path} lacks {len(missing)} weight(s) of the {part}, which would start at random: "
-            f"{', '.join(missing[:SHOWN_KEYS])}{more}. Only new task layers (a classifier head, the decoder, the "
-            "segmentation neck and heads) may be missing: is it a complete checkpoint of the model you meant?"
+            f"{flag} {path} lacks {len(missing)} weight(s) of {part}, which would start at random: "
+            f"{', '.join(missing[:SHOWN_KEYS])}{more}. {allowed}: is it a complete checkpoint of the model you meant?"
         )
+
+
+def _timm_conversion(path: str, config: dict) -> str:
+    """How to convert a timm folder: the conversion reads its weights file, and the heads (which no tensor shape
+    gives) from the folder's config.json."""
+    weights = next(
+        (name for name in ("model.safetensors", "pytorch_model.bin") if _weights_file(path, name)), "WEIGHTS"
+    )
+    heads = (config.get("model_args") or {}).get("num_heads", "N")
+    return (
+        f"convert its weights with `python -m mae_hf.conversion {os.path.join(path, weights)} OUTPUT_DIR --format "
+        f"timm --num_attention_heads {heads}`"
+    )
 
 
 def _config_dict(path: str, flag: str) -> dict:
@@ -109,32 +143,51 @@ def _weights_file(path: str, name: str) -> str | None:
     return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
 
 
-def _checkpoint_keys(path: str) -> set[str] | None:
-    """The weight names of a saved model (from the index or the safetensors header; a .bin is read whole); None
-    without weights. The files transformers' from_pretrained would read, in its order."""
+# The weights files that transformers' from_pretrained reads, in its order (a single file before an index).
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _checkpoint_keys(path: str, flag: str) -> set[str] | None:
+    """The weight names of a saved model (from the safetensors header or the index; a .bin is read whole); None
+    without weights. The file that transformers' from_pretrained would read; an unreadable one (a truncated or
+    unfinished save) or a shard that an index names but a local folder lacks is refused, naming the file."""
     from .checkpoint import read_shapes
 
-    index = _weights_file(path, "model.safetensors.index.json")
-    if index is not None:
-        with open(index) as file:
-            return set(json.load(file)["weight_map"])
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in WEIGHTS_FILES:
         file = _weights_file(path, name)
-        if file is not None:
-            return set(read_shapes([file]))
+        if file is None:
+            continue
+        try:
+            if not name.endswith(".index.json"):
+                return set(read_shapes([file]))
+            with open(file) as handle:
+                weight_map = json.load(handle)["weight_map"]
+        except Exception as error:  # safetensors, torch and json each raise their own kinds
+            raise ValueError(
+                f"{flag} {path}: {file} cannot be read ({type(error).__name__}: {error}); is it a truncated or "
+                "unfinished save?"
+            ) from error
+        if os.path.isdir(path) and (lost := sorted(set(weight_map.values()) - set(os.listdir(path)))):
+            raise ValueError(f"{flag} {path}: {name} names {len(lost)} shard(s) the folder lacks: {', '.join(lost)}")
+        return set(weight_map)
     return None
 
 
-def _required_weights(config: dict, overrides: dict, decoder: bool) -> list[str]:
-    """Parameter names of the encoder (`MAEModel`), or of `MAEForPreTraining` with `decoder`, for the saved config
-    with the command line's `overrides`; built on the meta device (no memory, no init cost)."""
+def _required_weights(config: dict, overrides: dict, model_class) -> list[str]:
+    """Parameter names of `model_class` (default: the encoder, `MAEModel`) for the saved config with the command
+    line's `overrides`; built on the meta device (no memory, no init cost)."""
     from accelerate import init_empty_weights
 
-    from .configuration_mae import MAEConfig
-    from .modeling_mae import MAEForPreTraining, MAEModel
+    from .modeling_mae import MAEModel
 
+    model_class = model_class or MAEModel
     with init_empty_weights(include_buffers=True):
-        model = (MAEForPreTraining if decoder else MAEModel)(MAEConfig.from_dict({**config, **overrides}))
+        model = model_class(model_class.config_class.from_dict({**config, **overrides}))
     return [name for name, _ in model.named_parameters() if not OPTIONAL_WEIGHTS.match(name)]
 
 

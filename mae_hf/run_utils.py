@@ -49,11 +49,13 @@ def start_run(
     metrics: tuple[str, ...],
     smoothing_hint: str = "",
     streaming: bool = False,
+    model_class=None,
 ) -> None:
     """What every script does first, before any data or model work: logging, the GPU fast paths, the settings that
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
-    that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
+    that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`;
+    model_class: the script's model, whose every weight --model_name_or_path must hold in an evaluation alone."""
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -66,7 +68,8 @@ def start_run(
     check_output_dir(training_args)
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
-    check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER))
+    evaluated = None if training_args.do_train else model_class  # nothing is trained: no layer may be new
+    check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER), model_class=evaluated)
     check_resume_argument(training_args)
 
 

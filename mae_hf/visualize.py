@@ -157,7 +157,7 @@ def main(argv=None) -> str:
     from .data import eval_transform, to_model_mode
     from .data.images import upright
     from .modeling_mae import MAEForPreTraining
-    from .preflight import check_model_folder
+    from .preflight import check_model_folder, check_writable_file
 
     parser = argparse.ArgumentParser(description="Reconstruction figure of a saved MAE pretraining model.")
     parser.add_argument("model_dir", help="a saved MAEForPreTraining folder (or a Hub id, with --output)")
@@ -172,7 +172,9 @@ def main(argv=None) -> str:
     if missing:
         parser.error(f"no such image file: {', '.join(missing)}")
     output = args.output or os.path.join(args.model_dir, CLI_FIGURE)
-    check_model_folder(args.model_dir, flag="MODEL_DIR", decoder=True)  # a figure of random weights says nothing
+    # a figure of random weights says nothing
+    check_model_folder(args.model_dir, flag="MODEL_DIR", model_class=MAEForPreTraining)
+    check_writable_file(output)
 
     overrides = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
     model = MAEForPreTraining.from_pretrained(args.model_dir, **overrides).eval()
@@ -183,6 +185,7 @@ def main(argv=None) -> str:
     pixel_values = torch.stack([transform(to_model_mode(upright(Image.open(p)), channels)) for p in args.images])
     noise = fixed_noise(len(args.images), model.config.num_patches, args.seed)
     grid = reconstruction_grid(model, pixel_values, mean, std, noise, step=trained_steps(args.model_dir))
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     grid.save(output)
     print(f"wrote {output}")
     return output

@@ -155,6 +155,16 @@ def test_do_eval_false_switches_off_every_setting_that_evaluates(tmp_path):
         assert (args.save_strategy, args.save_steps) == ("steps", 10), script
     _, _, args = parse("classify", write(tmp_path, "do_eval: false\n"), "--eval_steps", "5")  # the higher place wins
     assert (args.do_eval, args.eval_strategy, args.eval_steps) == (True, "steps", 5)
+    # beside an eval_strategy, transformers turns --do_eval false back on: what evaluates stays on with it
+    _, _, args, monitor = parse_arguments(
+        run_pretraining.ARGUMENTS, [demo, "--do_eval", "false", "--eval_strategy", "steps"]
+    )
+    assert (args.do_eval, args.eval_strategy, args.eval_on_start, monitor.monitor_dataset) == (
+        True,
+        "steps",
+        True,
+        "digits",
+    )
     for flag in ("--eval_strategy", "--save_strategy"):
         _, _, args = parse("segment", write(tmp_path, EVALUATING), flag, "no")
         assert (args.load_best_model_at_end, args.do_eval) == (False, True), flag

@@ -5,17 +5,19 @@ model; integral floats cast; fractional floats, nulls and other types refused na
 
 import json
 import logging
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from datasets import ClassLabel, Dataset, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from PIL import Image
 from transformers import pipeline
 
 import run_image_classification
 import run_pretraining
 from mae_hf import evaluate_features
-from mae_hf.data import class_id_labels, load_digits_dataset
+from mae_hf.data import class_id_labels, load_digits_dataset, load_image_datasets
 
 TINY_PRETRAINED = Path(__file__).parent / "data" / "tiny_mae_digits"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -24,6 +26,8 @@ TINY = [
     *["--num_attention_heads", "2", "--intermediate_size", "64", "--per_device_train_batch_size", "16"],
     *["--warmup_epochs", "0", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"],
 ]
+DATA = dict(dataset_config_name=None, cache_dir=None, train_dir=None, validation_dir=None, train_val_split=0.15)
+DATA.update(max_train_samples=None, max_eval_samples=None)
 
 
 def splits(train, validation):
@@ -141,3 +145,81 @@ def test_pretraining_refuses_monitor_labels_before_decoding_its_training_images(
     argv = [*TINY, "--output_dir", str(tmp_path / "out"), "--dataset_name", "digits", "--max_steps", "1"]
     with pytest.raises(ValueError, match=r"monitor's data set .* label column 'label' holds \d\.5, not a class id"):
         run_pretraining.main([*argv, "--monitor_dataset", str(floats)])
+
+
+def test_splits_the_run_does_not_read_are_not_checked(tmp_path):
+    """A source's test split is never read: its labels need not be class ids (imagenet-1k's test labels are -1, a
+    test split may have no label column, or null names), and its images are not decoded."""
+    digits = load_digits_dataset()
+    test = digits["validation"].select(range(8))
+    for name, split in [
+        ("unlabelled", test.cast_column("label", Value("int64")).map(lambda row: {"label": -1})),  # imagenet-1k
+        ("no_label_column", test.remove_columns("label")),
+    ]:
+        DatasetDict(train=digits["train"].select(range(48)), validation=test, test=split).save_to_disk(tmp_path / name)
+        loaded = load_image_datasets(SimpleNamespace(**DATA, dataset_name=str(tmp_path / name)))
+        assert sorted(loaded) == ["train", "validation"]
+        argv = [*TINY, "--dataset_name", str(tmp_path / name), "--output_dir", str(tmp_path / f"out_{name}")]
+        assert "eval_accuracy" in run_image_classification.main([*argv, "--max_steps", "1"])
+    named = labelled_digits(tmp_path / "named", lambda digit: NAMES[digit])
+    Dataset.from_dict({"image": test["image"], "label": [None] * 8}).to_parquet(str(named / "test.parquet"))
+    argv = [*TINY, "--dataset_name", str(named), "--output_dir", str(tmp_path / "out_named"), "--max_steps", "1"]
+    assert "eval_accuracy" in run_image_classification.main(argv)
+    # evaluation alone does not read the train split: a class the model lacks there is no error
+    other = tmp_path / "other_train"
+    other.mkdir()
+    shutil.copy(named / "validation.parquet", other / "validation.parquet")
+    Dataset.from_dict({"image": test["image"], "label": ["eleven"] * 8}).to_parquet(str(other / "train.parquet"))
+    evaluate = [*TINY, "--dataset_name", str(other), "--output_dir", str(tmp_path / "eval"), "--do_train", "false"]
+    assert "eval_accuracy" in run_image_classification.main(
+        [*evaluate, "--model_name_or_path", str(tmp_path / "out_named")]
+    )
+
+
+def test_class_labels_numbered_otherwise_get_the_reference_ids_by_name():
+    """A ClassLabel split numbered otherwise than the train split (or a saved model) takes their id of each name."""
+
+    def split(names, labels):
+        return Dataset.from_dict({"label": labels}, features=Features({"label": ClassLabel(names=names)}))
+
+    data = {"train": split(["a", "b", "c"], [0, 1, 2]), "validation": split(["a", "c"], [1, 0, 1])}
+    class_id_labels(data, "label")
+    assert data["validation"].features["label"].names == ["a", "b", "c"] and data["validation"]["label"] == [2, 0, 2]
+    data = {"validation": split(["a", "b"], [0, 1])}
+    class_id_labels(data, "label", classes=["b", "a"])
+    assert data["validation"]["label"] == [1, 0]
+    data = {"validation": split(["a", "x", "y"], [0, 1, 2])}
+    with pytest.raises(
+        ValueError, match=r"validation label 'x' \(column 'label'; 2 such name\(s\)\) is not one of the"
+    ):
+        class_id_labels(data, "label", classes=["b", "a"])
+    data = {"validation": split(["cat", "dog"], [0, 1])}  # nothing in common with ids as names: ids kept
+    class_id_labels(data, "label", classes=["0", "1"])
+    assert data["validation"].features["label"].names == ["cat", "dog"] and data["validation"]["label"] == [0, 1]
+
+
+def test_evaluation_of_an_image_folder_without_some_classes_scores_them_by_name(tmp_path):
+    """An ImageFolder of validation images alone numbers the class folders it has: without 'eight' (the first of
+    the sorted names) every id would shift by one. Scored by name, it scores as the same images with names."""
+    data = labelled_digits(tmp_path / "named", lambda digit: NAMES[digit], counts=(96, 60))
+    common = [*TINY, "--per_device_eval_batch_size", "64", "--dataloader_num_workers", "0"]
+    run_image_classification.main(
+        [*common, "--dataset_name", str(data), "--output_dir", str(tmp_path / "model"), "--max_steps", "12"]
+        + ["--base_learning_rate", "5e-3", "--save_strategy", "no", "--do_eval", "false"]
+    )
+    validation = load_dataset("parquet", data_files=str(data / "validation.parquet"), split="train")
+    validation = validation.filter(lambda label: label != "eight", input_columns="label")
+    (tmp_path / "kept").mkdir()
+    validation.to_parquet(str(tmp_path / "kept" / "validation.parquet"))
+    for index, row in enumerate(validation):
+        (tmp_path / "folders" / row["label"]).mkdir(parents=True, exist_ok=True)
+        row["image"].save(tmp_path / "folders" / row["label"] / f"{index}.png")
+    evaluate = [*common, "--model_name_or_path", str(tmp_path / "model"), "--do_train", "false"]
+    by_name = run_image_classification.main(
+        [*evaluate, "--dataset_name", str(tmp_path / "kept")] + ["--output_dir", str(tmp_path / "by_name")]
+    )
+    by_folder = run_image_classification.main(
+        [*evaluate, "--validation_dir", str(tmp_path / "folders")] + ["--output_dir", str(tmp_path / "by_folder")]
+    )
+    assert by_folder["eval_loss"] == pytest.approx(by_name["eval_loss"], rel=1e-6)
+    assert by_folder["eval_accuracy"] == by_name["eval_accuracy"]

@@ -4,6 +4,7 @@ a folder that is no saved model, a checkpoint missing encoder weights. The three
 torchrun), `python -m mae_hf.evaluate_features`, `python -m mae_hf.visualize` and `python -m mae_hf.conversion`."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,16 @@ from transformers import BertConfig, BertModel, ViTMAEConfig
 import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
-from mae_hf import MAEForImageClassification, MAEForPreTraining, MAEModel, conversion, evaluate_features, visualize
+from mae_hf import (
+    MAEForImageClassification,
+    MAEForPreTraining,
+    MAEForSemanticSegmentation,
+    MAEModel,
+    MAESegmentationConfig,
+    conversion,
+    evaluate_features,
+    visualize,
+)
 from mae_hf.preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
 from mae_hf.run_utils import check_output_dir
 
@@ -107,6 +117,20 @@ def test_output_dir_that_cannot_be_written_is_refused_before_any_data(tmp_path, 
     with pytest.raises(ValueError, match=f"--output_dir {under_file} cannot be created: .*notes.txt is a file"):
         script("--output_dir", under_file)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no folder created, no probe left
+
+
+def test_output_dir_through_a_broken_symbolic_link_is_refused_naming_the_link(tmp_path, script):
+    """A link to a folder on scratch space that is gone (purged, or not mounted on this node): the link is named,
+    with its target, not called a file; a link to an existing folder is written through."""
+    (tmp_path / "outputs").symlink_to(tmp_path / "scratch" / "outputs")
+    for out in (tmp_path / "outputs", tmp_path / "outputs" / "run"):
+        with pytest.raises(
+            ValueError, match=rf"--output_dir {out} cannot be created: .*outputs is a symbolic link to "
+        ):
+            script("--output_dir", out)
+    (tmp_path / "scratch" / "outputs").mkdir(parents=True)
+    check_writable_dir(str(tmp_path / "outputs" / "run"))
+    assert os.listdir(tmp_path / "scratch" / "outputs") == []
 
 
 def test_two_processes_refuse_an_output_dir_they_cannot_create(tmp_path):
@@ -197,7 +221,7 @@ def test_only_new_task_layers_may_be_missing(tmp_path, pretrained):
     goes on from it); a mean-pooled classifier lacks the final norm (LayerNorm's ones / zeros when a model needs
     one). A deeper model than the checkpoint lacks whole blocks; a figure needs the decoder."""
     check_model_folder(str(pretrained))
-    check_model_folder(str(pretrained), decoder=True)
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
     encoder = tmp_path / "encoder"
     MAEModel.from_pretrained(pretrained).save_pretrained(encoder)
     check_model_folder(str(encoder))
@@ -211,7 +235,7 @@ def test_only_new_task_layers_may_be_missing(tmp_path, pretrained):
         match=r"MODEL_DIR .*classifier lacks \d+ weight\(s\) of the encoder and decoder.*"
         r"decoder\.mask_token",
     ):
-        check_model_folder(str(classifier), flag="MODEL_DIR", decoder=True)
+        check_model_folder(str(classifier), flag="MODEL_DIR", model_class=MAEForPreTraining)
 
 
 # ---- the command-line tools --------------------------------------------------------------------------------------
@@ -240,6 +264,24 @@ def test_evaluate_features_refuses_an_output_it_cannot_write_before_scoring(tmp_
         evaluate_features.main([str(pretrained), "--dataset", "digits", "--output", str(output)])
 
 
+def test_visualize_writes_its_output_folder_or_refuses_it_before_loading_the_model(tmp_path, monkeypatch, pretrained):
+    """--output in a folder that does not exist yet is created (as evaluate_features' --output); one that cannot be
+    created is refused naming it, before the model is loaded (it was a FileNotFoundError after the figure)."""
+    image = tmp_path / "digit.png"
+    Image.new("RGB", (16, 16)).save(image)
+    output = tmp_path / "figures" / "run1" / "reconstruction.png"
+    assert visualize.main([str(pretrained), str(image), "--output", str(output)]) == str(output)
+    assert output.is_file()
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(MAEForPreTraining, "from_pretrained", not_reached)
+    with pytest.raises(ValueError, match="--output's folder .*notes.txt/sub cannot be created: .*notes.txt is a file"):
+        visualize.main([str(pretrained), str(image), "--output", str(tmp_path / "notes.txt" / "sub" / "figure.png")])
+
+
 def test_visualize_refuses_a_model_without_decoder(tmp_path, pretrained):
     classifier = tmp_path / "classifier"
     MAEForImageClassification.from_pretrained(pretrained, num_labels=3).save_pretrained(classifier)
@@ -258,3 +300,82 @@ def test_conversion_refuses_an_output_folder_it_cannot_write_before_reading_the_
     with read_only_folder() as folder:
         with pytest.raises(ValueError, match=f"output folder {folder}/out cannot be created: {folder} is not writable"):
             conversion.convert("mae_pretrain_vit_base.pth", os.path.join(folder, "out"))
+
+
+def test_evaluation_alone_needs_every_weight_of_the_model(tmp_path, script, pretrained):
+    """Evaluation alone trains nothing: a checkpoint without the script's task layers (the decoder, a classifier
+    head, the segmentation neck and heads) would be scored with random layers. Refused before any data."""
+    encoder = tmp_path / "encoder"
+    MAEModel.from_pretrained(pretrained).save_pretrained(encoder)
+    argv = ["--output_dir", tmp_path / "out", "--do_train", "false", "--model_name_or_path"]
+    with pytest.raises(ValueError, match=rf"{encoder} (lacks \d+ weight\(s\) of|holds a model of type 'mae_vit', not)"):
+        script(*argv, encoder)
+    for model_class in (MAEForPreTraining, MAEForImageClassification):
+        with pytest.raises(
+            ValueError, match=r"lacks \d+ weight\(s\) of .*Nothing may be missing in a model used untrained"
+        ):
+            check_model_folder(str(encoder), model_class=model_class)
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
+    classifier = tmp_path / "classifier"
+    MAEForImageClassification.from_pretrained(pretrained, num_labels=3).save_pretrained(classifier)
+    check_model_folder(str(classifier), model_class=MAEForImageClassification)
+    segmenter = tmp_path / "segmenter"
+    config = MAESegmentationConfig(
+        **tiny_config().to_dict(), out_indices=[0, 1], neck_rescales=[2.0, 1.0], auxiliary_in_index=1, num_labels=3
+    )
+    MAEForSemanticSegmentation(config).save_pretrained(segmenter)
+    check_model_folder(str(segmenter), model_class=MAEForSemanticSegmentation)
+    without_weights(segmenter, "decode_head.")
+    with pytest.raises(ValueError, match=r"lacks \d+ weight\(s\) of MAEForSemanticSegmentation.*decode_head\."):
+        check_model_folder(str(segmenter), model_class=MAEForSemanticSegmentation)
+
+
+def test_timm_folder_is_refused_with_the_conversion_that_reads_it(tmp_path, script):
+    """A timm folder (timm's save_for_hf / the Hub's timm/*.mae: config.json + weights): the hint names its weights
+    file and the heads from its config.json, which the conversion needs; following it gives an mae_hf model."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0
+    )
+    save_for_hf(vit, tmp_path / "timm_vit", safe_serialization=True)
+    match = rf"type 'timm_wrapper' .*`python -m mae_hf.conversion {tmp_path}/timm_vit/model.safetensors OUTPUT_DIR "
+    with pytest.raises(ValueError, match=match + "--format timm --num_attention_heads 2`"):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", tmp_path / "timm_vit")
+    conversion.main(
+        [str(tmp_path / "timm_vit" / "model.safetensors"), str(tmp_path / "converted")]
+        + ["--format", "timm", "--num_attention_heads", "2"]
+    )
+    check_model_folder(str(tmp_path / "converted"))
+
+
+def test_weights_files_are_read_as_from_pretrained_reads_them(tmp_path, script, pretrained):
+    """transformers' order (model.safetensors, its index, pytorch_model.bin, its index): a stale index beside a
+    complete file is not read; sharded .bin checkpoints are read; a truncated file or a shard the index names but the
+    folder lacks (an unfinished save or copy) is refused naming the file, before any data."""
+    weights = load_file(pretrained / "model.safetensors")
+    names = sorted(weights)
+    (pretrained / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {names[0]: "gone.safetensors"}}))
+    check_model_folder(str(pretrained), model_class=MAEForPreTraining)
+    sharded = tmp_path / "sharded_bin"
+    shutil.copytree(pretrained, sharded)
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        (sharded / name).unlink()
+    halves = {"a.bin": names[: len(names) // 2], "b.bin": names[len(names) // 2 :]}
+    for file, keys in halves.items():
+        torch.save({key: weights[key] for key in keys}, sharded / file)
+    weight_map = {key: file for file, keys in halves.items() for key in keys}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    check_model_folder(str(sharded), model_class=MAEForPreTraining)
+    (sharded / "b.bin").unlink()
+    with pytest.raises(
+        ValueError, match=rf"{sharded}: pytorch_model.bin.index.json names 1 shard\(s\) the folder lacks: b.bin"
+    ):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", sharded)
+    data = (pretrained / "model.safetensors").read_bytes()
+    (pretrained / "model.safetensors").write_bytes(data[:100])
+    with pytest.raises(
+        ValueError, match=rf"{pretrained}/model.safetensors cannot be read \(SafetensorError: .*truncated"
+    ):
+        script("--output_dir", tmp_path / "out", "--model_name_or_path", pretrained)

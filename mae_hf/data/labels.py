@@ -40,7 +40,9 @@ def class_id_labels(datasets, column: str, classes: list[str] | None = None, def
     """Make the label `column` of every split (a dict of datasets, changed in place) class ids, before any image is
     decoded, or refuse it naming the column:
 
-    - `ClassLabel` and integer columns stay as they are (`check_labels` checks their range against the model);
+    - integer columns stay as they are (`check_labels` checks their range against the model), and so do `ClassLabel`
+      columns numbered as the reference classes (`classes`, else the train split's `ClassLabel`); a `ClassLabel`
+      numbered otherwise that shares names with them gets their ids by name (`_align_class_labels`);
     - strings are class names, mapped as an ImageFolder maps folder names: the sorted names get ids 0..C-1, one
       mapping for every split, stored as a `ClassLabel` (so the model's id2label / label2id carry the names):
       `classes` (names by id, e.g. a saved model's) when given, else the names found in the `defining` splits
@@ -49,6 +51,7 @@ def class_id_labels(datasets, column: str, classes: list[str] | None = None, def
       int64; any other value (1.5, nan) is refused, naming it;
     - missing labels (null) and other types (booleans, lists, images) are refused.
     Raises ValueError."""
+    _align_class_labels(datasets, column, classes)
     types = {split: (dataset.features or {}).get(column) for split, dataset in datasets.items()}
     kinds = {split: _label_kind(feature, column, split) for split, feature in types.items()}
     if "string" in kinds.values() and len(set(kinds.values())) > 1:
@@ -75,13 +78,56 @@ def class_id_labels(datasets, column: str, classes: list[str] | None = None, def
             source = "the model's classes"
         for split in [s for s in datasets if kinds[s] == "string"]:
             if unknown := sorted(set(values[split]) - set(classes)):
-                shown = ", ".join(map(repr, classes[:10])) + (", ..." if len(classes) > 10 else "")
-                raise ValueError(
-                    f"{split} label {unknown[0]!r} (column {column!r}; {len(unknown)} such name(s)) is not one of "
-                    f"{source}: {shown}"
-                )
+                raise _unknown_names(split, unknown, column, source, classes)
             datasets[split] = datasets[split].cast_column(column, ClassLabel(names=list(classes)))
         logger.info(f"label column {column!r}: {len(classes)} class names mapped to ids 0..{len(classes) - 1}")
+
+
+def _align_class_labels(datasets, column: str, classes: list[str] | None) -> None:
+    """Give `ClassLabel` splits numbered otherwise than the reference classes (`classes`, else the train split's
+    `ClassLabel` names) the reference's id of each of their names, in place, reading the label column only. An
+    ImageFolder of the validation images alone (a class without images has no folder) or a split built on its own
+    numbers the same names otherwise: its ids would be scored against other classes. A name the reference lacks is
+    refused, naming it; a `ClassLabel` that shares no name with the reference (names that are ids, "0" or "LABEL_0",
+    on one side) keeps its ids. Raises ValueError."""
+    features = {split: (dataset.features or {}).get(column) for split, dataset in datasets.items()}
+    source = "the model's classes"
+    if classes is None:
+        if not isinstance(features.get("train"), ClassLabel):
+            return
+        classes, source = features["train"].names, "the classes of the train split"
+    position = {name: i for i, name in enumerate(classes)}
+    for split, feature in features.items():
+        if (
+            not isinstance(feature, ClassLabel)
+            or feature.names == list(classes)
+            or not position.keys() & {*feature.names}
+        ):
+            continue
+        found = np.unique(np.asarray(datasets[split][column]))
+        names = [feature.names[i] for i in found if 0 <= i < len(feature.names)]  # others: check_labels refuses them
+        if unknown := sorted(set(names) - position.keys()):
+            raise _unknown_names(split, unknown, column, source, classes)
+        ids = np.array([position.get(name, -1) for name in feature.names])
+
+        def renumber(labels, ids=ids):
+            labels = np.asarray(labels)
+            inside = (labels >= 0) & (labels < len(ids))
+            return {column: np.where(inside, ids[np.where(inside, labels, 0)], labels).tolist()}
+
+        aligned = datasets[split].features.copy()
+        aligned[column] = ClassLabel(names=list(classes))
+        datasets[split] = datasets[split].map(
+            renumber, input_columns=column, batched=True, features=aligned, desc=f"numbering {split} labels by name"
+        )
+        logger.info(f"{split} label column {column!r}: class ids renumbered by name as {source}")
+
+
+def _unknown_names(split: str, unknown: list, column: str, source: str, classes: list[str]) -> ValueError:
+    shown = ", ".join(map(repr, classes[:10])) + (", ..." if len(classes) > 10 else "")
+    return ValueError(
+        f"{split} label {unknown[0]!r} (column {column!r}; {len(unknown)} such name(s)) is not one of {source}: {shown}"
+    )
 
 
 def _label_kind(feature, column: str, split: str) -> str:

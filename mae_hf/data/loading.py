@@ -134,11 +134,13 @@ def check_train_split(datasets, training: bool) -> None:
 
 
 def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatasetDict:
-    """The source's splits with `train` required when `training` and `validation` carved from it
+    """The source's train and validation splits, `train` required when `training` and `validation` carved from it
     (`train_val_split`, seeded) when missing; both truncated unless streamed. Evaluation alone takes a source
-    without a train split: then there is only validation."""
+    without a train split: then there is only validation. Other splits are left out: nothing reads them, and their
+    labels need not be class ids (imagenet-1k's test labels are -1; a test split may have no label column)."""
     datasets = _load_named(args, training) if args.dataset_name is not None else _load_folders(args)
     check_train_split(datasets, training)
+    datasets = type(datasets)({split: datasets[split] for split in ("train", "validation") if split in datasets})
     if "validation" not in datasets:
         if _streaming(args):
             raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
@@ -154,8 +156,8 @@ def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatas
 def load_image_datasets(
     args: ImageDataArguments, seed: int = 42, training: bool = True
 ) -> DatasetDict | IterableDatasetDict:
-    """train + validation (and any other split of the source) for classification and pretraining. Evaluation alone
-    (`training` False) takes a source without a train split (e.g. --validation_dir alone): then only validation."""
+    """train + validation for classification and pretraining. Evaluation alone (`training` False) takes a source
+    without a train split (e.g. --validation_dir alone): then only validation."""
     no_folder = args.train_dir is None and (training or args.validation_dir is None)
     if args.dataset_name is None and no_folder:
         raise ValueError(
@@ -192,7 +194,6 @@ def load_segmentation_datasets(args, seed: int = 42, training: bool = True) -> t
         args.image_column_name,
         getattr(args, "annotation_column_name", None),
     )
-    datasets = DatasetDict({split: datasets[split] for split in ("train", "validation") if split in datasets})
     names = class_map_names(
         datasets,
         image_column,
