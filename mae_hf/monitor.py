@@ -26,6 +26,7 @@ from .data import ImageTransform, check_labels, eval_transform, label_names, loa
 from .data.columns import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, find_column
 from .data.images import verify_images
 from .data.loading import BUILTIN
+from .distributed import local_tensor
 from .feature_metrics import KNN_K, KNN_TEMPERATURE, knn_top1, linear_probe_top1
 
 logger = logging.getLogger("mae_hf")
@@ -208,16 +209,19 @@ def shard_batches(dataset, batch_size: int = 128, num_workers: int = 0) -> DataL
 
 
 @torch.no_grad()
-def encoder_features(encoder, batches, total: int, device, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+def encoder_features(
+    encoder, batches, total: int, device, autocast=contextlib.nullcontext, forward=None
+) -> dict[str, torch.Tensor]:
     """Features of `encoder` (an `MAEModel`) on all patches of every image, gathered from all processes in dataset
     order: `cls` (total, D) the class token after the final norm, `mean` (total, D) the mean of the patch tokens
     after it, and `labels` (total,), float32 / long on `device`. `batches`: this process's share of the `total`
-    images, as `shard_batches` gives it."""
-    width = encoder.config.hidden_size
+    images, as `shard_batches` gives it. `forward`: runs the encoder on pixel_values (default: `encoder` itself;
+    under parameter sharding, through the engine: `distributed.call_through`)."""
+    width, forward = encoder.config.hidden_size, forward or encoder
     rows, indices = [torch.zeros(0, 2 * width + 1, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
     for pixel_values, labels, index in batches:
         with autocast():
-            hidden = encoder(pixel_values.to(device)).last_hidden_state.float()  # (B, 1 + L, D)
+            hidden = forward(pixel_values.to(device)).last_hidden_state.float()  # (B, 1 + L, D)
         labels = labels.to(device, torch.float32)[:, None]  # carried with the features: one all_gather
         rows.append(torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1), labels], dim=1))
         indices.append(index.to(device))
@@ -226,9 +230,10 @@ def encoder_features(encoder, batches, total: int, device, autocast=contextlib.n
 
 
 def weights_fingerprint(module: torch.nn.Module) -> torch.Tensor:
-    """(T,) float64 sums of every parameter and buffer: any update changes it. (Tensor version counters would be
-    cheaper, but the fused AdamW kernels update weights without bumping them.)"""
-    tensors = itertools.chain(module.parameters(), module.buffers())
+    """(T,) float64 sums of this process's slice of every parameter (all of it unless an engine shards it, see
+    `distributed.local_tensor`) and of every buffer: any update changes it on some process. (Tensor version counters
+    would be cheaper, but the fused AdamW kernels update weights without bumping them.)"""
+    tensors = itertools.chain(map(local_tensor, module.parameters()), module.buffers())
     return torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors]).cpu()
 
 
@@ -319,9 +324,12 @@ class FeatureMonitor:
             dist.all_reduce(same, op=dist.ReduceOp.MIN)
         return bool(same)
 
-    def __call__(self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval") -> dict[str, float]:
+    def __call__(
+        self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval", forward=None
+    ) -> dict[str, float]:
         """`{prefix}_knn_top1_cls`, `..._mean`, `{prefix}_linear_top1_*` and `{prefix}_monitor_runtime` (seconds).
-        Collective under torch.distributed: every process must call it; all return the main process's numbers."""
+        Collective under torch.distributed: every process must call it; all return the main process's numbers.
+        `forward`: see `encoder_features` (needed when an engine shards the encoder's parameters)."""
         weights = weights_fingerprint(encoder)
         if self._unchanged(weights, device):
             return {f"{prefix}_{name}": value for name, value in {**self._last[1], "monitor_runtime": 0.0}.items()}
@@ -330,7 +338,7 @@ class FeatureMonitor:
         encoder.eval()
         try:
             features = [
-                encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast)
+                encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast, forward)
                 for split in (0, 1)
             ]
         finally:

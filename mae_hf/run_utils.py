@@ -48,6 +48,9 @@ def start_run(
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
     check_resume_argument(training_args)
+    from .distributed import check_distributed_run
+
+    check_distributed_run(training_args)  # processes, engine and checkpoint agree
 
 
 def apply_gpu_fast_paths(training_args) -> list[str]:
