@@ -70,6 +70,9 @@ TASKS = {
         "--num_visualized_images 2"
     ).split(),
 }
+# Seconds a launch may take before it counts as a hang (each takes under a minute on a loaded 2-core machine); well
+# under pytest's 600 s per test, so that the launch's processes are killed by us, not orphaned by pytest-timeout.
+LAUNCH_TIMEOUT = 240
 GLOBAL_BATCH = {"pretraining": 16, "classification": 16, "segmentation": 8}
 
 
@@ -99,7 +102,7 @@ def launch(
     processes: int = 2,
     stop_at: int | None = None,
     accelerate_config: str | None = None,
-    timeout: int = 600,
+    timeout: int = LAUNCH_TIMEOUT,
 ):
     """Runs one launch; a hang fails it after `timeout` seconds (subprocess.TimeoutExpired), with every process of
     the launch killed (the launcher's workers would otherwise outlive it, waiting on each other)."""
@@ -110,10 +113,10 @@ def launch(
     return run_group(line, env, timeout)
 
 
-def run_group(line: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+def run_group(line: list[str], env: dict, timeout: int, cwd=ROOT) -> subprocess.CompletedProcess:
     """subprocess.run(line) in a process group of its own, all of it killed on timeout."""
     process = subprocess.Popen(
-        line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+        line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
     )
     try:
         out, err = process.communicate(timeout=timeout)
@@ -185,7 +188,7 @@ def loads_without_mae_hf(folder: Path, script: str) -> str:
         "print(type(model).__module__, type(model).__name__)"
     )
     env = dict(environment(), PYTHONPATH="", HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    done = run_group([sys.executable, "-c", code], env, LAUNCH_TIMEOUT, cwd="/")
     if done.returncode:
         raise AssertionError(done.stderr[-3000:])
     return done.stdout.strip().splitlines()[-1]
@@ -201,7 +204,7 @@ def reference(script: str, work: Path, extra=()) -> Path:
         else:
             command_line = [sys.executable, str(ROOT / SCRIPTS[script]), *arguments(script, out, 1), *extra]
             done = subprocess.run(
-                command_line, capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=600
+                command_line, capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=LAUNCH_TIMEOUT
             )
         if done.returncode:
             raise AssertionError(f"the reference run failed:\n{done.stderr[-3000:]}")

@@ -11,9 +11,12 @@ Two CPU-only settings of torch's FSDP1 are adjusted (it refuses `device_id=cpu` 
 CPU; every process builds the same weights from the same seed here), and DeepSpeed does not compile its CPU
 shared-memory all-reduce (gloo does that work). Nothing else changes: the engine, its plugin
 and the script run as on GPUs. `MAE_HF_TEST_STOP_AT_STEP=N` ends the run as a kill would as step N + 1 begins
-(step N's checkpoint written, no final model), for resume tests.
+(step N's checkpoint written, no final model), for resume tests; `MAE_HF_TEST_MEMORY_LOG=FOLDER` writes each
+process's resident memory there (benchmarks/bench_engine_memory.py).
 """
 
+import importlib
+import json
 import os
 import runpy
 import sys
@@ -66,9 +69,8 @@ def enable_engines_on_cpu() -> None:
 def no_deepspeed_compilation() -> None:
     """DeepSpeed's CPU accelerator compiles a shared-memory all-reduce (C++, with ninja) when it starts, which needs
     a compiler and Python's headers and takes long on a fresh machine; gloo does the same collectives without it."""
-    import deepspeed.comm.torch
-
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # (by module name: the attribute `deepspeed.comm.torch` is the torch package that deepspeed.comm imports)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def fsdp1_cpu_device(device_from_id):
@@ -93,12 +95,36 @@ class StopAtStep(transformers.TrainerCallback):
             raise SystemExit(f"stopped after step {state.global_step} (MAE_HF_TEST_STOP_AT_STEP)")
 
 
+class MemoryLog(transformers.TrainerCallback):
+    """Writes this process's resident memory (MiB) to `{folder}/memory_{rank}.json`: when training starts (model
+    built and wrapped, optimizer made) and its peak (VmHWM) after the last step."""
+
+    def __init__(self, folder: str):
+        self.folder, self.memory = folder, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.memory["train_begin"] = _status_mib("VmRSS")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.memory["peak"] = _status_mib("VmHWM")
+        with open(os.path.join(self.folder, f"memory_{args.process_index}.json"), "w") as file:
+            json.dump(self.memory, file)
+
+
+def _status_mib(key: str) -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+
 if __name__ == "__main__":
     enable_engines_on_cpu()
     no_deepspeed_compilation()
     if "MAE_HF_TEST_STOP_AT_STEP" in os.environ:
         stop = StopAtStep(int(os.environ["MAE_HF_TEST_STOP_AT_STEP"]))
         transformers.trainer.DEFAULT_CALLBACKS.append(stop)  # added to every Trainer the script makes
+    if "MAE_HF_TEST_MEMORY_LOG" in os.environ:  # benchmarks/bench_engine_memory.py
+        transformers.trainer.DEFAULT_CALLBACKS.append(MemoryLog(os.environ["MAE_HF_TEST_MEMORY_LOG"]))
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
     runpy.run_path(sys.argv[0], run_name="__main__")

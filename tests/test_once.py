@@ -1,6 +1,8 @@
-"""Data work done once, not once per process (`mae_hf.data.once`): in two real gloo processes, each checks half of
-the images and both get the whole answer; the node's main process loads first and the others find its cache."""
+"""Data work done once, not once per process (`mae_hf.data.once`), in two real gloo processes (one spawn for all
+the checks): each process checks half of the images and both get the whole answer; the node's main process runs a
+block first (the others then find what it cached), and an error there reaches the others instead of a hang."""
 
+import pytest
 import torch.distributed as dist
 from conftest import spawn
 from datasets import Dataset
@@ -9,7 +11,7 @@ from PIL import Image
 
 
 def _checks(rank, world, folder):
-    """verify_images in 2 processes: each decodes its half, both get the whole answer."""
+    """verify_images (each process counts the images it decodes), then main_process_first_on_node."""
     from mae_hf.data import images
 
     calls = []
@@ -19,22 +21,12 @@ def _checks(rank, world, folder):
         "image", ImageFeature()
     )
     kept, skipped = images.verify_images(dataset, "image", skip_corrupt=True)
-    seen = [None] * world
-    dist.all_gather_object(seen, calls)
-    return {"kept": len(kept), "skipped": skipped, "decoded": [len(c) for c in seen], "all": len(set(sum(seen, [])))}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {"verified": (len(kept), skipped), "decoded": calls, **_first(rank, folder)})
+    return everyone
 
 
-def test_images_are_checked_once_across_processes(tmp_path):
-    for i in range(9):
-        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
-    (tmp_path / "9.png").write_bytes(b"not an image")
-    result = spawn(_checks, tmp_path)
-    assert result == {"kept": 9, "skipped": 1, "decoded": [5, 5], "all": 10}
-
-
-def _first(rank, world, folder):
-    """Which process ran the block first; an error in the main process's block reaches the others too (they run
-    the block themselves) instead of leaving them at the barrier."""
+def _first(rank, folder) -> dict:
     from mae_hf.data.once import main_process_first_on_node
 
     with main_process_first_on_node():
@@ -45,13 +37,23 @@ def _first(rank, world, folder):
             raise ValueError(f"bad data on {rank}")
     except ValueError as error:
         failed = str(error)
-    everyone = [None] * world
-    dist.all_gather_object(everyone, {"seen": seen, "failed": failed})
-    return everyone
+    return {"seen": seen, "failed": failed}
 
 
-def test_the_main_process_of_the_node_goes_first(tmp_path):
-    assert spawn(_first, tmp_path) == [
-        {"seen": [], "failed": "bad data on 0"},
-        {"seen": ["ran-0"], "failed": "bad data on 1"},
-    ]
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("once")
+    for i in range(9):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
+    (folder / "9.png").write_bytes(b"not an image")
+    return spawn(_checks, folder)
+
+
+def test_images_are_checked_once_across_processes(processes):
+    assert [p["verified"] for p in processes] == [[9, 1], [9, 1]]  # both get the whole answer
+    decoded = [p["decoded"] for p in processes]
+    assert [len(d) for d in decoded] == [5, 5] and len(set(decoded[0] + decoded[1])) == 10
+
+
+def test_the_main_process_of_the_node_goes_first(processes):
+    assert [(p["seen"], p["failed"]) for p in processes] == [([], "bad data on 0"), (["ran-0"], "bad data on 1")]
