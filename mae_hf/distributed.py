@@ -208,6 +208,12 @@ def requested_engine(training_args) -> str | None:
     return None
 
 
+def fsdp_version(training_args) -> int:
+    """The FSDP version a run asks for: the Trainer's fsdp_config, else accelerate's FSDP_VERSION (2 by default)."""
+    plugin = getattr(training_args, "fsdp_plugin_args", None) or {}
+    return int(plugin.get("fsdp_version") or os.environ.get("FSDP_VERSION", 2))
+
+
 def granted_engine(trainer) -> str | None:
     """The sharding engine the Trainer's accelerator actually set up."""
     if trainer.is_deepspeed_enabled:
@@ -296,6 +302,13 @@ def check_resume_engine(training_args, checkpoint: str | None = None) -> None:
             f"{wanted or 'DDP / one process'}: the optimizer state of one engine does not load into another. Resume "
             f"with the engine that wrote it, or start a new run from its weights with --model_name_or_path "
             f"{checkpoint} (a fresh optimizer and schedule)"
+        )
+    if engine == FSDP and fsdp_version(training_args) == 1 and os.path.isdir(os.path.join(checkpoint, "optimizer_0")):
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} holds FSDP1 SHARDED_STATE_DICT optimizer states, which accelerate "
+            "(1.16) does not restore: it loads them into a template made from the fresh optimizer's empty state, so "
+            "AdamW would silently restart from zero moments. Resume it with FSDP2 (configs/fsdp/fsdp2.json), or run "
+            'FSDP1 with "state_dict_type": "FULL_STATE_DICT" (configs/fsdp/fsdp1.json)'
         )
     if engine == DEEPSPEED and processes not in (None, training_args.world_size):
         raise ValueError(

@@ -233,6 +233,13 @@ def test_resume_across_engines_and_world_sizes(tmp_path):
         check_resume_engine(args(), str(deepspeed))
     with pytest.raises(ValueError, match=r"written with DDP / one process, this run uses FSDP"):
         check_resume_engine(args("FSDP", 2), str(ddp))
+    fsdp1 = _checkpoint(tmp_path / "fsdp1", ["pytorch_model_fsdp_0/__0_0.distcp", "optimizer_0/__0_0.distcp"])
+    fsdp1_args = SimpleNamespace(**vars(args("FSDP", 2)), fsdp_plugin_args={"fsdp_version": 1})
+    with pytest.raises(
+        ValueError, match=r"FSDP1 SHARDED_STATE_DICT optimizer states, which accelerate .* zero moments"
+    ):
+        check_resume_engine(fsdp1_args, str(fsdp1))
+    check_resume_engine(args("FSDP", 2), str(fsdp1))  # FSDP2 reads them (torch's loader initialises the state)
 
 
 def test_no_finished_run_without_a_model_that_loads(tmp_path):
