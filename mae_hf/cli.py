@@ -25,6 +25,8 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as transformers_logging
 
+from .distributed import fsdp_words
+
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override the config file)"
 
@@ -287,6 +289,6 @@ def parse_arguments(dataclass_types, argv=None):
         if not layer.preset:
             check_layer(layer, ignored, defaults)
     words = [word for layer in layers for word in layer.words] + implied_words(layers, defaults)
-    parsed = into_dataclasses(parser, words)
+    parsed = into_dataclasses(parser, fsdp_words(words))
     switch_off_alternatives(layers, parsed)
     return parsed

@@ -198,6 +198,22 @@ def _env_on(name: str) -> bool:
     return os.environ.get(name, "false").lower() == "true"
 
 
+def fsdp_words(words: list[str]) -> list[str]:
+    """Command-line words with `--fsdp true` (also `fsdp: true` in a config file) as transformers' bare `--fsdp`,
+    which it needs: it takes the word for one of its legacy sharding options and fails ("Unknown `fsdp` option:
+    true"); `--fsdp false` as no FSDP."""
+    out, skip = [], False
+    for word, following in zip(words, [*words[1:], None]):
+        if skip:
+            skip = False
+        elif word == "--fsdp" and str(following).lower() in ("true", "false", "yes", "no", "1", "0"):
+            out += ["--fsdp"] if str(following).lower() in ("true", "yes", "1") else []
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
 def requested_engine(training_args) -> str | None:
     """The sharding engine the run asks for: by TrainingArguments (--deepspeed, --fsdp) or by `accelerate launch`
     (--use_deepspeed / --use_fsdp, or a config file that sets them). None: DDP or one process."""

@@ -248,3 +248,17 @@ def test_no_finished_run_without_a_model_that_loads(tmp_path):
         check_final_model(str(tmp_path), ["README.md"])  # what FSDP's SHARDED_STATE_DICT left
     with pytest.raises(RuntimeError, match=r"has no model weights"):
         check_final_model(str(tmp_path), ["config.json", "pytorch_model_fsdp_0"])
+
+
+def test_fsdp_true_on_the_command_line_and_in_a_config_file(tmp_path):
+    """transformers takes `--fsdp true` for a legacy sharding option ("Unknown `fsdp` option: true")."""
+    import run_pretraining
+    from mae_hf.run_utils import parse_arguments
+
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"fsdp: true\nfsdp_config: {ROOT / 'configs' / 'fsdp' / 'fsdp2.json'}\n")
+    out = ["--output_dir", str(tmp_path / "out")]
+    for argv in ([str(config), *out], ["--fsdp", "true", *out], ["--fsdp", *out]):
+        training_args = parse_arguments(run_pretraining.ARGUMENTS, argv)[2]
+        assert training_args.fsdp is True and training_args.fsdp_plugin_args["fsdp_version"] == 2, argv
+    assert not parse_arguments(run_pretraining.ARGUMENTS, ["--fsdp", "false", *out])[2].fsdp
