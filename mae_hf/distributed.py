@@ -117,6 +117,30 @@ def whole_state_dict(wrapped: torch.nn.Module) -> dict | None:
     return None
 
 
+def checkpoint_state_dict(folder: str) -> dict:
+    """The whole model's state dict of a training checkpoint, read without the engine that wrote it: its
+    model.safetensors (DDP, ZeRO-2, ZeRO-3 with stage3_gather_16bit_weights_on_model_save, FSDP FULL_STATE_DICT),
+    else FSDP's distributed checkpoint (`pytorch_model_fsdp_0/`, consolidated by torch's `dcp_to_torch_save`), else
+    DeepSpeed's ZeRO partitions (consolidated to fp32 by DeepSpeed's `zero_to_fp32`)."""
+    from transformers.modeling_utils import load_state_dict
+
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return load_state_dict(os.path.join(folder, "model.safetensors"))
+    sharded = os.path.join(folder, "pytorch_model_fsdp_0")
+    if os.path.isdir(sharded):
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as temporary:
+            dcp_to_torch_save(sharded, os.path.join(temporary, "model.pt"))
+            state = torch.load(os.path.join(temporary, "model.pt"), weights_only=True)
+        return state.get("model", state)  # accelerate saves {"model": state dict}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(folder)
+
+
 def broadcast_buffers(model: torch.nn.Module | None) -> None:
     """The main process's buffers (BatchNorm running statistics) on every process. Without SyncBatchNorm each
     process keeps statistics of its own batches (DDP overwrites them with the main process's before each forward,
@@ -140,7 +164,8 @@ class EngineHooks:
       format (FSDP's SHARDED_STATE_DICT writes no model.safetensors; ZeRO-3 without
       stage3_gather_16bit_weights_on_model_save neither), and saved by the main process as one model.safetensors
       with its config, processor and code; a final model without config or weights raises (`check_final_model`).
-      Checkpoints stay in the engine's own format, which resuming needs.
+      Checkpoints stay in the engine's own format, which resuming needs. A run killed during its final save saves
+      it from its last checkpoint, read without the engine (`checkpoint_state_dict`).
     - transformers' schedulers that read optimizer.defaults (polynomial, cosine_with_min_lr) work with DeepSpeed's
       ZeRO optimizers, which lack it."""
 
@@ -158,17 +183,29 @@ class EngineHooks:
         broadcast_buffers(self.model_wrapped)  # whichever process the engine saves them from
         return super()._save_checkpoint(model, trial)
 
+    def _engine_without_model(self) -> bool:
+        """An engine is on but has not taken the model yet (no training in this process: the final save of a run
+        killed during it, resumed from its last checkpoint)."""
+        return (self.is_fsdp_enabled or self.is_deepspeed_enabled) and self.model_wrapped is self.model
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._engine_without_model() or self.is_in_train:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # The engine's loaders need the model it prepared: read the checkpoint's whole model instead.
+        (model or self.model).load_state_dict(checkpoint_state_dict(resume_from_checkpoint))
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if self.is_in_train:  # a checkpoint
             return super().save_model(output_dir, _internal_call)
         broadcast_buffers(self.model_wrapped)
-        if not parameters_sharded(self.model_wrapped):
+        sharded = parameters_sharded(self.model_wrapped)
+        if not sharded and not self._engine_without_model():
             super().save_model(output_dir, _internal_call)
         else:
             engines = self.is_fsdp_enabled, self.is_deepspeed_enabled
             # Trainer.save_model then takes its plain path (`_save`), which saves the gathered state dict.
             self.is_fsdp_enabled = self.is_deepspeed_enabled = False
-            self._whole_model = whole_state_dict(self.model_wrapped)  # collective: every process takes part
+            self._whole_model = whole_state_dict(self.model_wrapped) if sharded else None  # collective
             try:
                 super().save_model(output_dir, _internal_call)
             finally:

@@ -7,10 +7,13 @@ fails its test."""
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 # Float noise of 2 processes against 1 (summation order), measured for DDP: 3.4e-6 on the weights, 1.2e-7 on the
@@ -74,6 +77,45 @@ def test_deepspeed_refuses_to_resume_on_another_number_of_processes(work):
     assert done.returncode != 0
     assert "partitioned for 2 processes; this run has 1" in done.stderr and "ds_to_universal" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+
+
+def finished_row(engine: str, work: Path, processes_after: int = 2) -> Path:
+    """The output dir of the engine's pretraining row (run here when this test runs alone)."""
+    out = work / f"pretraining-{engine}"
+    if not (out / "model.safetensors").exists():
+        ENGINES.run_row(engine, "pretraining", work, processes_after, remote_code=False)
+    return out
+
+
+def test_a_run_killed_in_its_final_save_is_finished_from_its_last_checkpoint(work, tmp_path):
+    """The resumed run has nothing left to train: it saves the final model from checkpoint-4, which no engine has
+    loaded (FSDP2's distributed checkpoint read by torch's dcp_to_torch_save), on another number of processes."""
+    finished = finished_row("FSDP2", work, 1)
+    out = tmp_path / "pretraining-FSDP2"
+    shutil.copytree(finished, out)
+    for name in ("model.safetensors", "config.json", "mae_hf_manifest.json"):
+        (out / name).unlink()
+    resume = [
+        *ENGINES.arguments("pretraining", out, 2),
+        *ENGINES.ENGINES["FSDP2"],
+        "--resume_from_checkpoint",
+        "latest",
+    ]
+    done = ENGINES.launch("pretraining", resume)
+    assert done.returncode == 0 and "is the end of training" in done.stderr, done.stderr[-3000:]
+    saved, expected = load_file(out / "model.safetensors"), load_file(finished / "model.safetensors")
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+
+
+def test_deepspeed_partitions_are_read_without_deepspeed_s_engine(work, tmp_path):
+    """ZeRO-3 without stage3_gather_16bit_weights_on_model_save writes no model.safetensors in its checkpoints:
+    its partitions are consolidated (DeepSpeed's zero_to_fp32) into what the gathered model holds."""
+    from mae_hf.distributed import checkpoint_state_dict
+
+    checkpoint = finished_row("ZeRO-3", work) / "checkpoint-2"
+    partitions = shutil.copytree(checkpoint, tmp_path / "checkpoint-2", ignore=shutil.ignore_patterns("*.safetensors"))
+    state, expected = checkpoint_state_dict(str(partitions)), load_file(checkpoint / "model.safetensors")
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
 
 
 def test_classification_under_zero3_from_a_partitioned_checkpoint(work):
