@@ -6,13 +6,23 @@ import math
 
 from transformers import TrainerCallback
 
+from .distributed import logical_numel
+
 logger = logging.getLogger("mae_hf")
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, all) parameters of `model`, each counted whole even when an engine holds only a slice of it on
+    this process (ZeRO-3 partitions; count before FSDP wraps the model)."""
+    trainable = sum(logical_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(logical_numel(p) for p in model.parameters())
 
 
 def banner_lines(
     args, state, model, optimizer, train_size: int | None, eval_size: int | None, steps_per_epoch: int | None
 ) -> dict[str, str]:
-    """{what: value} of a run about to start; `state` is the Trainer's, with max_steps and num_train_epochs set."""
+    """{what: value} of a run about to start; `state` is the Trainer's, with max_steps and num_train_epochs set.
+    `model`: the model itself, or its (trainable, all) `parameter_counts`."""
     processes, accumulation = args.world_size, args.gradient_accumulation_steps
     global_batch = args.per_device_train_batch_size * processes * accumulation
     examples = "streamed" if train_size is None else f"{train_size:,} training"
@@ -26,8 +36,7 @@ def banner_lines(
     lr += f"{args.get_warmup_steps(state.max_steps):,} warmup steps"
     if args.layer_decay:
         lr += f", layer decay {args.layer_decay:g}"
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = model if isinstance(model, tuple) else parameter_counts(model)
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
     return {
         "Examples": examples,
@@ -55,17 +64,24 @@ def _length(data) -> int | None:
 
 class StartBanner(TrainerCallback):
     """Logs the banner once, on the main process, when training starts. `task_lines`: the script's own
-    {what: value} lines (e.g. "Masked patches")."""
+    {what: value} lines (e.g. "Masked patches"). The parameters are counted when the Trainer is made, before an
+    engine wraps the model (FSDP1's flat shards would count this process's slice only)."""
 
     def __init__(self, title: str, train_dataset, eval_dataset, task_lines: dict[str, str] | None = None):
         self.title, self.task_lines = title, task_lines or {}
         self.train_size = _length(train_dataset)
         self.eval_size = None if eval_dataset is None else _length(eval_dataset)
+        self.counts = None
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.counts = parameter_counts(model)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if not state.is_world_process_zero:
             return
         batches = _length(train_dataloader)
         steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps) if batches else None
-        lines = banner_lines(args, state, model, optimizer, self.train_size, self.eval_size, steps_per_epoch)
+        counts = self.counts or model
+        lines = banner_lines(args, state, counts, optimizer, self.train_size, self.eval_size, steps_per_epoch)
         logger.info(format_banner(self.title, {**lines, **self.task_lines}))

@@ -26,6 +26,8 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as transformers_logging
 
+from .distributed import fsdp_words
+
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override the config file)"
 
@@ -363,7 +365,7 @@ def parse_arguments(dataclass_types, argv=None):
     implied = implied_values(layers, defaults)
     check_needs_evaluation(layers, defaults, implied)
     words = [word for layer in layers for word in layer.words] + implied_words(layers, defaults, implied)
-    parsed = into_dataclasses(parser, words)
+    parsed = into_dataclasses(parser, fsdp_words(words))
     switch_off_alternatives(layers, parsed)
     set_fields(parsed, {setting: value for setting, value in implied.items() if value is None})
     return parsed

@@ -87,6 +87,7 @@ class TrainingCurvesCallback(FigureCallback):
     evaluation and at the end of training, on the main process."""
 
     final, wandb_key = "training_curves.png", "eval/training_curves"
+    runs_model = False  # drawn from the log history: the main process alone
 
     def __init__(self, panels: list[Panel], output_dir: str):
         super().__init__(output_dir)

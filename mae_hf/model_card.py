@@ -2,6 +2,8 @@
 
 import os
 
+from .modeling_mae import model_class
+
 RECIPE_FIELDS = (
     "num_train_epochs",
     "max_steps",
@@ -25,7 +27,7 @@ def _rows(pairs) -> str:
 
 
 def write_model_card(output_dir, model, data_args, training_args, metrics: dict, state=None) -> str:
-    config = model.config
+    config, name = model.config, model_class(model).__name__  # not the class an engine's wrapping made of it
     data = data_args.dataset_name or getattr(data_args, "train_dir", None) or "unknown"
     architecture = (
         f"ViT encoder {config.hidden_size} wide x {config.num_hidden_layers} deep ({config.num_attention_heads} heads), "
@@ -53,11 +55,11 @@ def write_model_card(output_dir, model, data_args, training_args, metrics: dict,
             ] + results
     text = f"""---
 library_name: transformers
-tags: [mae_hf, masked-autoencoder, vision, {type(model).__name__}]
+tags: [mae_hf, masked-autoencoder, vision, {name}]
 datasets: [{data}]
 ---
 
-# {type(model).__name__} ({config.model_type})
+# {name} ({config.model_type})
 
 Trained with mae_hf (Masked Autoencoders, He et al. 2021, [arXiv:2111.06377](https://arxiv.org/abs/2111.06377)).
 

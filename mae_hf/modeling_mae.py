@@ -140,11 +140,17 @@ class MAEPreTrainedModel(PreTrainedModel):
             init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], self.config.grid_size))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # Point every Auto class at this file, so any task model loads from any checkpoint with remote code.
-        if self._auto_class is not None:
-            module = type(self).__module__.split(".")[-1]
-            self.config.auto_map = {auto: f"{module}.{name}" for name, auto in self._auto_classes.items()}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # Saved as our own class however the model is wrapped: FSDP2's fully_shard swaps the class for a subclass it
+        # generates in torch's files, whose name and files would otherwise go into config.json and the folder.
+        wrapped_class, self.__class__ = type(self), model_class(self)
+        try:
+            # Point every Auto class at this file, so any task model loads from any checkpoint with remote code.
+            if self._auto_class is not None:
+                module = type(self).__module__.split(".")[-1]
+                self.config.auto_map = {auto: f"{module}.{name}" for name, auto in self._auto_classes.items()}
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = wrapped_class
 
     @staticmethod
     def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):
@@ -163,6 +169,16 @@ def fixed_table(dim: int, config: MAEConfig) -> torch.Tensor:
     (transformers' `no_init_weights`, DeepSpeed ZeRO-3 loading) then holds the table, never zeros, and one built on the
     meta device gets it from `_init_weights` once materialised; both hold the same values."""
     return sincos_2d(dim, config.grid_size).to(torch.get_default_dtype())
+
+
+def model_class(model: nn.Module) -> type:
+    """The model's own class: FSDP2's `fully_shard` turns `model` into an instance of a generated subclass
+    (`FSDPMAEForPreTraining`, defined in torch's files); this is the class it was built as."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no FSDP2 class swap to undo
+        return type(model)
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
 
 
 def head_linear(model) -> nn.Linear | None:

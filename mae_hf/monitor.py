@@ -34,6 +34,7 @@ from .data import (
 from .data.columns import IMAGE_COLUMN_NAMES, LABEL_COLUMN_NAMES, find_column
 from .data.images import verify_images
 from .data.loading import BUILTIN
+from .distributed import local_tensor
 from .feature_metrics import KNN_K, KNN_TEMPERATURE, knn_top1, linear_probe_top1
 
 logger = logging.getLogger("mae_hf")
@@ -218,16 +219,19 @@ def shard_batches(dataset, batch_size: int = 128, num_workers: int = 0) -> DataL
 
 
 @torch.no_grad()
-def encoder_features(encoder, batches, total: int, device, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+def encoder_features(
+    encoder, batches, total: int, device, autocast=contextlib.nullcontext, forward=None
+) -> dict[str, torch.Tensor]:
     """Features of `encoder` (an `MAEModel`) on all patches of every image, gathered from all processes in dataset
     order: `cls` (total, D) the class token after the final norm, `mean` (total, D) the mean of the patch tokens
     after it, and `labels` (total,), float32 / long on `device`. `batches`: this process's share of the `total`
-    images, as `shard_batches` gives it."""
-    width = encoder.config.hidden_size
+    images, as `shard_batches` gives it. `forward`: runs the encoder on pixel_values (default: `encoder` itself;
+    under parameter sharding, through the engine: `distributed.call_through`)."""
+    width, forward = encoder.config.hidden_size, forward or encoder
     rows, indices = [torch.zeros(0, 2 * width + 1, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
     for pixel_values, labels, index in batches:
         with autocast():
-            hidden = encoder(pixel_values.to(device)).last_hidden_state.float()  # (B, 1 + L, D)
+            hidden = forward(pixel_values.to(device)).last_hidden_state.float()  # (B, 1 + L, D)
         labels = labels.to(device, torch.float32)[:, None]  # carried with the features: one all_gather
         rows.append(torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1), labels], dim=1))
         indices.append(index.to(device))
@@ -236,9 +240,10 @@ def encoder_features(encoder, batches, total: int, device, autocast=contextlib.n
 
 
 def weights_fingerprint(module: torch.nn.Module) -> torch.Tensor:
-    """(T,) float64 sums of every parameter and buffer: any update changes it. (Tensor version counters would be
-    cheaper, but the fused AdamW kernels update weights without bumping them.)"""
-    tensors = itertools.chain(module.parameters(), module.buffers())
+    """(T,) float64 sums of this process's slice of every parameter (all of it unless an engine shards it, see
+    `distributed.local_tensor`) and of every buffer: any update changes it on some process. (Tensor version counters
+    would be cheaper, but the fused AdamW kernels update weights without bumping them.)"""
+    tensors = itertools.chain(map(local_tensor, module.parameters()), module.buffers())
     return torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors]).cpu()
 
 
@@ -330,12 +335,19 @@ class FeatureMonitor:
         return bool(same)
 
     def __call__(
-        self, encoder, device, autocast=contextlib.nullcontext, prefix: str = "eval", stop_check=None
+        self,
+        encoder,
+        device,
+        autocast=contextlib.nullcontext,
+        prefix: str = "eval",
+        forward=None,
+        stop_check=None,
     ) -> dict[str, float]:
         """`{prefix}_knn_top1_cls`, `..._mean`, `{prefix}_linear_top1_*` and `{prefix}_monitor_runtime` (seconds).
         Collective under torch.distributed: every process must call it; all return the main process's numbers.
-        `stop_check`: called (by every process) before each phase — the features of each split, the scoring — to
-        abandon the monitor on a stop signal (it raises)."""
+        `forward`: see `encoder_features` (needed when an engine shards the encoder's parameters). `stop_check`:
+        called (by every process) before each phase — the features of each split, the scoring — to abandon the
+        monitor on a stop signal (it raises)."""
         stop_check = stop_check or (lambda: None)
         weights = weights_fingerprint(encoder)
         if self._unchanged(weights, device):
@@ -348,7 +360,7 @@ class FeatureMonitor:
             for split in (0, 1):
                 stop_check()
                 features.append(
-                    encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast)
+                    encoder_features(encoder, self.batches(split), len(self.splits[split]), device, autocast, forward)
                 )
         finally:
             encoder.train(was_training)

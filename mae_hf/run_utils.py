@@ -71,6 +71,9 @@ def start_run(
     evaluated = None if training_args.do_train else model_class  # nothing is trained: no layer may be new
     check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER), model_class=evaluated)
     check_resume_argument(training_args)
+    from .distributed import check_distributed_run
+
+    check_distributed_run(training_args)  # processes, engine and checkpoint agree
 
 
 def apply_gpu_fast_paths(training_args) -> list[str]:

@@ -1,6 +1,6 @@
-"""`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn from a fixed seed,
-a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, and reconstruction figures at
-each evaluation."""
+"""`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn per example from a fixed
+seed, a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, reconstruction figures at
+each evaluation, and the same behaviour under every engine (DDP, FSDP, DeepSpeed; see `distributed`)."""
 
 import contextlib
 import os
@@ -12,7 +12,8 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .data.seeding import SeededCollator, SeededSamples, sample_key_sampler
+from .data.seeding import EvaluationSamples, SeededCollator, SeededSamples, evaluation_draws, sample_key_sampler
+from .distributed import EngineHooks, call_through, parameter_shapes, parameters_sharded
 from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
 from .run_directory.checkpoints import CrashSafeCheckpoints
@@ -34,7 +35,7 @@ SDPA_BACKENDS = {
 }
 
 
-class MAETrainer(CrashSafeCheckpoints, Trainer):
+class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
     `sample_draws`: name -> function drawing a per-example model input (the pretraining mask noise).
@@ -42,13 +43,19 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
     `args`: RecipeArguments (its sdpa_backend, finite_loss_check, layer_decay and use_lars are read).
 
     Training examples (map-style datasets) are drawn with every random choice seeded from (data seed, epoch,
-    example index), see `data/seeding.py`; checkpoints are written crash-safe, see `run_directory/checkpoints.py`."""
+    example index), see `data/seeding.py`; evaluation examples with their `sample_draws` seeded from (eval_mask_seed,
+    index), so that eval_loss does not depend on the number of processes; checkpoints are written crash-safe, see
+    `run_directory/checkpoints.py`. Under parameter sharding (FSDP, ZeRO-3) the monitor runs the encoder through the
+    engine on every process; what else changes past one process (the final model gathered whole, ...) is
+    `EngineHooks`'."""
 
     def __init__(self, *args, eval_data_collator=None, image_decoder=None, sample_draws=None, monitor=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
         self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
+        # Taken before any engine wraps the model: the optimizer groups need each tensor's own shape.
+        self.parameter_shapes = parameter_shapes(self.model)
 
     @property
     def data_seed(self) -> int:
@@ -87,28 +94,46 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to
         # evaluation too, which leaves the last images unscored, or all of them when the split is one small batch.
         saved = self.data_collator, self.args.dataloader_drop_last
-        self.data_collator = self.eval_data_collator or self.data_collator
+        collator = self.eval_data_collator or self.data_collator
+        self.data_collator = SeededCollator(collator, self.args.eval_mask_seed, self.sample_draws)
         self.args.dataloader_drop_last = False
         try:
-            return super().get_eval_dataloader(eval_dataset)
+            return super().get_eval_dataloader(self._with_evaluation_draws(eval_dataset))
         finally:
             self.data_collator, self.args.dataloader_drop_last = saved
 
+    def _with_evaluation_draws(self, eval_dataset):
+        """The evaluation split with each example's `sample_draws` (its mask) seeded from (eval_mask_seed, index):
+        the same masks with any number of processes (each process drawing from one seeded stream would give the
+        examples it scores other masks than one process gives them)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        seed = self.args.eval_mask_seed
+        if has_length(dataset):
+            return EvaluationSamples(dataset, seed, self.sample_draws)
+        if self.sample_draws and hasattr(dataset, "map"):  # a streamed split: keyed by the position in the stream
+            return dataset.map(evaluation_draws(seed, self.sample_draws), with_indices=True)
+        return dataset
+
     def get_decay_parameter_names(self, model) -> list[str]:
-        return decay_parameter_names(model)
+        return decay_parameter_names(model, self.parameter_shapes)
 
     def create_optimizer(self, model=None):
-        """The recipe's groups (no decay on biases, norms, tokens; layer-wise lr decay when
-        `args.layer_decay` is set), with the optimizer the arguments name (fused AdamW by default), or LARS with
-        `args.use_lars`."""
+        """The recipe's groups (no decay on biases, norms, tokens; layer-wise lr decay when `args.layer_decay` is
+        set), with the optimizer the arguments name (fused AdamW by default), or LARS with `args.use_lars`. `model`:
+        the model as the engine wrapped it when the Trainer creates the optimizer after wrapping (FSDP1); the groups
+        follow the shapes recorded before (`param_groups`)."""
         if self.optimizer is None:
-            groups = param_groups(self.model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay)
+            model = self.model if model is None else model
+            args = self.args
+            groups = param_groups(model, args.learning_rate, args.weight_decay, args.layer_decay, self.parameter_shapes)
             if self.args.use_lars:
                 from .lars import LARS
 
                 self.optimizer = LARS(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
             else:
-                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
                 self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
@@ -188,20 +213,29 @@ class MAETrainer(CrashSafeCheckpoints, Trainer):
         if self.monitor is not None and description == "Evaluation":  # not predict(); logged with the eval metrics
             model = self.accelerator.unwrap_model(self.model)
             encoder = getattr(model, "vit", model)
+            forward = None
+            if parameters_sharded(self.model_wrapped):  # the engine gathers what the encoder alone would miss
+                wrapped = self.model_wrapped
+
+                def forward(pixel_values):
+                    return call_through(wrapped, encoder, pixel_values)
+
             output.metrics.update(
                 self.monitor(
                     encoder,
                     self.args.device,
                     self.autocast_smart_context_manager,
                     metric_key_prefix,
+                    forward=forward,
                     stop_check=stop_request.check_evaluation,
                 )
             )
         return output
 
     def evaluate(self, *args, **kwargs):
-        # Evaluation masks come from a fixed seed (the batch order is fixed too), so eval_loss is comparable from
-        # one evaluation to the next; the training RNG state is restored afterwards.
+        # Evaluation masks are drawn per example from eval_mask_seed (`get_eval_dataloader`), so eval_loss is
+        # comparable from one evaluation to the next; anything else random is drawn from a fixed seed too, and the
+        # training RNG state is restored afterwards.
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.args.eval_mask_seed)
@@ -223,7 +257,8 @@ class SegmentationTrainer(MAETrainer):
             label_sizes = torch.tensor([list(labels.shape[-2:])] * len(labels))
         segmenter = self.accelerator.unwrap_model(model)
         with torch.no_grad(), self.compute_loss_context_manager(), self._attention_kernels():
-            logits = segment_to_original_size(segmenter, inputs["pixel_values"], inputs.get("image_sizes"), label_sizes)
+            # through `model`, which an engine may wrap: its forward gathers sharded parameters, the bare one would not
+            logits = segment_to_original_size(model, inputs["pixel_values"], inputs.get("image_sizes"), label_sizes)
         loss = None
         if labels is not None:
             per_image = [
@@ -244,10 +279,14 @@ class SegmentationTrainer(MAETrainer):
 
 
 class FigureCallback(TrainerCallback):
-    """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), on the
-    main process, and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`."""
+    """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), saves it on
+    the main process and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`; those
+    whose figure runs the model (`runs_model`) draw on every process when its parameters are sharded (FSDP, ZeRO-3),
+    as each forward pass gathers parameters from all of them, and call only the model's own forward (which the
+    engine wraps), never a part of it."""
 
     folder, final, wandb_key = "figures", "figure.png", "eval/figure"
+    runs_model = True
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
@@ -255,12 +294,19 @@ class FigureCallback(TrainerCallback):
     def draw(self, model, step: int):
         raise NotImplementedError
 
-    def _save(self, model, name: str, step: int) -> None:
+    def _draws_here(self, state, model) -> bool:
+        if model is None:
+            return False
+        return state.is_world_process_zero or (self.runs_model and parameters_sharded(model))
+
+    def _save(self, model, name: str, step: int, main: bool = True) -> None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
             grid = self.draw(model, step)
         model.train(was_training)
+        if not main:
+            return
         path = os.path.join(self.output_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         grid.save(path)
@@ -273,12 +319,13 @@ class FigureCallback(TrainerCallback):
             pass
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and model is not None:
-            self._save(model, os.path.join(self.folder, f"step_{state.global_step}.png"), state.global_step)
+        if self._draws_here(state, model):
+            name = os.path.join(self.folder, f"step_{state.global_step}.png")
+            self._save(model, name, state.global_step, state.is_world_process_zero)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and model is not None:
-            self._save(model, self.final, state.global_step)
+        if self._draws_here(state, model):
+            self._save(model, self.final, state.global_step, state.is_world_process_zero)
 
 
 class ReconstructionCallback(FigureCallback):

@@ -54,7 +54,8 @@ def adapt_checkpoint(model, state_dict, checkpoint_files, shapes=None):
     shapes, before any weight is loaded.
     """
     shapes = checkpoint_shapes(state_dict, checkpoint_files) if shapes is None else shapes
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    # DeepSpeed ZeRO-3 builds the model partitioned (empty tensors); `ds_shape` holds each parameter's own shape.
+    expected = {name: tuple(getattr(t, "ds_shape", t.shape)) for name, t in model.state_dict(keep_vars=True).items()}
     recorded_grid, new_grid = saved_grid(checkpoint_files), model.config.grid_size
     todo, misfits = {}, []
     for key, shape in shapes.items():

@@ -1,5 +1,8 @@
+import json
 import os
 import socket
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -7,6 +10,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mae_hf import MAEConfig  # noqa: E402
@@ -71,3 +76,22 @@ def write_ade_folder(root, count=3, shape=(10, 12), labels=None, sizes=None):
             size = (sizes or {}).get(split, {}).get(i)
             (image.resize(size, Image.NEAREST) if size else image).save(root / "annotations" / split / f"{name}.png")
     return root
+
+
+def spawn(function, tmp_path, world: int = 2):
+    """Runs function(rank, world, tmp_path) in `world` gloo processes; returns what rank 0 wrote to result.json."""
+    mp.spawn(_worker, args=(function, world, str(tmp_path)), nprocs=world, join=True)
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def _worker(rank, function, world, folder):
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_engines, conftest
+    os.environ.update(DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    try:
+        result = function(rank, world, Path(folder))
+        if rank == 0:
+            (Path(folder) / "result.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()

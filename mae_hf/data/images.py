@@ -8,6 +8,8 @@ from datasets import Dataset, Image
 from PIL import ExifTags, ImageOps
 from PIL import Image as PILImage
 
+from .once import map_split
+
 
 def to_model_mode(image: PILImage.Image, num_channels: int = 3) -> PILImage.Image:
     """Any PIL image (grayscale, palette, RGBA, CMYK, 16-bit, float) as RGB, or as L for 1-channel models."""
@@ -70,13 +72,15 @@ def _describe(value, index: int) -> str:
 def verify_images(
     dataset: Dataset, column: str, skip_corrupt: bool = False, num_proc: int | None = None, split: str = "train"
 ) -> tuple[Dataset, int]:
-    """Decode every image once (JPEGs at reduced scale) before training.
+    """Decode every image once (JPEGs at reduced scale) before training; with several processes each checks its
+    share of the images (`once.map_split`: collective, every process must call it).
 
     Returns the dataset (without the corrupt rows when `skip_corrupt`) and the number of rows removed; without
     `skip_corrupt` a corrupt image raises a ValueError that names its file.
     """
     raw = dataset.cast_column(column, Image(decode=False))
-    flags = raw.map(
+    flags = map_split(
+        raw,
         lambda batch: {"_decodes": [_decodes(v) for v in batch[column]]},
         batched=True,
         num_proc=num_proc,

@@ -10,6 +10,7 @@ from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
 from .images import load_reduced, open_lazily, upright_size
+from .once import map_split
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,8 @@ def _annotation_stats(
         reduce_labels=reduce_labels,
         decode_images=decode_images,
     )
-    return raw.map(
+    return map_split(  # each process reads its share of the files
+        raw,
         function,
         batched=True,
         num_proc=num_proc,

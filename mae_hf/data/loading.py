@@ -12,6 +12,7 @@ from .columns import find_segmentation_columns
 from .digits import load_digits_dataset
 from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
 from .labels import ADE20K_LABELS, class_map_names
+from .once import main_process_first_on_node
 
 BUILTIN = {"digits": load_digits_dataset, "digits_seg": load_digits_seg_dataset}  # pretraining uses their images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -138,14 +139,15 @@ def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatas
     (`train_val_split`, seeded) when missing; both truncated unless streamed. Evaluation alone takes a source
     without a train split: then there is only validation. Other splits are left out: nothing reads them, and their
     labels need not be class ids (imagenet-1k's test labels are -1; a test split may have no label column)."""
-    datasets = _load_named(args, training) if args.dataset_name is not None else _load_folders(args)
-    check_train_split(datasets, training)
-    datasets = type(datasets)({split: datasets[split] for split in ("train", "validation") if split in datasets})
-    if "validation" not in datasets:
-        if _streaming(args):
-            raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
-        carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
-        datasets = DatasetDict(train=carved["train"], validation=carved["test"])
+    with main_process_first_on_node():  # `datasets` caches what it builds (Arrow files, split indices) for the others
+        datasets = _load_named(args, training) if args.dataset_name is not None else _load_folders(args)
+        check_train_split(datasets, training)
+        datasets = type(datasets)({split: datasets[split] for split in ("train", "validation") if split in datasets})
+        if "validation" not in datasets:
+            if _streaming(args):
+                raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
+            carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
+            datasets = DatasetDict(train=carved["train"], validation=carved["test"])
     if not _streaming(args):
         for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
             if limit is not None and split in datasets:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, RandomSampler, Sampler
 
 SAMPLE_KEY = "sample_key"  # (epoch, index) of an example, read by SeededCollator
 EXAMPLE_STREAM, BATCH_STREAM = 0, 1  # an example's and a batch's draws come from different streams
+EVALUATION_EPOCH = -1  # evaluation draws are keyed apart from those of every training epoch
 
 
 def derive_seed(seed: int, epoch: int, index: int, stream: int = EXAMPLE_STREAM) -> int:
@@ -117,20 +118,41 @@ class SeededSamples(Dataset):
         return examples
 
 
+class EvaluationSamples(SeededSamples):
+    """`dataset[index]` with `draws` (the evaluation masks) seeded from (seed, index) alone: an example is scored
+    with the same draws whichever process evaluates it and however many processes there are. (The evaluation
+    transforms draw nothing.)"""
+
+    def __getitems__(self, indices: list) -> list[dict]:
+        return super().__getitems__([(EVALUATION_EPOCH, index) for index in indices])
+
+
+def evaluation_draws(seed: int, draws: dict[str, Callable[[], torch.Tensor]]) -> Callable[[dict, int], dict]:
+    """For a streamed evaluation split (`datasets.IterableDataset.map(..., with_indices=True)`): the draws of the
+    example at position `index` of the stream, as `EvaluationSamples` gives them."""
+
+    def add_draws(example: dict, index: int) -> dict:
+        with seeded_rng(seed, EVALUATION_EPOCH, index):
+            return {name: draw() for name, draw in draws.items()}
+
+    return add_draws
+
+
 class SeededCollator:
     """Wraps a collator: the batch's draws (mixup / cutmix) are seeded from (seed, epoch, the first example's index)
-    on their own stream; the per-example `draws` are stacked into the batch as they are."""
+    on their own stream; the per-example `draws` are stacked into the batch as they are. Examples without a key
+    (a streamed evaluation split, `evaluation_draws`) are collated as they come: evaluation collators draw nothing."""
 
     def __init__(self, collator: Callable, seed: int, draws=()):
         self.collator, self.seed, self.draws = collator, seed, tuple(draws)
 
     def __call__(self, examples: list[dict]) -> dict:
         examples = [dict(example) for example in examples]  # the dataset's dicts are left untouched
-        epoch, first = examples[0][SAMPLE_KEY]
-        extras = {name: torch.stack([example.pop(name) for example in examples]) for name in self.draws}
+        key = examples[0].get(SAMPLE_KEY)
+        extras = {name: torch.stack([torch.as_tensor(e.pop(name)) for e in examples]) for name in self.draws}
         for example in examples:
-            del example[SAMPLE_KEY]
-        with seeded_rng(self.seed, epoch, first, BATCH_STREAM):
+            example.pop(SAMPLE_KEY, None)
+        with contextlib.nullcontext() if key is None else seeded_rng(self.seed, *key, BATCH_STREAM):
             batch = self.collator(examples)
         batch.update(extras)
         return batch

@@ -188,7 +188,8 @@ def check_checkpoint_fits(checkpoint: str | None, model) -> None:
         )
     if (saved := _weight_shapes(checkpoint)) is None:
         return
-    current = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    # ZeRO-3 builds the model partitioned (empty tensors); `ds_shape` holds each parameter's own shape.
+    current = {name: tuple(getattr(t, "ds_shape", t.shape)) for name, t in model.state_dict(keep_vars=True).items()}
     wrong = [name for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]]
     if not wrong:
         return
