@@ -53,7 +53,9 @@ def start_run(
     """What every script does first, before any data or model work: logging, the GPU fast paths, the settings that
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
-    that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`."""
+    that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`. From
+    here until the run directory is opened, a stop signal exits with status 75 at once (nothing is trained yet)."""
+    stop_request.install_before_training()
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:

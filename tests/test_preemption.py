@@ -6,6 +6,7 @@ transformers' --enable_jit_checkpoint no longer makes a stopped run look finishe
 a forked process of its own."""
 
 import json
+import logging
 import multiprocessing
 import os
 import pathlib
@@ -22,7 +23,9 @@ from test_resume import SCRIPTS, STEPS
 from test_run_pretraining import ROOT, TINY
 from transformers import TrainerCallback
 
+import run_image_classification
 import run_pretraining
+import run_semantic_segmentation
 from mae_hf import monitor
 from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems
 from mae_hf.run_directory.files import read_manifest
@@ -356,3 +359,63 @@ def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_
     assert step in (2, 3) and checkpoint_problems(checkpoint) == [], stopped.stderr[-4000:]
     assert (pathlib.Path(checkpoint) / "rng_state_1.pth").exists()  # both processes saved into it
     assert (read_manifest(str(out)) or {}).get("status") is None
+
+
+# ---------------------------------------------------------------------------------------------------- before training
+
+LOADERS = {
+    "pretraining": (run_pretraining, "load_image_datasets"),
+    "finetuning": (run_image_classification, "load_image_datasets"),
+    "segmentation": (run_semantic_segmentation, "load_segmentation_datasets"),
+}
+
+
+def _signal_while_loading_data(script: str, sig):
+    """A setup for the child: `sig` arrives while the script loads its data (before the run directory is opened)."""
+
+    def setup():
+        module, name = LOADERS[script]
+        load = getattr(module, name)
+
+        def signalling(*args, **kwargs):
+            os.kill(os.getpid(), sig)
+            return load(*args, **kwargs)
+
+        setattr(module, name, signalling)
+
+    return setup
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_signal_while_the_data_are_loaded_exits_75_at_once_and_auto_starts_the_run(tmp_path, script, capfd):
+    # Loading and checking the data can outlast the grace period; the signal killed the process (status 143 in a
+    # shell), which a requeue rule for 75 (a Kubernetes podFailurePolicy) counts as a failure.
+    main, base = SCRIPTS[script]
+    argv = ["--output_dir", str(tmp_path / "out"), *base, *STEPS]
+    assert in_child(main, argv, setup=_signal_while_loading_data(script, signal.SIGUSR1)) == EXIT_PREEMPTED
+    assert "SIGUSR1 received before training started: nothing to save" in capfd.readouterr().err
+    assert checkpoint_folders(str(tmp_path / "out")) == []
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0
+    assert read_manifest(str(tmp_path / "out"))["status"] == "finished"
+
+
+class SignalAtTrainBegin(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _log_to_stderr():
+    """A setup for the child: mae_hf's log on stderr (under pytest, logging.basicConfig adds no handler)."""
+    logging.getLogger("mae_hf").addHandler(logging.StreamHandler(sys.stderr))
+
+
+def test_a_run_stopped_before_its_first_step_is_told_to_start_again_with_auto(tmp_path, capfd):
+    # The advice was `--resume_from_checkpoint latest`, which then failed: "no checkpoint-* folder".
+    main, base = SCRIPTS["pretraining"]
+    argv = ["--output_dir", str(tmp_path / "out"), *base, *STEPS]
+    assert in_child(main, argv, [SignalAtTrainBegin()], _log_to_stderr) == EXIT_PREEMPTED
+    err = capfd.readouterr().err
+    assert "pre-empted: SIGTERM before the first step" in err
+    assert "nothing is saved yet: start the run again with --resume_from_checkpoint auto" in err
+    assert "resume_from_checkpoint latest" not in err
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0

@@ -18,7 +18,7 @@ import uuid
 
 import torch.distributed as dist
 
-from .checkpoints import checkpoint_step
+from .checkpoints import checkpoint_folders, checkpoint_step
 from .files import WRITE_PROBE_PREFIX, describe_files, folder_problems, read_manifest, write_manifest
 from .lock import LOCK_NAME, RunLock, RunLocked
 from .preemption import EXIT_PREEMPTED, RunPreempted, gloo_group, stop_request
@@ -115,10 +115,11 @@ class RunDirectory:
     def preempted(self, stop: Exception) -> RunPreempted:
         """The exit after a stop signal (status EXIT_PREEMPTED), logged with what to do; wandb is told the run was
         pre-empted (so that it shows as such, not as crashed, until it continues)."""
-        message = (
-            f"pre-empted: {stop}. Exiting with status {EXIT_PREEMPTED}; continue the run with "
-            "--resume_from_checkpoint latest (or auto): no step is lost"
-        )
+        if checkpoint_folders(self.args.output_dir) or read_manifest(self.args.output_dir):
+            advice = "continue the run with --resume_from_checkpoint latest (or auto): no step is lost"
+        else:  # stopped before its first checkpoint: `latest` would find none
+            advice = "nothing is saved yet: start the run again with --resume_from_checkpoint auto"
+        message = f"pre-empted: {stop}. Exiting with status {EXIT_PREEMPTED}; {advice}"
         logger.warning(message)
         self.was_preempted = True
         try:
