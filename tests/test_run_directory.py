@@ -344,3 +344,18 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     assert len(runs) == 2 and len(set(run_ids)) == 1  # two sessions, one wandb run
     assert read_manifest(str(out))["wandb_run_id"] == run_ids[0]
     assert read_manifest(str(out / "checkpoint-3"))["wandb_run_id"] == run_ids[0]
+
+
+# ---------------------------------------------------------------------------------------------------- length
+
+
+def test_a_run_shortened_below_the_step_it_reached_is_refused_naming_max_steps(tmp_path, stopped_run):
+    # It "finished" at step 6 with --max_steps 4, recorded as stopped by "the training data ended at step 6 of 8" and
+    # with the change "max_steps: 8 -> 4 applied from step 7 on".
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    with pytest.raises(ValueError, match=r"checkpoint-6 is at step 6, beyond the 4 steps of --max_steps 4: a run"):
+        pretrain(out, "--max_steps", "4", "--resume_from_checkpoint", "latest")
+    assert read_manifest(str(out)) is None and not (out / "model.safetensors").exists()
+    pretrain(out, "--max_steps", "6", "--resume_from_checkpoint", "latest")  # shortened to the step it reached
+    assert read_manifest(str(out))["status"] == "finished" and read_manifest(str(out))["global_step"] == 6

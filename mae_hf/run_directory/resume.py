@@ -131,6 +131,25 @@ def choose_checkpoint(training_args, identity: dict, model) -> str | None:
     return found
 
 
+def check_run_length(checkpoint: str | None, planned_steps: int | None, training_args) -> None:
+    """A resumed checkpoint must not lie beyond the steps this run now plans: a run shortened below the step it
+    reached cannot be done (its model is of that step), so the ValueError names the length setting and what to do.
+    A checkpoint at the planned step is the end of training (the run stopped during its final save). None: nothing
+    resumed (or the output dir holds this run's trained model)."""
+    step = checkpoint_step(checkpoint)
+    if checkpoint is None or planned_steps is None or step <= planned_steps:
+        return
+    if training_args.max_steps > 0:
+        length = f"--max_steps {training_args.max_steps}"
+    else:
+        length = f"--num_train_epochs {training_args.num_train_epochs:g}"
+    raise ValueError(
+        f"--resume_from_checkpoint: {os.path.basename(checkpoint)} is at step {step}, beyond the {planned_steps} "
+        f"steps of {length}: a run cannot be shortened below the step it reached. Resume with a length of {step} "
+        f"steps or more, or give a checkpoint of step {planned_steps} or earlier by its path"
+    )
+
+
 def resumed_changes(checkpoint: str | None, identity: dict) -> dict[str, tuple]:
     """{name: (value in the checkpoint's run, value now)} of the settings this resume changes, logged: they are
     applied from the resumed step on (see `apply_resumed_settings`) and recorded in the manifests written after."""
