@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 import run_pretraining
 from mae_hf.run_directory import lock as run_lock
-from mae_hf.run_directory.checkpoints import checkpoint_problems, checkpoint_step
+from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems, checkpoint_step
 from mae_hf.run_directory.files import MANIFEST_NAME, folder_problems, read_manifest
 from mae_hf.run_directory.identity import path_content
 from mae_hf.run_directory.resume import newest_complete_checkpoint
@@ -359,3 +359,27 @@ def test_a_run_shortened_below_the_step_it_reached_is_refused_naming_max_steps(t
     assert read_manifest(str(out)) is None and not (out / "model.safetensors").exists()
     pretrain(out, "--max_steps", "6", "--resume_from_checkpoint", "latest")  # shortened to the step it reached
     assert read_manifest(str(out))["status"] == "finished" and read_manifest(str(out))["global_step"] == 6
+
+
+def test_save_eval_and_logging_steps_changed_on_resume_are_applied(tmp_path, stopped_run):
+    # Trainer keeps the checkpoint's save / eval / logging steps (with a warning that they "do not match"): a job
+    # requeued with --save_steps 1 to lose less at the next pre-emption still saved every 3 steps.
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    evaluations = ["--do_eval", "true", "--eval_strategy", "steps", "--max_eval_samples", "8"]
+    pretrain(
+        out,
+        "--save_steps",
+        "1",
+        "--logging_steps",
+        "2",
+        *evaluations,
+        "--eval_steps",
+        "7",
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert [step for step, _ in checkpoint_folders(str(out))] == [8, 7, 6, 3]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e and e["step"] > 6] == [8]
+    assert [e["step"] for e in history if "eval_loss" in e] == [7, 8]  # (and at the end, as Trainer does)
