@@ -383,3 +383,17 @@ def test_save_eval_and_logging_steps_changed_on_resume_are_applied(tmp_path, sto
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "loss" in e and e["step"] > 6] == [8]
     assert [e["step"] for e in history if "eval_loss" in e] == [7, 8]  # (and at the end, as Trainer does)
+
+
+def test_auto_does_not_start_over_when_every_checkpoint_is_corrupt(tmp_path, stopped_run):
+    # It logged "no checkpoint in OUT; starting the run" and trained from step 0, writing over the corrupt ones:
+    # with --save_total_limit 1 a single flipped bit discarded the whole run.
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    for step in (3, 6):
+        flip_bit(out / f"checkpoint-{step}" / "optimizer.pt")
+    before = sorted(os.listdir(out))
+    corrupt_6 = r"checkpoint-6 is incomplete or corrupt: optimizer.pt is corrupt: its xxh3_128 checksum is"
+    with pytest.raises(ValueError, match=rf"auto: no complete checkpoint of this run in {out} \({corrupt_6}"):
+        pretrain(out, "--resume_from_checkpoint", "auto")
+    assert sorted(os.listdir(out)) == before
