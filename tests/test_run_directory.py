@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from test_preemption import in_child
+from test_preemption import Signal, in_child
 from test_resume import SCRIPTS, STEPS
 from test_run_pretraining import ROOT, TINY, Killed, StopAfter, make_image_folder
 from transformers import TrainerCallback
@@ -397,3 +397,22 @@ def test_auto_does_not_start_over_when_every_checkpoint_is_corrupt(tmp_path, sto
     with pytest.raises(ValueError, match=rf"auto: no complete checkpoint of this run in {out} \({corrupt_6}"):
         pretrain(out, "--resume_from_checkpoint", "auto")
     assert sorted(os.listdir(out)) == before
+
+
+def test_a_damaged_trainer_state_of_a_trained_run_is_named_and_saved_again_from_the_last_checkpoint(tmp_path, caplog):
+    # The output dir's trainer_state.json was not in its manifest: a truncated one (a node lost while the file system
+    # flushed it) made the resume of the trained run fail with a bare JSONDecodeError, naming no file.
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *PRETRAIN, *STEPS, "--max_steps", "6", "--do_eval", "true"]
+    assert (
+        in_child(run_pretraining.main, [*argv, "--max_eval_samples", "8"], [Signal(0, during="final evaluation")]) == 75
+    )
+    assert read_manifest(str(out))["status"] == "trained" and "trainer_state.json" in read_manifest(str(out))["files"]
+    state = out / "trainer_state.json"
+    state.write_text(state.read_text()[:300])
+    with caplog.at_level(logging.INFO, logger="mae_hf"):
+        run_pretraining.main([*argv, "--max_eval_samples", "8", "--resume_from_checkpoint", "latest"])
+    assert f"the final model in {out} is incomplete or corrupt (trainer_state.json has " in caplog.text
+    assert "checkpoint-6 is the end of training: saving its model" in caplog.text
+    assert json.loads(state.read_text())["global_step"] == 6 and read_manifest(str(out))["status"] == "finished"
+    assert folder_problems(str(out)) == []

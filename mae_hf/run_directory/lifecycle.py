@@ -26,6 +26,8 @@ from .resume import resume_request, resumed_changes
 
 logger = logging.getLogger("mae_hf")
 
+TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME
+
 
 def check_output_dir(training_args) -> None:
     """Never write over what the user has: an output dir in use by another live run is refused (naming it); a
@@ -197,7 +199,9 @@ def _mark(trainer, training_args, status: str) -> None:
     if not training_args.should_save:
         return
     out = training_args.output_dir
-    files = trainer.published_model_files or list((read_manifest(out) or {}).get("files", {}))
+    files = set(trainer.published_model_files or (read_manifest(out) or {}).get("files", {}))
+    if os.path.isfile(os.path.join(out, TRAINER_STATE)):  # what the resume of a trained run restores
+        files.add(TRAINER_STATE)
     record = {**(trainer.run_record or {}), "status": status, "stopped_by": trainer.stopped_by}
     write_manifest(out, trainer.run_identity, trainer.state.global_step, describe_files(out, files), **record)
 
@@ -224,11 +228,12 @@ def run_status(output_dir: str, identity: dict, step: int = 0) -> str | None:
     --load_best_model_at_end keeps only the best one); else None. A manifest without status (older mae_hf) was
     written at the end: "finished"."""
     manifest = read_manifest(output_dir)
-    if (
-        manifest is None
-        or manifest.get("run_identity") != identity
-        or manifest.get("global_step", -1) < step
-        or folder_problems(output_dir)
-    ):
+    if manifest is None or manifest.get("run_identity") != identity or manifest.get("global_step", -1) < step:
+        return None
+    if problems := folder_problems(output_dir):
+        logger.warning(
+            f"the final model in {output_dir} is incomplete or corrupt ({'; '.join(problems)}): the run continues "
+            "from its newest intact checkpoint, which saves it again"
+        )
         return None
     return manifest.get("status", "finished")
