@@ -29,6 +29,7 @@ import run_semantic_segmentation
 from mae_hf import monitor
 from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems
 from mae_hf.run_directory.files import read_manifest
+from mae_hf.run_directory.lock import LOCK_NAME
 from mae_hf.run_directory.preemption import EXIT_PREEMPTED
 
 ONLY_THEIR_CHECKPOINT = ["--save_steps", "100"]  # no periodic checkpoint before step 8: the signal's is the only one
@@ -418,4 +419,30 @@ def test_a_run_stopped_before_its_first_step_is_told_to_start_again_with_auto(tm
     assert "pre-empted: SIGTERM before the first step" in err
     assert "nothing is saved yet: start the run again with --resume_from_checkpoint auto" in err
     assert "resume_from_checkpoint latest" not in err
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0
+
+
+def _signal_while_the_lock_is_written():
+    """A setup for the child: SIGTERM between the creation of the lock file and the writing of its content."""
+
+    def setup():
+        dump = json.dump
+
+        def signalling(obj, *args, **kwargs):
+            if isinstance(obj, dict) and "process_start" in obj:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return dump(obj, *args, **kwargs)
+
+        json.dump = signalling
+
+    return setup
+
+
+def test_a_signal_while_the_lock_is_taken_leaves_no_lock_behind(tmp_path):
+    # An empty lock file was left, which refused the requeued run for a minute ("other runs keep taking it").
+    main, base = SCRIPTS["pretraining"]
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *base, *STEPS]
+    assert in_child(main, argv, setup=_signal_while_the_lock_is_written()) == EXIT_PREEMPTED
+    assert not (out / LOCK_NAME).exists()
     assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0

@@ -76,6 +76,7 @@ class RunDirectory:
         self.was_preempted = False
 
     def open(self) -> None:
+        stop_request.install()  # first: a signal while the lock is written must not leave a half-written lock
         error = None
         if self.lock is not None:
             try:
@@ -87,7 +88,6 @@ class RunDirectory:
         if error := _any_error(error):
             self.close()
             raise RunLocked(error)
-        stop_request.install()
 
     def close(self) -> None:
         stop_request.uninstall()
