@@ -315,17 +315,21 @@ TWO_PROCESSES = [
 ]
 
 
-def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path):
+@pytest.mark.parametrize("stop", [3, 5])  # 4 steps per epoch: mid-epoch in the first epoch, and in the second
+def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path, stop):
+    # Resumed in the second epoch, the rest of that epoch took the first epoch's order and draws: accelerate's
+    # skip_first_batches nests the batch sampler once more, and set_epoch no longer reached the (epoch, index) sampler.
     script = tmp_path / "signal_rank_1.py"
-    program = SIGNAL_ONE_RANK.format(rank=1, step=2, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
-    script.write_text(program)
+    signalled = dict(rank=1, step=stop - 1, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
+    script.write_text(SIGNAL_ONE_RANK.format(**signalled))
     out = tmp_path / "two"
     stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script)
     # torchrun reports the first process to exit (with 75) and sends SIGTERM to the other, which has stopped already
     assert stopped.returncode != 0 and f"exitcode: {EXIT_PREEMPTED}" in stopped.stderr, stopped.stderr[-4000:]
-    assert "a stop signal (received by another process): stopped after step 3" in stopped.stderr  # rank 0's log
-    assert [step for step, _ in checkpoint_folders(str(out))] == [3]  # rank 0 was not signalled and stopped there too
-    assert checkpoint_problems(str(out / "checkpoint-3")) == [] and (out / "checkpoint-3" / "rng_state_1.pth").exists()
+    assert f"a stop signal (received by another process): stopped after step {stop}" in stopped.stderr  # rank 0's
+    assert [step for step, _ in checkpoint_folders(str(out))] == [stop]  # rank 0 was not signalled, stopped there too
+    checkpoint = out / f"checkpoint-{stop}"
+    assert checkpoint_problems(str(checkpoint)) == [] and (checkpoint / "rng_state_1.pth").exists()
     resumed = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     one = tmp_path / "one"
