@@ -276,13 +276,17 @@ def test_enable_jit_checkpoint_stop_is_not_taken_for_the_end_of_training(tmp_pat
 # ---------------------------------------------------------------------------------------------------- torchrun
 
 SIGNAL_ONE_RANK = """
-import importlib, os, signal, sys
+import importlib, os, signal, sys, time
 from transformers import TrainerCallback
+from mae_hf.run_directory.preemption import stop_request
 
 class SignalRank(TrainerCallback):  # {signal} to {target} from rank {rank} only, as step {step} begins
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == {step} and args.process_index == {rank}:
             os.kill({target}, signal.{signal})
+            deadline = time.time() + 60  # a signal forwarded by torchrun comes later: training must not end first
+            while stop_request.signal_name is None and time.time() < deadline:
+                time.sleep(0.01)
 
 importlib.import_module("{module}").main(sys.argv[1:], callbacks=[SignalRank()])
 """
