@@ -102,12 +102,13 @@ def start_worker(tiny: bool) -> None:
         digits_seg.NUM_CANVASES.update(TINY_CANVASES)
 
 
-def pretrain(work: Path, tiny: bool) -> dict:
-    """MAE pretraining on the unlabelled canvases (in a worker); the encoder folder and seconds."""
+def pretrain(work: Path, tiny: bool, name: str = "pretrain", extra: tuple[str, ...] = ()) -> dict:
+    """MAE pretraining on the unlabelled canvases (in a worker) into WORK/NAME, `extra` overriding the config: the
+    encoder folder, its training steps, wall and CPU seconds."""
     import run_pretraining
 
-    out, start = work / "pretrain", time.perf_counter()
-    with logged(work, "pretrain"):
+    out, start, cpu = work / name, time.perf_counter(), time.process_time()
+    with logged(work, name):
         run_pretraining.main(
             [
                 str(ROOT / "configs" / "pretrain_digits_seg.yaml"),
@@ -115,16 +116,24 @@ def pretrain(work: Path, tiny: bool) -> dict:
                 str(out),
                 *QUIET,
                 *(TINY_PRETRAIN if tiny else []),
+                *extra,
             ]
         )
-    return {"encoder": str(out), "seconds": time.perf_counter() - start}
+    steps = json.loads((out / "trainer_state.json").read_text())["global_step"]
+    return {
+        "encoder": str(out),
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+    }
 
 
-def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: list[str]) -> dict:
-    """One UperNet fine-tune (in a worker): final mIoU and per-class IoU (%), its curve [(step, mIoU)], seconds."""
+def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: list[str], prefix: str = "mae") -> dict:
+    """One UperNet fine-tune (in a worker) into WORK/NAME, NAME = PREFIX_LABELLED_seedSEED (`scratch` for random
+    init): final mIoU and per-class IoU (%), its curve [(step, mIoU)], wall and CPU seconds."""
     import run_semantic_segmentation
 
-    name = f"{'mae' if encoder else 'scratch'}_{labelled}_seed{seed}"
+    name = f"{prefix if encoder else 'scratch'}_{labelled}_seed{seed}"
     argv = [
         str(ROOT / "configs" / "segment_digits.yaml"),
         "--output_dir",
@@ -138,7 +147,7 @@ def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: l
     ]
     if encoder:
         argv += ["--model_name_or_path", encoder]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with logged(work, name):
         metrics = run_semantic_segmentation.main(argv)
     history = json.loads((work / name / "trainer_state.json").read_text())["log_history"]
@@ -149,6 +158,7 @@ def finetune(work: Path, encoder: str | None, labelled: int, seed: int, extra: l
         "labelled": labelled,
         "seed": seed,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
         "mean_iou": 100 * metrics["eval_mean_iou"],
         "per_class_iou": {
             key.removeprefix("eval_iou_"): 100 * value for key, value in metrics.items() if key.startswith("eval_iou_")
