@@ -214,7 +214,8 @@ def figure(args, data: dict, found: list[dict], path: Path) -> None:
     steps = [r["steps"] for r in found]
     fig, (gain, miou, probes) = plt.subplots(1, 3, figsize=(14, 3.9))
     for i, seed in enumerate(args.seeds):
-        gain.plot(steps, [r["gain"][i] for r in found], "o", color="tab:blue", alpha=0.45, label=f"seed {seed}")
+        marker = "osv^D"[i % 5]
+        gain.plot(steps, [r["gain"][i] for r in found], marker, color="tab:blue", alpha=0.5, label=f"seed {seed}")
     gain.plot(steps, [statistics.mean(r["gain"]) for r in found], "-", color="tab:blue", lw=2.2, label="mean")
     gain.axhline(0, color="black", lw=0.8)
     gain.axhline(MAE_LEAD, color="tab:red", ls=":", lw=1, label=f"+{MAE_LEAD:g} mIoU")
