@@ -34,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import digits_seg_label_efficiency as base  # noqa: E402
 from digits_seg_probe import probe_encoder  # noqa: E402
-
 from mae_hf.checkpointing import write_json_atomic  # noqa: E402
 from mae_hf.resume import newest_complete_checkpoint  # noqa: E402
 
