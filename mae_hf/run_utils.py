@@ -355,7 +355,7 @@ def _restore(trainer, folder: str) -> None:
 def _nothing_to_train(trainer, checkpoint: str) -> dict:
     """A resume at the end of training: the run stopped during its final save. Save the checkpoint's model, state and
     end-of-training figure (no train metrics, as no step is trained) and return {}."""
-    from .trainer import FigureCallback
+    from .figure_callbacks import FigureCallback
 
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
     _restore(trainer, checkpoint)
