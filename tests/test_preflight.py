@@ -30,10 +30,10 @@ from mae_hf import (
     MAESegmentationConfig,
     conversion,
     evaluate_features,
-    visualize,
 )
 from mae_hf.preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
 from mae_hf.run_utils import check_output_dir
+from mae_hf.visualize import cli as visualize
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each script's data loader: a check that comes "before any data work" must fail before it is called.

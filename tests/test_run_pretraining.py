@@ -475,7 +475,7 @@ def test_visualize_cli_writes_next_to_the_model(tmp_path):
 
 def test_visualize_cli_takes_a_hub_id_with_an_output(tmp_path, capsys):
     """A Hub id has no folder to write next to: it needs --output, and with it is loaded as before."""
-    from mae_hf import visualize
+    from mae_hf.visualize import cli as visualize
 
     image = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
