@@ -5,9 +5,9 @@ under every engine (DDP, FSDP, DeepSpeed; see `distributed`). The figures drawn 
 import contextlib
 
 import torch
+from accelerate.utils import send_to_device
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import Trainer
-from transformers.trainer_pt_utils import BatchRebalanceSampler
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
@@ -33,6 +33,22 @@ SDPA_BACKENDS = {
 }
 
 
+class FiniteLossCheck(TrainerCallback):
+    """Where the Trainer is about to log, evaluate or save a checkpoint, or ends training (the control flags that
+    `DefaultFlowCallback` and the pre-emption callback set at a step's or an epoch's end), the losses accumulated
+    on the device since the last check are read (`MAETrainer._check_accumulated_loss`): a non-finite one stops
+    training before it is logged or saved, so no checkpoint holds the bad weights."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.trainer._check_accumulated_loss()
+
+    on_epoch_end = on_step_end
+
+
 class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
     """`eval_data_collator`: a collator for evaluation only (training may mix images, evaluation must not).
     `image_decoder`: a `GPUImageDecoder` that turns batches of encoded images into pixel_values on the device.
@@ -52,6 +68,7 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
         self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
+        self.add_callback(FiniteLossCheck(self))  # after the callbacks that decide to log, evaluate or save
         # Taken before any engine wraps the model: the optimizer groups need each tensor's own shape.
         self.parameter_shapes = parameter_shapes(self.model)
 
@@ -78,15 +95,16 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         return loader
 
     def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
+        # Private Trainer method: the one place that gives the training sampler (see ARCHITECTURE.md, Private API).
         if not isinstance(train_dataset, SeededSamples):
-            return sampler
-        if isinstance(sampler, BatchRebalanceSampler):
+            return super()._get_train_sampler(train_dataset)
+        strategy = self.args.train_sampling_strategy
+        if strategy in ("group_by_length", "batch_rebalance"):  # before the Trainer reads examples to measure them
             raise ValueError(
-                "--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
-                "to images (use random or sequential)"
+                f"--train_sampling_strategy {strategy} groups examples by token count, which images do not have; "
+                "use random or sequential"
             )
-        return sample_key_sampler(sampler, train_dataset, self.data_seed)
+        return sample_key_sampler(super()._get_train_sampler(train_dataset), train_dataset, self.data_seed)
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to
@@ -135,13 +153,16 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
                 self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
-    def _prepare_inputs(self, inputs):
-        if "encoded_images" in inputs:  # --image_decoding gpu: decode, crop, flip, normalise on the device
-            inputs = dict(inputs)
-            inputs["pixel_values"] = self.image_decoder(
-                inputs.pop("encoded_images"), inputs.pop("crops"), inputs.pop("flips"), self.args.device
-            )
-        return super()._prepare_inputs(inputs)
+    def decoded(self, inputs: dict) -> dict:
+        """A batch of encoded images (`--image_decoding gpu`) as `pixel_values`, decoded, cropped, flipped and
+        normalised on the device; any other batch as it is."""
+        if "encoded_images" not in inputs:
+            return inputs
+        inputs = dict(inputs)
+        inputs["pixel_values"] = self.image_decoder(
+            inputs.pop("encoded_images"), inputs.pop("crops"), inputs.pop("flips"), self.args.device
+        )
+        return inputs
 
     def floating_point_ops(self, inputs) -> int:
         if "encoded_images" in inputs:  # count as the decoded batch that the model will see
@@ -160,7 +181,7 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with self._attention_kernels():
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, self.decoded(inputs), num_items_in_batch)
         if self._check_every_step():
             # Raised before the optimizer step: the weights and the last checkpoint on disk stay as they were.
             if not torch.isfinite(loss):
@@ -171,8 +192,9 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         return loss
 
     def _check_accumulated_loss(self) -> None:
-        """Called on every process at logging and checkpoint steps: all stop together if any saw a bad loss."""
-        if self._check_every_step():
+        """Called on every process at logging, evaluation and checkpoint steps and at the last step (`FiniteLossCheck`):
+        all stop together if any saw a bad loss."""
+        if self._check_every_step() or self.state.global_step == self._checked_step:
             return
         bad = self._nonfinite_loss if self._nonfinite_loss is not None else torch.zeros((), dtype=torch.bool)
         bad = bad.to(self.args.device, torch.int32)
@@ -194,17 +216,9 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
             "--base_learning_rate (applied from the resumed step on) or without fp16."
         )
 
-    def log(self, logs, start_time=None):
-        self._check_accumulated_loss()
-        super().log(logs, start_time)
-
-    def _save_checkpoint(self, model, trial):
-        self._check_accumulated_loss()  # never overwrite a good checkpoint with non-finite weights
-        super()._save_checkpoint(model, trial)
-
-    def prediction_step(self, *args, **kwargs):
+    def prediction_step(self, model, inputs, *args, **kwargs):
         with self._attention_kernels():
-            return super().prediction_step(*args, **kwargs)
+            return super().prediction_step(model, self.decoded(inputs), *args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, *args, metric_key_prefix: str = "eval", **kwargs):
         output = super().evaluation_loop(dataloader, description, *args, metric_key_prefix=metric_key_prefix, **kwargs)
@@ -248,7 +262,7 @@ class SegmentationTrainer(MAETrainer):
     `label_sizes` (`collate_segmentation(..., with_sizes=True)`); without them each image fills the batch."""
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        inputs = send_to_device(inputs, self.args.device)
         labels = inputs.get("labels")
         label_sizes = inputs.get("label_sizes")
         if labels is not None and label_sizes is None:
