@@ -34,7 +34,7 @@ class FigureCallback(TrainerCallback):
             return False
         return state.is_world_process_zero or (self.runs_model and parameters_sharded(model))
 
-    def _save(self, model, name: str, step: int, main: bool = True) -> None:
+    def _draw_and_save(self, model, name: str, step: int, main: bool = True) -> None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -56,11 +56,11 @@ class FigureCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if self._draws_here(state, model):
             name = os.path.join(self.folder, f"step_{state.global_step}.png")
-            self._save(model, name, state.global_step, state.is_world_process_zero)
+            self._draw_and_save(model, name, state.global_step, state.is_world_process_zero)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._draws_here(state, model):
-            self._save(model, self.final, state.global_step, state.is_world_process_zero)
+            self._draw_and_save(model, self.final, state.global_step, state.is_world_process_zero)
 
 
 class ReconstructionCallback(FigureCallback):
