@@ -37,6 +37,7 @@ from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.figure_callbacks import ReconstructionCallback
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
     apply_recipe_schedule,
@@ -48,7 +49,7 @@ from mae_hf.run_utils import (
     train_size,
     verify_splits,
 )
-from mae_hf.trainer import MAETrainer, ReconstructionCallback
+from mae_hf.trainer import MAETrainer
 
 
 @dataclass
