@@ -38,6 +38,17 @@ MONITOR = ["--monitor_dataset", "digits", "--monitor_train_samples", "32", "--mo
 SCORED = ("loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy", "eval_top1", "eval_mean_iou")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The uninterrupted run (in this process) with as many threads as the signalled and resumed ones (forked
+    children, one thread each: see _child): a float sum split over 2 threads is ordered otherwise than over 1, and the
+    runs are compared bit for bit. (CI leaves OMP_NUM_THREADS unset: 2 threads here, and every comparison failed.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _child(main, argv, callbacks, setup) -> None:
     torch.set_num_threads(1)  # a forked process must not enter its parent's OpenMP pool (see test_checkpointing)
     try:
