@@ -1,13 +1,10 @@
 """The command line of the three training scripts: `script.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`.
 
-Layers, lowest first: the script's defaults (the recipe), a preset switched on in the config file, the config file,
-a preset switched on by a flag (e.g. `--linear_probe`), the flags. A higher layer wins, also over the other way of
-giving the same setting: `--train_dir` on the command line replaces the file's `dataset_name`, `--learning_rate`
-replaces the default `--base_learning_rate`. Two ways of giving one setting in the same layer are refused, naming
-both. A flag also sets what it implies (`--save_steps N` checkpoints every N steps, `--do_eval false` turns off every
-setting that evaluates) unless a layer as high sets that itself; a setting that needs an evaluation in a run without
-one is refused before any data work. Every fact about a flag is read from its dataclass field (`arguments.flag`).
-"""
+Layers, lowest first: the script's defaults (the recipe), a preset switched on in the config file, the config file, a
+preset switched on by a flag (`--linear_probe`), the flags. A higher layer wins, also over the other way of giving the
+same setting (`--train_dir` over a file's `dataset_name`); two ways of one setting in one layer are refused. A flag
+also sets what it implies unless a layer as high sets that itself; what needs an evaluation is refused in a run without
+one. Every fact about a flag is read from its dataclass field (`arguments.flag`)."""
 
 import argparse
 import copy
@@ -16,7 +13,8 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import MISSING, dataclass, fields
+from collections import namedtuple
+from dataclasses import MISSING, fields
 
 import yaml
 from transformers import HfArgumentParser
@@ -37,11 +35,19 @@ def to_bool(word):
 
 
 class ArgumentParser(HfArgumentParser):
-    """transformers' parser of the dataclasses, told our facts: each flag shown once, with underscores (the hyphenated
-    spelling still parses), with its default and source; --no_x described as such; hidden and unused flags left out
-    of --help. No default enters a parse (argparse.SUPPRESS): it gives the flags given, and the dataclasses the rest."""
+    """transformers' parser of the dataclasses, with the facts of their fields (`facts`, `defaults`, `ways`): each
+    flag shown once, with underscores (the hyphenated spelling still parses), with its default, its source and the
+    other way of giving its setting; --no_x described as such; hidden and unused flags left out of --help. No default
+    enters a parse (argparse.SUPPRESS): it gives the flags given, and the dataclasses the rest."""
 
     def __init__(self, dataclass_types):
+        specs = [spec for kind in dataclass_types for spec in fields(kind) if spec.init]
+        self.facts = {spec.name: spec.metadata for spec in specs}
+        self.defaults = {s.name: s.default if s.default_factory is MISSING else s.default_factory() for s in specs}
+        self.ways = {}  # {setting: (the flags of one way of giving it, those of the other)}
+        for name, facts in self.facts.items():
+            if "way" in facts and "unused" not in facts:
+                self.ways.setdefault(facts["way"][0], ([], []))[facts["way"][1]].append(name)
         super().__init__(dataclass_types, usage=USAGE, formatter_class=argparse.HelpFormatter)
 
     def add_argument(self, *names, **kwargs):
@@ -51,12 +57,13 @@ class ArgumentParser(HfArgumentParser):
         if kwargs.get("type") is string_to_bool:
             kwargs["type"] = to_bool
         default = kwargs.pop("default", None)
-        negated = kwargs.get("action") == "store_false"  # HfArgumentParser's --no_x of a bool x
-        text = (
-            f"Same as --{kwargs.get('dest')} false."
-            if negated
-            else help_line(names[0][2:], {**facts, "help": kwargs.get("help")}, default)
-        )
+        if kwargs.get("action") == "store_false":  # HfArgumentParser's --no_x of a bool x
+            text = f"Same as --{kwargs['dest']} false."
+        else:
+            text = help_line(names[0][2:], {**facts, "help": kwargs.get("help")}, default)
+            setting, side = facts.get("way", (None, 0))
+            if others := self.ways.get(setting, ([], []))[1 - side]:
+                text += f" Or give the {setting} as --{' / --'.join(others)}."
         kwargs["help"] = argparse.SUPPRESS if facts.get("hidden") or facts.get("unused") else text
         shown = [name for name in names if "-" not in name[2:]]
         action = super().add_argument(*shown, **kwargs, default=argparse.SUPPRESS)
@@ -104,27 +111,18 @@ def to_words(values: dict) -> list[str]:
     return words
 
 
-@dataclass
-class Layer:
-    name: str  # where the words come from, for messages: "on the command line"
-    given: dict  # {flag: value} of the flags given there
-    preset: bool = False
+# name: where the words come from, for messages ("on the command line"); given: {flag: value} of the flags given there
+Layer = namedtuple("Layer", "name given preset")
 
 
 class CommandLine:
     """The layers of one command line (lowest first) and the facts of the script's flags."""
 
     def __init__(self, dataclass_types, argv: list[str]):
-        self.parser = ArgumentParser(dataclass_types)
+        self.parser = parser = ArgumentParser(dataclass_types)
         if "-h" in argv or "--help" in argv:
-            self.parser.parse_args(["--help"])  # prints the help and exits
-        specs = [spec for kind in dataclass_types for spec in fields(kind) if spec.init]
-        self.facts = {spec.name: spec.metadata for spec in specs}
-        self.defaults = {s.name: s.default if s.default_factory is MISSING else s.default_factory() for s in specs}
-        self.ways = {}  # {setting: (the flags of one way of giving it, those of the other)}
-        for name, facts in self.facts.items():
-            if "way" in facts:
-                self.ways.setdefault(facts["way"][0], ([], []))[facts["way"][1]].append(name)
+            parser.parse_args(["--help"])  # prints the help and exits
+        self.facts, self.defaults, self.ways = parser.facts, parser.defaults, parser.ways
         self.layers = []
         if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
             self.add(f"in the config file {argv[0]}", to_words(file_values(argv[0])))
@@ -229,22 +227,17 @@ class CommandLine:
 def into_dataclasses(dataclass_types, values: dict) -> tuple:
     """The dataclasses from the values given (the rest: their defaults); their warnings (e.g. transformers'
     deprecated flags) from the main process only (RANK 0 or unset), as the warnings of the rest of the run."""
-
-    def build():
-        return tuple(
-            kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values}) for kind in dataclass_types
-        )
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        return build()
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
+    level, replica = transformers_logging.get_verbosity(), int(os.environ.get("RANK", "0")) != 0
+    with warnings.catch_warnings():
+        if replica:
             warnings.simplefilter("ignore")
-            return build()
-    finally:
-        transformers_logging.set_verbosity(level)
+            transformers_logging.set_verbosity_error()
+        try:
+            return tuple(
+                kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values}) for kind in dataclass_types
+            )
+        finally:
+            transformers_logging.set_verbosity(level)
 
 
 def parse_arguments(dataclass_types, argv=None) -> tuple:

@@ -10,13 +10,7 @@ import torch
 import transformers
 from transformers.trainer_utils import has_length
 
-from .argument_checks import (
-    check_steps_per_epoch,
-    check_trainer_arguments,
-    check_training_plan,
-    check_warmup_steps,
-    steps_per_epoch,
-)
+from .argument_checks import check_schedule, check_trainer_arguments, check_training_plan, steps_per_epoch
 from .arguments import card_settings, config_overrides, data_source, run_settings
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
 from .preflight import check_model_folder, check_writable_dir
@@ -241,7 +235,7 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
         raise ValueError("give --base_learning_rate or --learning_rate")
     if not training_args.do_train:
         return global_batch
-    check_steps_per_epoch(training_args, train_size)
+    check_schedule(training_args, train_size)
     if training_args.warmup_epochs and not training_args.warmup_steps:
         epochs = training_args.num_train_epochs
         if training_args.max_steps > 0:
@@ -253,7 +247,6 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
                 f"--warmup_epochs {training_args.warmup_epochs} must be shorter than the training ({epochs:g} epochs)"
             )
         training_args.warmup_steps = training_args.warmup_epochs / epochs  # a share of all steps
-    check_warmup_steps(training_args, train_size)
     if training_args.save_every_epochs:
         if not train_size:
             raise ValueError("--save_every_epochs needs the dataset size; with --streaming give --save_steps")
