@@ -49,16 +49,24 @@ def probe(model: MAEModel, canvases: int) -> list[float]:
     return [LogisticRegression(max_iter=2000).fit(x, train_y).score(t, test_y) for x, t in zip(train_x, test_x)]
 
 
+def probe_encoder(encoder: str, canvases: int = 400, random_init: bool = False) -> list[float]:
+    """Probe accuracy per block (0..1) of the encoder saved in `encoder`, or of its architecture at random init
+    (torch seed 0, so every call builds the same random encoder)."""
+    torch.manual_seed(0)
+    if random_init:
+        model = MAEModel(MAEConfig.from_pretrained(encoder))
+    else:
+        model = MAEModel.from_pretrained(encoder)
+    return probe(model.eval(), canvases)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("encoder", help="an MAE checkpoint folder (pretraining or any task model)")
     parser.add_argument("--canvases", type=int, default=400, help="training canvases for the probe (validation: 200)")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    pretrained = MAEModel.from_pretrained(args.encoder).eval()
-    random = MAEModel(MAEConfig.from_pretrained(args.encoder)).eval()
-    for name, model in (("random init", random), (args.encoder, pretrained)):
-        scores = probe(model, args.canvases)
+    for name, random_init in (("random init", True), (args.encoder, False)):
+        scores = probe_encoder(args.encoder, args.canvases, random_init)
         print(f"{name}: probe accuracy per block " + ", ".join(f"{100 * s:.1f} %" for s in scores), flush=True)
 
 

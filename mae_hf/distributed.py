@@ -329,11 +329,12 @@ def checkpoint_engine(folder: str) -> tuple[str | None, int | None]:
 
 
 def _checkpoint_to_resume(training_args) -> str | None:
-    """The checkpoint --resume_from_checkpoint names (`latest`: the newest complete one of the output dir)."""
+    """The checkpoint --resume_from_checkpoint names (`latest`, and `auto`, which a requeued job passes: the newest
+    complete one of the output dir)."""
     from .run_directory.resume import newest_complete_checkpoint, resume_request
 
     wanted = resume_request(training_args)
-    if wanted == "latest":
+    if wanted in ("latest", "auto"):
         return newest_complete_checkpoint(training_args.output_dir)[0]
     return wanted
 

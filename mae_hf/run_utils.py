@@ -28,6 +28,7 @@ from .run_directory.lifecycle import (
 from .run_directory.preemption import EvaluationInterrupted, TrainingPreempted, stop_request
 from .run_directory.resume import (
     check_resume_argument,
+    check_run_length,
     choose_checkpoint,
     move_aside_previous_checkpoints,
     resume_request,
@@ -49,7 +50,9 @@ def start_run(
     follow from others (no evaluation strategy without --do_eval, layer decay 1.0 = off), and every check that
     needs no data (`argument_checks`, the output dir, the Hub, the model path, the resume request), so that a run
     that cannot work fails in seconds. label_names / metrics / smoothing_hint: see `check_trainer_arguments`;
-    model_class: the script's model, whose every weight --model_name_or_path must hold in an evaluation alone."""
+    model_class: the script's model, whose every weight --model_name_or_path must hold in an evaluation alone. From
+    here until the run directory is opened, a stop signal exits with status 75 at once (nothing is trained yet)."""
+    stop_request.install_before_training()
     setup_logging(training_args)
     apply_gpu_fast_paths(training_args)
     if not training_args.do_eval:
@@ -312,6 +315,8 @@ def _train(trainer, model, model_args, data_args, training_args, run) -> dict | 
     if status == "finished":
         logger.info(f"this run is finished: nothing to train; the model and results in {out} are kept as they are")
         return None
+    planned = _planned_steps(trainer) if checkpoint is not None and status is None else None
+    check_run_length(checkpoint, planned, training_args)
     if checkpoint is None and status is None and training_args.overwrite_output_dir:
         move_aside_previous_checkpoints(training_args)
     run.prepare(trainer, checkpoint, out if status == "trained" else checkpoint)
@@ -319,7 +324,7 @@ def _train(trainer, model, model_args, data_args, training_args, run) -> dict | 
         logger.info(f"the final model of this run is saved in {out}: evaluating it (no step to train)")
         _restore(trainer, out)
         return {k: v for k, v in _saved_results(out).items() if not k.startswith("eval_")}
-    if checkpoint is not None and checkpoint_step(checkpoint) >= _planned_steps(trainer):
+    if planned is not None and checkpoint_step(checkpoint) == planned:
         return _nothing_to_train(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.stopped_by = stop_reason(trainer)  # never from train() returning alone: a stop signal is not an end

@@ -12,7 +12,14 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
-from .data.seeding import EvaluationSamples, SeededCollator, SeededSamples, evaluation_draws, sample_key_sampler
+from .data.seeding import (
+    EvaluationSamples,
+    SeededCollator,
+    SeededSamples,
+    evaluation_draws,
+    find_sample_key_sampler,
+    sample_key_sampler,
+)
 from .distributed import EngineHooks, call_through, parameter_shapes, parameters_sharded
 from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
@@ -78,6 +85,22 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         # loaders iterate the DataLoader they wrap.)
         getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(self.data_seed)
         return loader
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        # Trainer's hook around accelerate's skip_first_batches, which wraps the batch sampler once more. Under several
+        # processes the (epoch, index) sampler then lies four wrappers deep, where neither accelerate's nor Trainer's
+        # set_epoch reaches it: the rest of a resumed epoch after the first took the first epoch's order and draws.
+        skipped = super().get_resumed_dataloader(dataloader, num_batches)
+        keys = find_sample_key_sampler(skipped)
+        if keys is not None and hasattr(skipped, "set_epoch"):
+            set_epoch = skipped.set_epoch
+
+            def set_epoch_of_the_keys_too(epoch: int) -> None:
+                set_epoch(epoch)
+                keys.set_epoch(epoch)
+
+            skipped.set_epoch = set_epoch_of_the_keys_too
+        return skipped
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

@@ -261,7 +261,8 @@ def segmentation_figure(
     colours = class_colours(ordered)
     uncoloured = {i for i, name in enumerate(ordered) if name.lower() in BACKGROUND_NAMES}
     rows = len(images)
-    fig = Figure(figsize=(3 * panel_inches + 1.6, rows * panel_inches + 0.5))
+    width, height = 3 * panel_inches + 1.6, rows * panel_inches + 0.5
+    fig = Figure(figsize=(width, height))
     axes = fig.subplots(rows, 3, squeeze=False)
     for row, (image, truth, prediction) in enumerate(zip(images, labels, predictions)):
         panels = (
@@ -282,9 +283,12 @@ def segmentation_figure(
     if any((np.asarray(m) == ignore_index).any() for m in labels):
         handles.append(Patch(facecolor=np.array(IGNORED_COLOUR) / 255, edgecolor="black", label="ignored"))
     fig.legend(handles=handles, loc="center right", frameon=False, title="classes")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (3 * panel_inches + 1.6), 1))
+    top = 1.0
+    if title:  # placed in inches from the top: at the default y (a share of the height) tall figures ran it into
+        # the column headings, which tight_layout does not move out of its way
+        fig.suptitle(title, y=1 - 0.08 / height, va="top")
+        top = 1 - 0.12 / height
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / width, top))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     buffer.seek(0)

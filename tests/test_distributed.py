@@ -260,3 +260,22 @@ def test_fsdp_true_on_the_command_line_and_in_a_config_file(tmp_path):
         training_args = parse_arguments(run_pretraining.ARGUMENTS, argv)[2]
         assert training_args.fsdp is True and training_args.fsdp_plugin_args["fsdp_version"] == 2, argv
     assert not parse_arguments(run_pretraining.ARGUMENTS, ["--fsdp", "false", *out])[2].fsdp
+
+
+def test_auto_resume_across_world_sizes_is_refused_before_any_work(tmp_path):
+    """`--resume_from_checkpoint auto` (the requeued job's flag) resumes the newest checkpoint as `latest` does: a
+    DeepSpeed one of 2 processes on 1 is refused before any work (it failed after loading the data and building the
+    model, inside DeepSpeed: "Automatic adjustment of ZeRO's optimizer state partitioning ... not supported")."""
+    from mae_hf.run_directory.files import describe_files, write_manifest
+
+    out = tmp_path / "out"
+    names = [f"global_step4/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+    checkpoint = _checkpoint(out / "checkpoint-4", [*names, "rng_state_0.pth", "rng_state_1.pth"])
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    write_manifest(str(checkpoint), None, 4, describe_files(str(checkpoint)))
+    for wanted in ("auto", "latest"):
+        args = SimpleNamespace(deepspeed="z.json", fsdp=False, world_size=1, output_dir=str(out))
+        args.resume_from_checkpoint = wanted
+        with pytest.raises(ValueError, match=r"checkpoint-4 holds DeepSpeed ZeRO optimizer states partitioned for 2"):
+            check_resume_engine(args)
+    check_resume_engine(SimpleNamespace(**{**vars(args), "world_size": 2}))

@@ -6,6 +6,7 @@ transformers' --enable_jit_checkpoint no longer makes a stopped run look finishe
 a forked process of its own."""
 
 import json
+import logging
 import multiprocessing
 import os
 import pathlib
@@ -22,10 +23,13 @@ from test_resume import SCRIPTS, STEPS
 from test_run_pretraining import ROOT, TINY
 from transformers import TrainerCallback
 
+import run_image_classification
 import run_pretraining
+import run_semantic_segmentation
 from mae_hf import monitor
 from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems
 from mae_hf.run_directory.files import read_manifest
+from mae_hf.run_directory.lock import LOCK_NAME
 from mae_hf.run_directory.preemption import EXIT_PREEMPTED
 
 ONLY_THEIR_CHECKPOINT = ["--save_steps", "100"]  # no periodic checkpoint before step 8: the signal's is the only one
@@ -272,13 +276,17 @@ def test_enable_jit_checkpoint_stop_is_not_taken_for_the_end_of_training(tmp_pat
 # ---------------------------------------------------------------------------------------------------- torchrun
 
 SIGNAL_ONE_RANK = """
-import importlib, os, signal, sys
+import importlib, os, signal, sys, time
 from transformers import TrainerCallback
+from mae_hf.run_directory.preemption import stop_request
 
 class SignalRank(TrainerCallback):  # {signal} to {target} from rank {rank} only, as step {step} begins
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == {step} and args.process_index == {rank}:
             os.kill({target}, signal.{signal})
+            deadline = time.time() + 60  # a signal forwarded by torchrun comes later: training must not end first
+            while stop_request.signal_name is None and time.time() < deadline:
+                time.sleep(0.01)
 
 importlib.import_module("{module}").main(sys.argv[1:], callbacks=[SignalRank()])
 """
@@ -311,17 +319,21 @@ TWO_PROCESSES = [
 ]
 
 
-def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path):
+@pytest.mark.parametrize("stop", [3, 5])  # 4 steps per epoch: mid-epoch in the first epoch, and in the second
+def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to_the_end(tmp_path, stop):
+    # Resumed in the second epoch, the rest of that epoch took the first epoch's order and draws: accelerate's
+    # skip_first_batches nests the batch sampler once more, and set_epoch no longer reached the (epoch, index) sampler.
     script = tmp_path / "signal_rank_1.py"
-    program = SIGNAL_ONE_RANK.format(rank=1, step=2, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
-    script.write_text(program)
+    signalled = dict(rank=1, step=stop - 1, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
+    script.write_text(SIGNAL_ONE_RANK.format(**signalled))
     out = tmp_path / "two"
     stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script)
     # torchrun reports the first process to exit (with 75) and sends SIGTERM to the other, which has stopped already
     assert stopped.returncode != 0 and f"exitcode: {EXIT_PREEMPTED}" in stopped.stderr, stopped.stderr[-4000:]
-    assert "a stop signal (received by another process): stopped after step 3" in stopped.stderr  # rank 0's log
-    assert [step for step, _ in checkpoint_folders(str(out))] == [3]  # rank 0 was not signalled and stopped there too
-    assert checkpoint_problems(str(out / "checkpoint-3")) == [] and (out / "checkpoint-3" / "rng_state_1.pth").exists()
+    assert f"a stop signal (received by another process): stopped after step {stop}" in stopped.stderr  # rank 0's
+    assert [step for step, _ in checkpoint_folders(str(out))] == [stop]  # rank 0 was not signalled, stopped there too
+    checkpoint = out / f"checkpoint-{stop}"
+    assert checkpoint_problems(str(checkpoint)) == [] and (checkpoint / "rng_state_1.pth").exists()
     resumed = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     one = tmp_path / "one"
@@ -356,3 +368,89 @@ def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_
     assert step in (2, 3) and checkpoint_problems(checkpoint) == [], stopped.stderr[-4000:]
     assert (pathlib.Path(checkpoint) / "rng_state_1.pth").exists()  # both processes saved into it
     assert (read_manifest(str(out)) or {}).get("status") is None
+
+
+# ---------------------------------------------------------------------------------------------------- before training
+
+LOADERS = {
+    "pretraining": (run_pretraining, "load_image_datasets"),
+    "finetuning": (run_image_classification, "load_image_datasets"),
+    "segmentation": (run_semantic_segmentation, "load_segmentation_datasets"),
+}
+
+
+def _signal_while_loading_data(script: str, sig):
+    """A setup for the child: `sig` arrives while the script loads its data (before the run directory is opened)."""
+
+    def setup():
+        module, name = LOADERS[script]
+        load = getattr(module, name)
+
+        def signalling(*args, **kwargs):
+            os.kill(os.getpid(), sig)
+            return load(*args, **kwargs)
+
+        setattr(module, name, signalling)
+
+    return setup
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_signal_while_the_data_are_loaded_exits_75_at_once_and_auto_starts_the_run(tmp_path, script, capfd):
+    # Loading and checking the data can outlast the grace period; the signal killed the process (status 143 in a
+    # shell), which a requeue rule for 75 (a Kubernetes podFailurePolicy) counts as a failure.
+    main, base = SCRIPTS[script]
+    argv = ["--output_dir", str(tmp_path / "out"), *base, *STEPS]
+    assert in_child(main, argv, setup=_signal_while_loading_data(script, signal.SIGUSR1)) == EXIT_PREEMPTED
+    assert "SIGUSR1 received before training started: nothing to save" in capfd.readouterr().err
+    assert checkpoint_folders(str(tmp_path / "out")) == []
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0
+    assert read_manifest(str(tmp_path / "out"))["status"] == "finished"
+
+
+class SignalAtTrainBegin(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _log_to_stderr():
+    """A setup for the child: mae_hf's log on stderr (under pytest, logging.basicConfig adds no handler)."""
+    logging.getLogger("mae_hf").addHandler(logging.StreamHandler(sys.stderr))
+
+
+def test_a_run_stopped_before_its_first_step_is_told_to_start_again_with_auto(tmp_path, capfd):
+    # The advice was `--resume_from_checkpoint latest`, which then failed: "no checkpoint-* folder".
+    main, base = SCRIPTS["pretraining"]
+    argv = ["--output_dir", str(tmp_path / "out"), *base, *STEPS]
+    assert in_child(main, argv, [SignalAtTrainBegin()], _log_to_stderr) == EXIT_PREEMPTED
+    err = capfd.readouterr().err
+    assert "pre-empted: SIGTERM before the first step" in err
+    assert "nothing is saved yet: start the run again with --resume_from_checkpoint auto" in err
+    assert "resume_from_checkpoint latest" not in err
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0
+
+
+def _signal_while_the_lock_is_written():
+    """A setup for the child: SIGTERM between the creation of the lock file and the writing of its content."""
+
+    def setup():
+        dump = json.dump
+
+        def signalling(obj, *args, **kwargs):
+            if isinstance(obj, dict) and "process_start" in obj:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return dump(obj, *args, **kwargs)
+
+        json.dump = signalling
+
+    return setup
+
+
+def test_a_signal_while_the_lock_is_taken_leaves_no_lock_behind(tmp_path):
+    # An empty lock file was left, which refused the requeued run for a minute ("other runs keep taking it").
+    main, base = SCRIPTS["pretraining"]
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *base, *STEPS]
+    assert in_child(main, argv, setup=_signal_while_the_lock_is_written()) == EXIT_PREEMPTED
+    assert not (out / LOCK_NAME).exists()
+    assert in_child(main, [*argv, "--resume_from_checkpoint", "auto"]) == 0

@@ -13,14 +13,14 @@ import sys
 import time
 
 import pytest
-from test_preemption import in_child
+from test_preemption import Signal, in_child
 from test_resume import SCRIPTS, STEPS
 from test_run_pretraining import ROOT, TINY, Killed, StopAfter, make_image_folder
 from transformers import TrainerCallback
 
 import run_pretraining
 from mae_hf.run_directory import lock as run_lock
-from mae_hf.run_directory.checkpoints import checkpoint_problems, checkpoint_step
+from mae_hf.run_directory.checkpoints import checkpoint_folders, checkpoint_problems, checkpoint_step
 from mae_hf.run_directory.files import MANIFEST_NAME, folder_problems, read_manifest
 from mae_hf.run_directory.identity import path_content
 from mae_hf.run_directory.resume import newest_complete_checkpoint
@@ -344,3 +344,75 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     assert len(runs) == 2 and len(set(run_ids)) == 1  # two sessions, one wandb run
     assert read_manifest(str(out))["wandb_run_id"] == run_ids[0]
     assert read_manifest(str(out / "checkpoint-3"))["wandb_run_id"] == run_ids[0]
+
+
+# ---------------------------------------------------------------------------------------------------- length
+
+
+def test_a_run_shortened_below_the_step_it_reached_is_refused_naming_max_steps(tmp_path, stopped_run):
+    # It "finished" at step 6 with --max_steps 4, recorded as stopped by "the training data ended at step 6 of 8" and
+    # with the change "max_steps: 8 -> 4 applied from step 7 on".
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    with pytest.raises(ValueError, match=r"checkpoint-6 is at step 6, beyond the 4 steps of --max_steps 4: a run"):
+        pretrain(out, "--max_steps", "4", "--resume_from_checkpoint", "latest")
+    assert read_manifest(str(out)) is None and not (out / "model.safetensors").exists()
+    pretrain(out, "--max_steps", "6", "--resume_from_checkpoint", "latest")  # shortened to the step it reached
+    assert read_manifest(str(out))["status"] == "finished" and read_manifest(str(out))["global_step"] == 6
+
+
+def test_save_eval_and_logging_steps_changed_on_resume_are_applied(tmp_path, stopped_run):
+    # Trainer keeps the checkpoint's save / eval / logging steps (with a warning that they "do not match"): a job
+    # requeued with --save_steps 1 to lose less at the next pre-emption still saved every 3 steps.
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    evaluations = ["--do_eval", "true", "--eval_strategy", "steps", "--max_eval_samples", "8"]
+    pretrain(
+        out,
+        "--save_steps",
+        "1",
+        "--logging_steps",
+        "2",
+        *evaluations,
+        "--eval_steps",
+        "7",
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert [step for step, _ in checkpoint_folders(str(out))] == [8, 7, 6, 3]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e and e["step"] > 6] == [8]
+    assert [e["step"] for e in history if "eval_loss" in e] == [7, 8]  # (and at the end, as Trainer does)
+
+
+def test_auto_does_not_start_over_when_every_checkpoint_is_corrupt(tmp_path, stopped_run):
+    # It logged "no checkpoint in OUT; starting the run" and trained from step 0, writing over the corrupt ones:
+    # with --save_total_limit 1 a single flipped bit discarded the whole run.
+    out = tmp_path / "out"
+    shutil.copytree(stopped_run, out)
+    for step in (3, 6):
+        flip_bit(out / f"checkpoint-{step}" / "optimizer.pt")
+    before = sorted(os.listdir(out))
+    corrupt_6 = r"checkpoint-6 is incomplete or corrupt: optimizer.pt is corrupt: its xxh3_128 checksum is"
+    with pytest.raises(ValueError, match=rf"auto: no complete checkpoint of this run in {out} \({corrupt_6}"):
+        pretrain(out, "--resume_from_checkpoint", "auto")
+    assert sorted(os.listdir(out)) == before
+
+
+def test_a_damaged_trainer_state_of_a_trained_run_is_named_and_saved_again_from_the_last_checkpoint(tmp_path, caplog):
+    # The output dir's trainer_state.json was not in its manifest: a truncated one (a node lost while the file system
+    # flushed it) made the resume of the trained run fail with a bare JSONDecodeError, naming no file.
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *PRETRAIN, *STEPS, "--max_steps", "6", "--do_eval", "true"]
+    assert (
+        in_child(run_pretraining.main, [*argv, "--max_eval_samples", "8"], [Signal(0, during="final evaluation")]) == 75
+    )
+    assert read_manifest(str(out))["status"] == "trained" and "trainer_state.json" in read_manifest(str(out))["files"]
+    state = out / "trainer_state.json"
+    state.write_text(state.read_text()[:300])
+    with caplog.at_level(logging.INFO, logger="mae_hf"):
+        run_pretraining.main([*argv, "--max_eval_samples", "8", "--resume_from_checkpoint", "latest"])
+    assert f"the final model in {out} is incomplete or corrupt (trainer_state.json has " in caplog.text
+    assert "checkpoint-6 is the end of training: saving its model" in caplog.text
+    assert json.loads(state.read_text())["global_step"] == 6 and read_manifest(str(out))["status"] == "finished"
+    assert folder_problems(str(out)) == []

@@ -35,3 +35,24 @@ def test_ground_truth_and_prediction_share_the_colours_and_the_legend_lists_the_
     assert classes_shown([truth], [prediction]) == [0, 3, 7]
     figure = segmentation_figure([image], [truth], [prediction], dict(enumerate(DIGITS_SEG_LABELS)), title="step 7")
     assert figure.mode == "RGB" and figure.size[0] > figure.size[1]  # three panels and a legend side by side
+
+
+def text_bands(figure, rows: int = 150) -> list[tuple[int, int]]:
+    """(first, last) pixel rows of each band of rows holding dark pixels (text, panels) in the figure's top part."""
+    dark = (np.asarray(figure.convert("L"))[:rows] < 128).any(1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], dark.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2] - 1))
+
+
+def test_title_stays_above_the_column_headings_however_many_rows():
+    image = np.full((32, 32, 3), 20, dtype=np.uint8)
+    labels = np.zeros((32, 32), dtype=np.int64)
+    for rows in (1, 8, 12):  # at matplotlib's default title height, 8 rows ran the title into the headings
+        figure = segmentation_figure(
+            [image] * rows, [labels] * rows, [labels] * rows, dict(enumerate(DIGITS_SEG_LABELS)), title="step 1500"
+        )
+        bands = text_bands(figure)
+        assert len(bands) >= 3, f"{rows} rows: title and headings run together: {bands}"
+        title, headings, panels = bands[:3]
+        assert title[1] < headings[0] - 5 and headings[1] < panels[0], (rows, bands)
+        assert title[0] < 20  # near the top edge, not a share of the height down

@@ -67,6 +67,19 @@ class SampleKeySampler(Sampler):
         return len(self.sampler)
 
 
+def find_sample_key_sampler(loader, depth: int = 6) -> SampleKeySampler | None:
+    """The SampleKeySampler inside a (wrapped) training loader: accelerate nests it in a DataLoaderShard's
+    BatchSamplerShard (several processes) and, for a resume, a SkipBatchSampler; None when there is none."""
+    if isinstance(loader, SampleKeySampler):
+        return loader
+    if depth == 0 or loader is None:
+        return None
+    for name in ("batch_sampler", "sampler", "base_dataloader"):
+        if (found := find_sample_key_sampler(getattr(loader, name, None), depth - 1)) is not None:
+            return found
+    return None
+
+
 def sample_key_sampler(sampler: Sampler | None, dataset, seed: int) -> SampleKeySampler | None:
     """The Trainer's training sampler with `(epoch, index)` keys. A shuffling one becomes accelerate's
     `SeedableRandomSampler` seeded with `seed` (the order accelerate gives by default: a permutation drawn from

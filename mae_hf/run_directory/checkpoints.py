@@ -248,8 +248,10 @@ class CrashSafeCheckpoints:
 
 
 class _ApplyResumedSettings(TrainerCallback):
-    """At the start of a resumed run whose settings changed (`CrashSafeCheckpoints.resumed_changes`): the loaded
-    optimizer and scheduler states take this run's hyperparameters (see `resume.apply_resumed_settings`)."""
+    """At the start of a resumed run: the loaded optimizer and scheduler states take this run's hyperparameters when
+    they changed (`CrashSafeCheckpoints.resumed_changes`, see `settings.apply_resumed_settings`), and the state the
+    save, evaluation and logging intervals of this run's arguments (Trainer keeps the checkpoint's, warning that
+    they "do not match": a job requeued with a shorter --save_steps would still save at the old interval)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -257,3 +259,12 @@ class _ApplyResumedSettings(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         if self.trainer.resumed_changes:
             apply_resumed_settings(optimizer, lr_scheduler, self.trainer._fresh_groups, self.trainer.resumed_changes)
+        kinds = ("save_steps", "eval_steps", "logging_steps")
+        saved = {kind: getattr(state, kind) for kind in kinds}
+        state.compute_steps(args, state.max_steps)  # what Trainer does for a fresh start
+        if changed := [
+            f"{kind} {saved[kind]:g} -> {getattr(state, kind):g}"
+            for kind in kinds
+            if saved[kind] != getattr(state, kind)
+        ]:
+            logger.info(f"intervals changed since the checkpoint, applied: {', '.join(changed)}")

@@ -18,13 +18,15 @@ import uuid
 
 import torch.distributed as dist
 
-from .checkpoints import checkpoint_step
+from .checkpoints import checkpoint_folders, checkpoint_step
 from .files import WRITE_PROBE_PREFIX, describe_files, folder_problems, read_manifest, write_manifest
 from .lock import LOCK_NAME, RunLock, RunLocked
 from .preemption import EXIT_PREEMPTED, RunPreempted, gloo_group, stop_request
 from .resume import resume_request, resumed_changes
 
 logger = logging.getLogger("mae_hf")
+
+TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME
 
 
 def check_output_dir(training_args) -> None:
@@ -74,6 +76,7 @@ class RunDirectory:
         self.was_preempted = False
 
     def open(self) -> None:
+        stop_request.install()  # first: a signal while the lock is written must not leave a half-written lock
         error = None
         if self.lock is not None:
             try:
@@ -85,7 +88,6 @@ class RunDirectory:
         if error := _any_error(error):
             self.close()
             raise RunLocked(error)
-        stop_request.install()
 
     def close(self) -> None:
         stop_request.uninstall()
@@ -115,10 +117,11 @@ class RunDirectory:
     def preempted(self, stop: Exception) -> RunPreempted:
         """The exit after a stop signal (status EXIT_PREEMPTED), logged with what to do; wandb is told the run was
         pre-empted (so that it shows as such, not as crashed, until it continues)."""
-        message = (
-            f"pre-empted: {stop}. Exiting with status {EXIT_PREEMPTED}; continue the run with "
-            "--resume_from_checkpoint latest (or auto): no step is lost"
-        )
+        if checkpoint_folders(self.args.output_dir) or read_manifest(self.args.output_dir):
+            advice = "continue the run with --resume_from_checkpoint latest (or auto): no step is lost"
+        else:  # stopped before its first checkpoint: `latest` would find none
+            advice = "nothing is saved yet: start the run again with --resume_from_checkpoint auto"
+        message = f"pre-empted: {stop}. Exiting with status {EXIT_PREEMPTED}; {advice}"
         logger.warning(message)
         self.was_preempted = True
         try:
@@ -196,7 +199,9 @@ def _mark(trainer, training_args, status: str) -> None:
     if not training_args.should_save:
         return
     out = training_args.output_dir
-    files = trainer.published_model_files or list((read_manifest(out) or {}).get("files", {}))
+    files = set(trainer.published_model_files or (read_manifest(out) or {}).get("files", {}))
+    if os.path.isfile(os.path.join(out, TRAINER_STATE)):  # what the resume of a trained run restores
+        files.add(TRAINER_STATE)
     record = {**(trainer.run_record or {}), "status": status, "stopped_by": trainer.stopped_by}
     write_manifest(out, trainer.run_identity, trainer.state.global_step, describe_files(out, files), **record)
 
@@ -223,11 +228,12 @@ def run_status(output_dir: str, identity: dict, step: int = 0) -> str | None:
     --load_best_model_at_end keeps only the best one); else None. A manifest without status (older mae_hf) was
     written at the end: "finished"."""
     manifest = read_manifest(output_dir)
-    if (
-        manifest is None
-        or manifest.get("run_identity") != identity
-        or manifest.get("global_step", -1) < step
-        or folder_problems(output_dir)
-    ):
+    if manifest is None or manifest.get("run_identity") != identity or manifest.get("global_step", -1) < step:
+        return None
+    if problems := folder_problems(output_dir):
+        logger.warning(
+            f"the final model in {output_dir} is incomplete or corrupt ({'; '.join(problems)}): the run continues "
+            "from its newest intact checkpoint, which saves it again"
+        )
         return None
     return manifest.get("status", "finished")

@@ -15,7 +15,9 @@ still stops all of them at the same step. What is done then:
   than the grace period (Slurm's KillWait is 30 s by default), and the resumed run runs it first, so that its metrics,
   the best checkpoint and early stopping are those of an uninterrupted run;
 - after training (saving the final model, the final evaluation): the run stops with its final model recorded as
-  trained; the resumed run evaluates it and finishes without training again.
+  trained; the resumed run evaluates it and finishes without training again;
+- before training (arguments checked, data loaded and verified, model built: `install_before_training`), there is
+  nothing to save and loading can outlast the grace period: the process exits with `EXIT_PREEMPTED` at once.
 
 The all-reduce goes through a gloo process group (the default one under gloo, a side group under NCCL): a CPU
 integer, no GPU synchronisation. Without torch.distributed the flag is read as it is.
@@ -80,11 +82,32 @@ class StopRequest:
         """Handle STOP_SIGNALS from now on (main thread only; a fresh flag). DataLoader workers forked later inherit
         the handler and ignore the signal: their process is stopped by the main process, which must not see them die
         first (a worker killed by SIGTERM fails the whole run)."""
+        self._set_handlers(self._handle)
+
+    def install_before_training(self) -> None:
+        """Until `install` (or `uninstall`): a stop signal ends the process at once with RunPreempted (status
+        EXIT_PREEMPTED), raised where the main thread is, as Python raises KeyboardInterrupt on SIGINT. Nothing is
+        trained yet, and loading or verifying a large data set can outlast the grace period; without a handler the
+        process would die by the signal (status 143), which a requeue rule for EXIT_PREEMPTED counts as a failure.
+        Processes forked meanwhile (`datasets.map(num_proc=...)` workers) keep the signal's default action."""
+        self._set_handlers(self._exit_now)
+
+    def _set_handlers(self, handler) -> None:
         self.reset()
         self._owner_pid = os.getpid()
         for sig in STOP_SIGNALS:
-            previous = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, handler)
             self._previous.setdefault(sig, previous)
+
+    def _exit_now(self, signum, frame) -> None:
+        if os.getpid() != self._owner_pid:  # a forked worker: dies by the signal, as it would without us
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        name = signal.Signals(signum).name
+        message = f"{name} received before training started: nothing to save. Exiting with status {EXIT_PREEMPTED}"
+        os.write(2, f"mae_hf: {message}\n".encode())  # no logging call in a handler (see _handle)
+        raise RunPreempted(message)
 
     def uninstall(self) -> None:
         """The handlers there were before `install`."""

@@ -81,13 +81,16 @@ def _latest(training_args, identity: RunIdentity, wanted: str) -> tuple[str | No
     found, skipped = newest_complete_checkpoint(training_args.output_dir, identity)
     for reason in skipped:
         logger.warning(f"--resume_from_checkpoint {wanted}: skipping {reason}")
-    if found is None and wanted == "auto" and not _holds_another_run(training_args.output_dir, identity):
+    # `auto` starts the run only where there is nothing to continue: not over checkpoints that are corrupt (a
+    # requeued job would silently discard the run's progress and then write over them) or another run's.
+    nothing = not skipped and not _holds_another_run(training_args.output_dir, identity)
+    if found is None and wanted == "auto" and nothing:
         return None, ""
     if found is None:
         raise ValueError(
             f"--resume_from_checkpoint {wanted}: no complete checkpoint of this run in "
-            f"{training_args.output_dir} ({'; '.join(skipped)}). Start this run in another --output_dir, or pass "
-            "--overwrite_output_dir to move the other run's checkpoints aside"
+            f"{training_args.output_dir} ({'; '.join(skipped)}). Start this run in another --output_dir, or run it "
+            "once with --overwrite_output_dir and without --resume_from_checkpoint, which moves these checkpoints aside"
         )
     return found, "the newest complete checkpoint of this run" + (" (newer ones skipped, see above)" if skipped else "")
 
@@ -104,7 +107,7 @@ def _holds_another_run(output_dir: str, identity: RunIdentity) -> bool:
 def choose_checkpoint(training_args, identity: RunIdentity, model) -> str | None:
     """The checkpoint to resume, logged with why. `latest`: the newest complete and intact checkpoint of this run
     (newer ones that are incomplete, corrupt or another run's are named with the reason). `auto`: the same, or none
-    (a fresh start) when the output dir holds no complete checkpoint and nothing of another run. A path: taken as
+    (a fresh start) when the output dir holds no checkpoint folder and nothing of another run. A path: taken as
     given, refused when it belongs to another run (naming the defining settings that differ). The settings that
     differ otherwise are applied from the resumed step on (`resumed_changes`). Any checkpoint chosen must hold a
     model that fits `model` (`check_checkpoint_fits`)."""
@@ -129,6 +132,25 @@ def choose_checkpoint(training_args, identity: RunIdentity, model) -> str | None
     check_checkpoint_fits(found, model, identity.defining)
     logger.info(f"resuming from {found} (step {checkpoint_step(found)}; {why})")
     return found
+
+
+def check_run_length(checkpoint: str | None, planned_steps: int | None, training_args) -> None:
+    """A resumed checkpoint must not lie beyond the steps this run now plans: a run shortened below the step it
+    reached cannot be done (its model is of that step), so the ValueError names the length setting and what to do.
+    A checkpoint at the planned step is the end of training (the run stopped during its final save). None: nothing
+    resumed (or the output dir holds this run's trained model)."""
+    step = checkpoint_step(checkpoint)
+    if checkpoint is None or planned_steps is None or step <= planned_steps:
+        return
+    if training_args.max_steps > 0:
+        length = f"--max_steps {training_args.max_steps}"
+    else:
+        length = f"--num_train_epochs {training_args.num_train_epochs:g}"
+    raise ValueError(
+        f"--resume_from_checkpoint: {os.path.basename(checkpoint)} is at step {step}, beyond the {planned_steps} "
+        f"steps of {length}: a run cannot be shortened below the step it reached. Resume with a length of {step} "
+        f"steps or more, or give a checkpoint of step {planned_steps} or earlier by its path"
+    )
 
 
 def resumed_changes(checkpoint: str | None, identity: RunIdentity) -> dict[str, tuple]:
