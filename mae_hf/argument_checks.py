@@ -49,21 +49,19 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
             "last axis of the logits as the classes, which this script's labels and logits do not fit"
             + (f"; {smoothing_hint}" if smoothing_hint else "")
         )
-    problems += _best_model_metric_problems(training_args, metrics)
+    wanted = training_args.metric_for_best_model  # the best model is chosen among training's evaluations
+    reported = ("loss",) if training_args.prediction_loss_only else metrics
+    if (
+        training_args.do_train
+        and wanted is not None
+        and not any(fnmatch(wanted.removeprefix("eval_"), p) for p in reported)
+    ):
+        given = ", ".join("eval_" + m for m in reported)
+        problems.append(
+            f"--metric_for_best_model {wanted} is not reported by this script's evaluation, which gives {given}"
+        )
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def _best_model_metric_problems(training_args, metrics) -> list[str]:
-    wanted = training_args.metric_for_best_model
-    if wanted is None or not training_args.do_train:  # the best model is chosen among training's evaluations
-        return []
-    name = wanted.removeprefix("eval_")
-    reported = ("loss",) if training_args.prediction_loss_only else metrics
-    if any(fnmatch(name, pattern) for pattern in reported):
-        return []
-    given = ", ".join("eval_" + m for m in reported)
-    return [f"--metric_for_best_model {wanted} is not reported by this script's evaluation, which gives {given}"]
 
 
 def check_training_plan(training_args, streaming: bool = False) -> None:

@@ -47,8 +47,8 @@ def like(owner, name: str, default=MISSING, source: str | None = None, **changes
     if default is MISSING:
         default = base.default if base.default_factory is MISSING else base.default_factory()
     else:
-        facts = {key: value for key, value in facts.items() if key not in ("source", "shown")}
-        facts.update({"source": source} if source else {})
+        facts.pop("shown", None)
+        facts["source"] = source
     return flag(default, **{**facts, **changes})
 
 

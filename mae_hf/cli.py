@@ -224,7 +224,7 @@ class CommandLine:
                 )
 
 
-def into_dataclasses(dataclass_types, values: dict) -> tuple:
+def into_dataclasses(parser: ArgumentParser, values: dict) -> tuple:
     """The dataclasses from the values given (the rest: their defaults); their warnings (e.g. transformers'
     deprecated flags) from the main process only (RANK 0 or unset), as the warnings of the rest of the run."""
     level, replica = transformers_logging.get_verbosity(), int(os.environ.get("RANK", "0")) != 0
@@ -233,9 +233,7 @@ def into_dataclasses(dataclass_types, values: dict) -> tuple:
             warnings.simplefilter("ignore")
             transformers_logging.set_verbosity_error()
         try:
-            return tuple(
-                kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values}) for kind in dataclass_types
-            )
+            return parser.parse_dict(values)
         finally:
             transformers_logging.set_verbosity(level)
 
@@ -247,4 +245,4 @@ def parse_arguments(dataclass_types, argv=None) -> tuple:
     implied = line.implied()
     line.check_evaluation(implied)
     given = {name: value for layer in line.layers for name, value in layer.given.items()}
-    return into_dataclasses(dataclass_types, {**given, **implied, **line.switched_off()})
+    return into_dataclasses(line.parser, {**given, **implied, **line.switched_off()})
