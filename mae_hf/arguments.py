@@ -332,13 +332,9 @@ SCALED_LEARNING_RATE = dict(default=None, help="Peak learning rate", shown="base
 def run_settings(*parsed) -> tuple[dict, set[str]]:
     """({name: value} of the settings that are part of a run's identity (`run` fact) and that the script uses, the
     names of those that define the run); see run_directory.identity."""
-    settings, defining = {}, set()
-    for args in parsed:
-        for spec in fields(args):
-            if spec.metadata.get("run") and "unused" not in spec.metadata:
-                settings[spec.name] = getattr(args, spec.name)
-                defining.update([spec.name] if spec.metadata["run"] == DEFINES else [])
-    return settings, defining
+    used = [(args, f) for args in parsed for f in fields(args) if f.metadata.get("run") and "unused" not in f.metadata]
+    settings = {f.name: getattr(args, f.name) for args, f in used}
+    return settings, {f.name for _, f in used if f.metadata["run"] == DEFINES}
 
 
 def card_settings(training_args) -> list[tuple[str, object]]:

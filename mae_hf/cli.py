@@ -10,7 +10,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import sys
 import warnings
 from collections import namedtuple
@@ -80,15 +79,11 @@ class ConfigLoader(yaml.SafeLoader):
     booleans, which turned `save_strategy: no` into False; here they stay the words written, which every flag parses
     as it would on the command line (`--save_strategy no`, `--do_eval no`, `--do_eval off`)."""
 
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+    def construct_yaml_bool(self, node):
+        return super().construct_yaml_bool(node) if node.value.lower() in ("true", "false") else node.value
 
 
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+ConfigLoader.add_constructor("tag:yaml.org,2002:bool", ConfigLoader.construct_yaml_bool)
 
 
 def file_values(path: str) -> dict:
