@@ -39,6 +39,7 @@ from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.figure_callbacks import ReconstructionCallback
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
     apply_recipe_schedule,
@@ -50,7 +51,7 @@ from mae_hf.run_utils import (
     train_size,
     verify_splits,
 )
-from mae_hf.trainer import MAETrainer, ReconstructionCallback
+from mae_hf.trainer import MAETrainer
 
 TAB8 = "paper Tab. 8"
 

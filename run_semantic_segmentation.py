@@ -40,6 +40,7 @@ from mae_hf.data import (
     load_segmentation_datasets,
     normalisation,
 )
+from mae_hf.figure_callbacks import SegmentationFigureCallback
 from mae_hf.metrics import StreamingMeanIoU, eval_batches
 from mae_hf.run_utils import (
     apply_recipe_schedule,
@@ -51,7 +52,7 @@ from mae_hf.run_utils import (
     train_size,
     used_splits,
 )
-from mae_hf.trainer import SegmentationFigureCallback, SegmentationTrainer
+from mae_hf.trainer import SegmentationTrainer
 
 
 @dataclass

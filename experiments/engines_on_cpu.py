@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = ROOT / "tests" / "cpu_engines.py"
+sys.path.insert(0, str(ROOT / "tests"))
+# The tests' tiny models and launcher (a hang kills the launch's whole process group)
+from helpers import TINY_DECODER, TINY_SEGMENTATION_HEADS, flags, run_group, tiny_encoder, torchrun_launcher  # noqa: E402
+
 SCRIPTS = {
     "pretraining": "run_pretraining.py",
     "classification": "run_image_classification.py",
@@ -46,15 +49,13 @@ NO_RESUME_ON_CPU = {"FSDP1"}
 COMMON = ["--use_cpu", "--report_to", "none", "--dataloader_num_workers", "0", "--logging_steps", "1", "--seed", "0"]
 COMMON += ["--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2"]
 COMMON += ["--warmup_steps", "0"]
-VIT = ["--patch_size", "4", "--hidden_size", "32", "--num_attention_heads", "2", "--intermediate_size", "64"]
 # Weight decay strong enough that a parameter wrongly left out of (or put into) the decayed group moves the final
 # weights far beyond float noise (FSDP1's flat parameters once left everything undecayed).
 TASKS = {
-    "pretraining": VIT
+    "pretraining": [*flags(image_size=16), *tiny_encoder(patch_size=4, layers=1), *TINY_DECODER]
     + (
-        "--image_size 16 --num_hidden_layers 1 --decoder_hidden_size 16 --decoder_num_hidden_layers 1 "
-        "--decoder_num_attention_heads 2 --decoder_intermediate_size 32 --dataset_name digits --max_train_samples 64 "
-        "--max_eval_samples 32 --per_device_eval_batch_size 16 --base_learning_rate 1e-3 --weight_decay 5 "
+        "--dataset_name digits --max_train_samples 64 --max_eval_samples 32 --per_device_eval_batch_size 16 "
+        "--base_learning_rate 1e-3 --weight_decay 5 "
         "--monitor_dataset digits --monitor_train_samples 101 --monitor_eval_samples 37 --monitor_crop_pct 1 "
         "--num_visualized_images 2"
     ).split(),
@@ -63,11 +64,10 @@ TASKS = {
         "--per_device_eval_batch_size 16 --base_learning_rate 1e-2 --weight_decay 5 --mixup_alpha 0 --cutmix_alpha 0 "
         "--drop_path_rate 0"
     ).split(),
-    "segmentation": VIT[2:]
+    "segmentation": [*flags(image_size=32), *tiny_encoder(patch_size=8, layers=4), *TINY_SEGMENTATION_HEADS]
     + (
-        "--dataset_name digits_seg --image_size 32 --crop_size 32 --resize_scale 128 32 --patch_size 8 "
-        "--num_hidden_layers 4 --out_indices 0 1 2 3 --decode_channels 16 --auxiliary_channels 8 --max_train_samples 32 "
-        "--max_eval_samples 8 --per_device_eval_batch_size 4 --drop_path_rate 0 --weight_decay 5 "
+        "--dataset_name digits_seg --max_train_samples 32 --max_eval_samples 8 --per_device_eval_batch_size 4 "
+        "--drop_path_rate 0 --weight_decay 5 "
         "--num_visualized_images 2"
     ).split(),
 }
@@ -89,7 +89,7 @@ def command(script: str, arguments: list[str], processes: int, accelerate_config
     configs/accelerate/) `accelerate launch --config_file ... --num_processes N tests/cpu_engines.py SCRIPT ...`.
     (One process without a launcher is not an engine run: the Trainer refuses FSDP outside torch.distributed.)"""
     if accelerate_config is None:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        launcher = torchrun_launcher(processes)
     else:
         config = ROOT / "configs" / "accelerate" / f"{accelerate_config}.yaml"
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
@@ -112,20 +112,6 @@ def launch(
         env["MAE_HF_TEST_STOP_AT_STEP"] = str(stop_at)
     line = command(script, arguments, processes, accelerate_config)
     return run_group(line, env, timeout)
-
-
-def run_group(line: list[str], env: dict, timeout: int, cwd=ROOT) -> subprocess.CompletedProcess:
-    """subprocess.run(line) in a process group of its own, all of it killed on timeout."""
-    process = subprocess.Popen(
-        line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd, start_new_session=True
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        raise subprocess.TimeoutExpired(line, timeout, out, err) from None
-    return subprocess.CompletedProcess(line, process.returncode, out, err)
 
 
 def arguments(script: str, output_dir: Path, processes: int, extra=()) -> list[str]:

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from .trainer import FigureCallback
+from .figure_callbacks import FigureCallback
 from .visualize import figure_image
 
 

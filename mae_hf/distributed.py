@@ -188,12 +188,6 @@ class EngineHooks:
         killed during it, resumed from its last checkpoint)."""
         return (self.is_fsdp_enabled or self.is_deepspeed_enabled) and self.model_wrapped is self.model
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if not self._engine_without_model() or self.is_in_train:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        # The engine's loaders need the model it prepared: read the checkpoint's whole model instead.
-        (model or self.model).load_state_dict(checkpoint_state_dict(resume_from_checkpoint))
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if self.is_in_train:  # a checkpoint
             return super().save_model(output_dir, _internal_call)

@@ -105,45 +105,36 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
             init.normal_(module.weight, std=self.config.classifier_init_std)  # mmseg's conv_seg: N(0, 0.01)
             init.zeros_(module.bias)
 
-    def features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """The neck's pyramid of (B, D, h_i, w_i) maps; other image sizes resample the position table."""
-        return self.encode(pixel_values)[0]
-
-    def encode(self, pixel_values: torch.Tensor, output_attentions: bool = False):
-        """(the neck's pyramid, the encoder's `MAEModelOutput` with every hidden state)."""
-        interpolate = tuple(pixel_values.shape[-2:]) != self.config.image_hw
+    def features(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """pixel_values (B, C, H, W), H and W multiples of the patch size -> (the neck's pyramid of (B, D, h_i, w_i)
+        maps, the encoder's `MAEModelOutput` with every hidden state). Other image sizes than the config's resample
+        the position table."""
+        size = tuple(pixel_values.shape[-2:])
         encoded = self.vit(
             pixel_values,
-            interpolate_pos_encoding=interpolate,
+            interpolate_pos_encoding=size != self.config.image_hw,
             output_hidden_states=True,
             output_attentions=output_attentions,
             return_dict=True,
         )
-        maps = self.vit.feature_maps(encoded.hidden_states, self.config.out_indices, tuple(pixel_values.shape[-2:]))
-        return self.neck(maps), encoded
+        return self.neck(self.vit.feature_maps(encoded.hidden_states, self.config.out_indices, size)), encoded
 
-    def segment(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(decode logits, auxiliary logits or None), each (B, num_labels, H, W) at the input's size. Sizes that
-        are not multiples of the patch size are padded (bottom, right) and the logits cropped back."""
-        logits, auxiliary, _ = self.segment_and_encode(pixel_values)
-        return logits, auxiliary
-
-    def segment_and_encode(self, pixel_values: torch.Tensor, output_attentions: bool = False):
-        """`segment`, plus the encoder's output on the (padded) image."""
-        size = pixel_values.shape[-2:]
-        patch = self.config.patch_size
+    def segment(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """pixel_values (B, C, H, W) -> (decode logits, auxiliary logits or None (always None in eval mode), the
+        encoder's output on the padded image); logits (B, num_labels, H, W) at the input's size. Sizes that are not
+        multiples of the patch size are padded (bottom, right) and the logits cropped back."""
+        size, patch = pixel_values.shape[-2:], self.config.patch_size
         pad_h, pad_w = -size[0] % patch, -size[1] % patch
-        if pad_h or pad_w:
-            padded = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-            logits, auxiliary, encoded = self.segment_and_encode(padded, output_attentions)
-            crop = (..., slice(0, size[0]), slice(0, size[1]))
-            return logits[crop], None if auxiliary is None else auxiliary[crop], encoded
-        pyramid, encoded = self.encode(pixel_values, output_attentions)
-        logits = F.interpolate(self.decode_head(pyramid), size=size, mode="bilinear", align_corners=False)
+        padded = F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
+        pyramid, encoded = self.features(padded, output_attentions)
+        padded_size, crop = padded.shape[-2:], (..., slice(0, size[0]), slice(0, size[1]))
+        logits = F.interpolate(self.decode_head(pyramid), size=padded_size, mode="bilinear", align_corners=False)
         auxiliary = None
         if self.auxiliary_head is not None and self.training:
-            auxiliary = F.interpolate(self.auxiliary_head(pyramid), size=size, mode="bilinear", align_corners=False)
-        return logits, auxiliary, encoded
+            auxiliary = F.interpolate(
+                self.auxiliary_head(pyramid), size=padded_size, mode="bilinear", align_corners=False
+            )[crop]
+        return logits[crop], auxiliary, encoded
 
     def loss(self, logits, auxiliary, labels) -> torch.Tensor:
         """Cross-entropy of the decode head + `auxiliary_loss_weight` x that of the auxiliary head. Pixels labelled
@@ -181,7 +172,7 @@ class MAEForSemanticSegmentation(MAEPreTrainedModel):
         if not self.training and self.config.inference_mode == "slide":
             logits, auxiliary = slide_inference(self, pixel_values), None
         else:
-            logits, auxiliary, encoded = self.segment_and_encode(pixel_values, output_attentions)
+            logits, auxiliary, encoded = self.segment(pixel_values, output_attentions)
         loss = None if labels is None else self.loss(logits, auxiliary, labels)
         output = SemanticSegmenterOutput(
             loss=loss,
@@ -211,7 +202,7 @@ def slide_inference(model: MAEForSemanticSegmentation, pixel_values: torch.Tenso
     for top in window_starts(height, crop, stride):
         for left in window_starts(width, crop, stride):
             window = pixel_values[:, :, top : top + crop, left : left + crop]
-            logits, _ = model.segment(window)
+            logits = model.segment(window)[0]
             total[:, :, top : top + window.shape[-2], left : left + window.shape[-1]] += logits.float()
             count[:, :, top : top + window.shape[-2], left : left + window.shape[-1]] += 1
     return total / count

@@ -13,6 +13,7 @@ from transformers.trainer_utils import has_length
 from .argument_checks import check_schedule, check_trainer_arguments, check_training_plan, steps_per_epoch
 from .arguments import card_settings, config_overrides, data_source, run_settings
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
+from .distributed import check_distributed_run, checkpoint_state_dict
 from .preflight import check_model_folder, check_writable_dir
 from .run_directory.checkpoints import checkpoint_step
 from .run_directory.files import read_manifest
@@ -68,8 +69,6 @@ def start_run(
     evaluated = None if training_args.do_train else model_class  # nothing is trained: no layer may be new
     check_model_folder(model_args.model_name_or_path, config_overrides(model_args, "encoder"), model_class=evaluated)
     check_resume_argument(training_args)
-    from .distributed import check_distributed_run
-
     check_distributed_run(training_args)  # processes, engine and checkpoint agree
 
 
@@ -343,10 +342,12 @@ def _planned_steps(trainer) -> int:
 
 
 def _restore(trainer, folder: str) -> None:
-    """The model weights and trainer state saved in `folder` (a checkpoint or the output dir)."""
+    """The model weights and trainer state saved in `folder` (a checkpoint or the output dir), before any step is
+    trained: no engine has taken the model yet, so its whole state dict is read without one (what Trainer's
+    `train(resume_from_checkpoint=...)` loads first, in every engine's format: `checkpoint_state_dict`)."""
     from transformers import TrainerState
 
-    trainer._load_from_checkpoint(folder)  # what Trainer.train does first when resuming
+    trainer.model.load_state_dict(checkpoint_state_dict(folder))
     trainer.state = TrainerState.load_from_json(os.path.join(folder, "trainer_state.json"))
     trainer.stopped_by = (read_manifest(folder) or {}).get("stopped_by") or stop_reason(trainer)
 
@@ -354,7 +355,7 @@ def _restore(trainer, folder: str) -> None:
 def _nothing_to_train(trainer, checkpoint: str) -> dict:
     """A resume at the end of training: the run stopped during its final save. Save the checkpoint's model, state and
     end-of-training figure (no train metrics, as no step is trained) and return {}."""
-    from .trainer import FigureCallback
+    from .figure_callbacks import FigureCallback
 
     logger.info(f"{checkpoint} is the end of training: saving its model (the run stopped before its final save)")
     _restore(trainer, checkpoint)

@@ -1,14 +1,13 @@
 """`transformers.Trainer` for MAE: the recipe's weight-decay split, evaluation masks drawn per example from a fixed
-seed, a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, reconstruction figures at
-each evaluation, and the same behaviour under every engine (DDP, FSDP, DeepSpeed; see `distributed`)."""
+seed, a stop on a non-finite loss, per-sample training randomness, crash-safe checkpoints, and the same behaviour
+under every engine (DDP, FSDP, DeepSpeed; see `distributed`). The figures drawn at evaluations: `figure_callbacks`."""
 
 import contextlib
-import os
 
 import torch
+from accelerate.utils import send_to_device
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
@@ -25,7 +24,6 @@ from .modeling_segmentation import segment_to_original_size
 from .optim import decay_parameter_names, param_groups
 from .run_directory.checkpoints import CrashSafeCheckpoints
 from .run_directory.preemption import stop_request
-from .visualize import fixed_noise, reconstruction_grid, segmentation_figure, to_uint8
 
 logger = logging.get_logger(__name__)
 
@@ -40,6 +38,22 @@ SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "math": SDPBackend.MATH,
 }
+
+
+class FiniteLossCheck(TrainerCallback):
+    """Where the Trainer is about to log, evaluate or save a checkpoint, or ends training (the control flags that
+    `DefaultFlowCallback` and the pre-emption callback set at a step's or an epoch's end), the losses accumulated
+    on the device since the last check are read (`MAETrainer._check_accumulated_loss`): a non-finite one stops
+    training before it is logged or saved, so no checkpoint holds the bad weights."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.trainer._check_accumulated_loss()
+
+    on_epoch_end = on_step_end
 
 
 class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
@@ -61,6 +75,7 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         self.eval_data_collator, self.image_decoder, self.monitor = eval_data_collator, image_decoder, monitor
         self.sample_draws = dict(sample_draws or {})
         self._nonfinite_loss, self._checked_step = None, 0  # device flag, no host sync until checked
+        self.add_callback(FiniteLossCheck(self))  # after the callbacks that decide to log, evaluate or save
         # Taken before any engine wraps the model: the optimizer groups need each tensor's own shape.
         self.parameter_shapes = parameter_shapes(self.model)
 
@@ -103,15 +118,16 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         return skipped
 
     def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
+        # Private Trainer method: the one place that gives the training sampler (see ARCHITECTURE.md, Private API).
         if not isinstance(train_dataset, SeededSamples):
-            return sampler
-        if isinstance(sampler, BatchRebalanceSampler):
+            return super()._get_train_sampler(train_dataset)
+        strategy = self.args.train_sampling_strategy
+        if strategy in ("group_by_length", "batch_rebalance"):  # before the Trainer reads examples to measure them
             raise ValueError(
-                "--train_sampling_strategy batch_rebalance balances token counts; it does not apply "
-                "to images (use random or sequential)"
+                f"--train_sampling_strategy {strategy} groups examples by token count, which images do not have; "
+                "use random or sequential"
             )
-        return sample_key_sampler(sampler, train_dataset, self.data_seed)
+        return sample_key_sampler(super()._get_train_sampler(train_dataset), train_dataset, self.data_seed)
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Every example is scored: transformers applies --dataloader_drop_last (meant for training batches) to
@@ -160,13 +176,16 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
                 self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
-    def _prepare_inputs(self, inputs):
-        if "encoded_images" in inputs:  # --image_decoding gpu: decode, crop, flip, normalise on the device
-            inputs = dict(inputs)
-            inputs["pixel_values"] = self.image_decoder(
-                inputs.pop("encoded_images"), inputs.pop("crops"), inputs.pop("flips"), self.args.device
-            )
-        return super()._prepare_inputs(inputs)
+    def decoded(self, inputs: dict) -> dict:
+        """A batch of encoded images (`--image_decoding gpu`) as `pixel_values`, decoded, cropped, flipped and
+        normalised on the device; any other batch as it is."""
+        if "encoded_images" not in inputs:
+            return inputs
+        inputs = dict(inputs)
+        inputs["pixel_values"] = self.image_decoder(
+            inputs.pop("encoded_images"), inputs.pop("crops"), inputs.pop("flips"), self.args.device
+        )
+        return inputs
 
     def floating_point_ops(self, inputs) -> int:
         if "encoded_images" in inputs:  # count as the decoded batch that the model will see
@@ -185,7 +204,7 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with self._attention_kernels():
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, self.decoded(inputs), num_items_in_batch)
         if self._check_every_step():
             # Raised before the optimizer step: the weights and the last checkpoint on disk stay as they were.
             if not torch.isfinite(loss):
@@ -196,8 +215,9 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
         return loss
 
     def _check_accumulated_loss(self) -> None:
-        """Called on every process at logging and checkpoint steps: all stop together if any saw a bad loss."""
-        if self._check_every_step():
+        """Called on every process at logging, evaluation and checkpoint steps and at the last step (`FiniteLossCheck`):
+        all stop together if any saw a bad loss."""
+        if self._check_every_step() or self.state.global_step == self._checked_step:
             return
         bad = self._nonfinite_loss if self._nonfinite_loss is not None else torch.zeros((), dtype=torch.bool)
         bad = bad.to(self.args.device, torch.int32)
@@ -219,17 +239,9 @@ class MAETrainer(CrashSafeCheckpoints, EngineHooks, Trainer):
             "--base_learning_rate (applied from the resumed step on) or without fp16."
         )
 
-    def log(self, logs, start_time=None):
-        self._check_accumulated_loss()
-        super().log(logs, start_time)
-
-    def _save_checkpoint(self, model, trial):
-        self._check_accumulated_loss()  # never overwrite a good checkpoint with non-finite weights
-        super()._save_checkpoint(model, trial)
-
-    def prediction_step(self, *args, **kwargs):
+    def prediction_step(self, model, inputs, *args, **kwargs):
         with self._attention_kernels():
-            return super().prediction_step(*args, **kwargs)
+            return super().prediction_step(model, self.decoded(inputs), *args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, *args, metric_key_prefix: str = "eval", **kwargs):
         output = super().evaluation_loop(dataloader, description, *args, metric_key_prefix=metric_key_prefix, **kwargs)
@@ -273,7 +285,7 @@ class SegmentationTrainer(MAETrainer):
     `label_sizes` (`collate_segmentation(..., with_sizes=True)`); without them each image fills the batch."""
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        inputs = send_to_device(inputs, self.args.device)
         labels = inputs.get("labels")
         label_sizes = inputs.get("label_sizes")
         if labels is not None and label_sizes is None:
@@ -299,97 +311,3 @@ class SegmentationTrainer(MAETrainer):
             predictions = self.accelerator.pad_across_processes(predictions, dim=2, pad_index=-100)
             labels = None if labels is None else self.accelerator.pad_across_processes(labels, dim=2, pad_index=-100)
         return loss, predictions, labels
-
-
-class FigureCallback(TrainerCallback):
-    """Draws a figure of the model at each evaluation (`{folder}/step_N.png`) and at the end (`{final}`), saves it on
-    the main process and logs it to wandb when a run is active. Subclasses implement `draw(model, step)`; those
-    whose figure runs the model (`runs_model`) draw on every process when its parameters are sharded (FSDP, ZeRO-3),
-    as each forward pass gathers parameters from all of them, and call only the model's own forward (which the
-    engine wraps), never a part of it."""
-
-    folder, final, wandb_key = "figures", "figure.png", "eval/figure"
-    runs_model = True
-
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
-
-    def draw(self, model, step: int):
-        raise NotImplementedError
-
-    def _draws_here(self, state, model) -> bool:
-        if model is None:
-            return False
-        return state.is_world_process_zero or (self.runs_model and parameters_sharded(model))
-
-    def _save(self, model, name: str, step: int, main: bool = True) -> None:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            grid = self.draw(model, step)
-        model.train(was_training)
-        if not main:
-            return
-        path = os.path.join(self.output_dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        grid.save(path)
-        try:
-            import wandb
-
-            if wandb.run is not None:  # the step metric of transformers' WandbCallback, not wandb's own counter
-                wandb.log({self.wandb_key: wandb.Image(grid), "train/global_step": step})
-        except ImportError:
-            pass
-
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if self._draws_here(state, model):
-            name = os.path.join(self.folder, f"step_{state.global_step}.png")
-            self._save(model, name, state.global_step, state.is_world_process_zero)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._draws_here(state, model):
-            self._save(model, self.final, state.global_step, state.is_world_process_zero)
-
-
-class ReconstructionCallback(FigureCallback):
-    """Reconstructions of the same images with the same masks every time (`reconstructions/step_N.png`,
-    `reconstruction.png`)."""
-
-    folder, final, wandb_key = "reconstructions", "reconstruction.png", "eval/reconstruction"
-
-    def __init__(self, pixel_values: torch.Tensor, mean, std, output_dir: str):
-        super().__init__(output_dir)
-        self.pixel_values, self.mean, self.std = pixel_values, mean, std
-
-    def draw(self, model, step: int):
-        device = next(model.parameters()).device
-        noise = fixed_noise(len(self.pixel_values), model.config.num_patches).to(device)
-        return reconstruction_grid(model, self.pixel_values.to(device), self.mean, self.std, noise, step)
-
-
-class SegmentationFigureCallback(FigureCallback):
-    """Image, ground truth and prediction of the same validation images with a class legend
-    (`segmentations/step_N.png`, `segmentation.png`), at each image's original annotation size."""
-
-    folder, final, wandb_key = "segmentations", "segmentation.png", "eval/segmentation"
-
-    def __init__(self, examples: list[dict], mean, std, output_dir: str):
-        super().__init__(output_dir)
-        self.examples, self.mean, self.std = examples, mean, std
-
-    def draw(self, model, step: int):
-        device = next(model.parameters()).device
-        images, labels, predictions = [], [], []
-        for example in self.examples:
-            truth = torch.as_tensor(example["labels"])
-            pixels = example["pixel_values"][None].to(device)
-            logits = segment_to_original_size(model, pixels, original_sizes=torch.tensor([list(truth.shape)]))[0]
-            shown = torch.nn.functional.interpolate(
-                pixels.float(), size=tuple(truth.shape), mode="bilinear", align_corners=False
-            )
-            images.append(to_uint8(shown, self.mean, self.std)[0])
-            labels.append(truth.numpy())
-            predictions.append(logits.argmax(dim=0).cpu().numpy())
-        return segmentation_figure(
-            images, labels, predictions, model.config.id2label, model.config.ignore_index, title=f"step {step}"
-        )

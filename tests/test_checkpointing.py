@@ -13,8 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
+from helpers import PRETRAIN_TINY as TINY
 from safetensors.torch import load_file, save_file
-from test_run_pretraining import TINY
 from transformers import modeling_utils
 
 import run_pretraining

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from helpers import FINETUNE_ARCHITECTURE, QUIET, flags
 from PIL import Image
 from transformers import pipeline
 
@@ -22,9 +23,11 @@ from mae_hf.data import class_id_labels, load_digits_dataset, load_image_dataset
 TINY_PRETRAINED = Path(__file__).parent / "data" / "tiny_mae_digits"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TINY = [
-    *["--image_size", "16", "--patch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "2"],
-    *["--num_attention_heads", "2", "--intermediate_size", "64", "--per_device_train_batch_size", "16"],
-    *["--warmup_epochs", "0", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"],
+    *flags(image_size=16),
+    *FINETUNE_ARCHITECTURE,
+    *flags(per_device_train_batch_size=16, warmup_epochs=0),
+    *QUIET,
+    *flags(seed=0),
 ]
 DATA = dict(dataset_config_name=None, cache_dir=None, train_dir=None, validation_dir=None, train_val_split=0.15)
 DATA.update(max_train_samples=None, max_eval_samples=None)

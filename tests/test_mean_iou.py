@@ -1,8 +1,10 @@
 """Mean IoU from a streaming confusion matrix (`mae_hf/metrics/mean_iou.py`): the plain functions, the streaming
 class and the offline `evaluate` metric, all checked against an independent NumPy computation."""
 
+import importlib.util
 import math
 import sys
+import uuid
 import warnings
 
 import numpy as np
@@ -14,7 +16,6 @@ from mae_hf.metrics import (
     METRICS_DIR,
     StreamingMeanIoU,
     confusion_matrix,
-    import_mean_iou_module,
     load_mean_iou,
     metrics_from_confusion,
 )
@@ -241,6 +242,14 @@ def test_torch_numpy_and_list_inputs_agree():
         sum(confusion_matrix(torch.from_numpy(p), r, NUM_LABELS) for p, r in zip(predictions, references)).numpy(),
         expected,
     )
+
+
+def import_mean_iou_module():
+    """`mean_iou.py` imported as a module by its path (as evaluate does, without evaluate's modules cache), afresh."""
+    spec = importlib.util.spec_from_file_location(f"mae_hf_mean_iou_{uuid.uuid4().hex}", MEAN_IOU_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_imported_by_path_and_as_package_names_are_the_same_code():

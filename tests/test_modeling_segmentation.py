@@ -36,7 +36,7 @@ def test_backbone_maps_are_the_hidden_states_at_out_indices_permuted():
     config = seg_config(image_size=(16, 32), out_indices=(1, 3, 0, 2), neck_rescales=(1.0, 1.0, 1.0, 1.0))
     model = MAEForSemanticSegmentation(config).eval()
     pixels = torch.randn(2, 3, 16, 32)  # 2x4 patches, all different
-    maps = model.features(pixels)
+    maps, _ = model.features(pixels)
     hidden = model.vit(pixels, output_hidden_states=True).hidden_states
     for level, index in enumerate(config.out_indices):
         assert maps[level].shape == (2, 32, 2, 4)
@@ -47,7 +47,7 @@ def test_backbone_maps_are_the_hidden_states_at_out_indices_permuted():
 def test_neck_gives_four_scales():
     model = MAEForSemanticSegmentation(seg_config(image_size=64)).eval()
     pixels = torch.randn(1, 3, 64, 64)  # 8x8 patch grid
-    shapes = [tuple(m.shape[-2:]) for m in model.features(pixels)]
+    shapes = [tuple(m.shape[-2:]) for m in model.features(pixels)[0]]
     assert shapes == [(32, 32), (16, 16), (8, 8), (4, 4)]  # x4, x2, x1, x0.5
     first = model.neck.levels[0]
     assert [type(m).__name__ for m in first] == ["ConvTranspose2d", "BatchNorm2d", "GELU", "ConvTranspose2d"]
@@ -69,14 +69,14 @@ def test_loss_is_main_plus_weighted_auxiliary_and_ignores_255(avg_non_ignore):
     torch.manual_seed(0)
     out = model(pixels, labels=labels)
     torch.manual_seed(0)  # the same dropout masks
-    logits, auxiliary = model.segment(pixels)
+    logits, auxiliary, _ = model.segment(pixels)
     main = mmseg_cross_entropy(logits, labels, avg_non_ignore)
     aux = mmseg_cross_entropy(auxiliary, labels, avg_non_ignore)
     torch.testing.assert_close(out.loss, main + 0.4 * aux)
     assert out.logits.shape == (2, 5, 32, 32)
     without = MAEForSemanticSegmentation(seg_config(use_auxiliary_head=False, avg_non_ignore=avg_non_ignore)).train()
     assert without.auxiliary_head is None
-    logits, auxiliary = without.segment(pixels)
+    logits, auxiliary, _ = without.segment(pixels)
     assert auxiliary is None
     torch.testing.assert_close(without.loss(logits, None, labels), mmseg_cross_entropy(logits, labels, avg_non_ignore))
     model.eval()

@@ -11,16 +11,16 @@ import multiprocessing
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 import traceback
 
 import numpy as np
 import pytest
 import torch
+from helpers import PRETRAIN_TINY as TINY
+from helpers import ROOT, torchrun
 from safetensors.torch import load_file
 from test_resume import SCRIPTS, STEPS
-from test_run_pretraining import ROOT, TINY
 from transformers import TrainerCallback
 
 import run_image_classification
@@ -292,15 +292,6 @@ importlib.import_module("{module}").main(sys.argv[1:], callbacks=[SignalRank()])
 """
 
 
-def torchrun(tmp_path, argv, script=None, extra_launcher=()):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    program = str(ROOT / "run_pretraining.py") if script is None else str(script)
-    return subprocess.run(
-        [*command, *extra_launcher, program, *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
-
-
 TWO_PROCESSES = [
     *TINY,
     "--dataset_name",
@@ -327,14 +318,16 @@ def test_two_processes_stop_at_one_step_when_only_one_is_signalled_and_resume_to
     signalled = dict(rank=1, step=stop - 1, target="os.getpid()", signal="SIGTERM", module="run_pretraining")
     script.write_text(SIGNAL_ONE_RANK.format(**signalled))
     out = tmp_path / "two"
-    stopped = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out)], script)
+    stopped = torchrun(script, [*TWO_PROCESSES, "--output_dir", str(out)])
     # torchrun reports the first process to exit (with 75) and sends SIGTERM to the other, which has stopped already
     assert stopped.returncode != 0 and f"exitcode: {EXIT_PREEMPTED}" in stopped.stderr, stopped.stderr[-4000:]
     assert f"a stop signal (received by another process): stopped after step {stop}" in stopped.stderr  # rank 0's
     assert [step for step, _ in checkpoint_folders(str(out))] == [stop]  # rank 0 was not signalled, stopped there too
     checkpoint = out / f"checkpoint-{stop}"
     assert checkpoint_problems(str(checkpoint)) == [] and (checkpoint / "rng_state_1.pth").exists()
-    resumed = torchrun(tmp_path, [*TWO_PROCESSES, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    resumed = torchrun(
+        ROOT / "run_pretraining.py", [*TWO_PROCESSES, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     one = tmp_path / "one"
     run_pretraining.main([*TWO_PROCESSES, "--output_dir", str(one), "--per_device_train_batch_size", "16"])
@@ -362,7 +355,7 @@ def test_torchrun_forwards_sigusr1_to_both_processes_which_stop_at_one_step(tmp_
     out = tmp_path / "two"
     argv = [*SCRIPTS[script][1], *STEPS, *ONLY_THEIR_CHECKPOINT, "--use_cpu", "--output_dir", str(out)]
     launcher = ["--signals_to_handle", "SIGTERM,SIGINT,SIGUSR1,SIGUSR2"]
-    stopped = torchrun(tmp_path, argv, program, launcher)
+    stopped = torchrun(program, argv, launcher)
     assert stopped.returncode != 0
     (step, checkpoint), *_ = checkpoint_folders(str(out))
     assert step in (2, 3) and checkpoint_problems(checkpoint) == [], stopped.stderr[-4000:]

@@ -7,14 +7,13 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config
+from helpers import ROOT, torchrun
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel, ViTMAEConfig
@@ -30,12 +29,11 @@ from mae_hf import (
     MAESegmentationConfig,
     conversion,
     evaluate_features,
-    visualize,
 )
 from mae_hf.preflight import WRITE_PROBE_PREFIX, check_model_folder, check_writable_dir
 from mae_hf.run_utils import check_output_dir
+from mae_hf.visualize import cli as visualize
 
-ROOT = Path(__file__).resolve().parent.parent
 # Each script's data loader: a check that comes "before any data work" must fail before it is called.
 SCRIPTS = {
     "pretraining": (run_pretraining, "load_image_datasets", "digits"),
@@ -137,17 +135,8 @@ def test_two_processes_refuse_an_output_dir_they_cannot_create(tmp_path):
     """Under torchrun every process checks (each writes its RNG state into checkpoints) and stops in seconds."""
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     out = tmp_path / "notes.txt" / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     argv = ["--output_dir", str(out), "--dataset_name", "digits", "--use_cpu", "--report_to", "none"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [*command, str(ROOT / "run_image_classification.py"), *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    done = torchrun(ROOT / "run_image_classification.py", argv)
     assert done.returncode != 0
     assert done.stderr.count(f"ValueError: --output_dir {out} cannot be created") == 2, done.stderr[-3000:]
 

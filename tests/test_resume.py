@@ -9,12 +9,10 @@ import shutil
 
 import pytest
 import torch
+from helpers import FINETUNE_ARCHITECTURE as ARCHITECTURE
+from helpers import FINETUNE_TINY, PRETRAIN_TINY, SEGMENT_TINY
 from safetensors.torch import load_file
-from test_run_image_classification import ARCHITECTURE
-from test_run_image_classification import TINY as FINETUNE_TINY
-from test_run_pretraining import TINY as PRETRAIN_TINY
 from test_run_pretraining import Killed, StopAfter
-from test_run_semantic_segmentation import TINY as SEGMENT_TINY
 from transformers import TrainerCallback
 
 import run_image_classification
@@ -252,14 +250,7 @@ def test_checkpoint_of_another_task_fails_before_training_naming_model_name_or_p
         "2",
         "--save_steps",
         "2",
-        "--hidden_size",
-        "32",
-        "--num_hidden_layers",
-        "2",
-        "--num_attention_heads",
-        "2",
-        "--intermediate_size",
-        "64",
+        *ARCHITECTURE,  # two blocks, as the fine-tuning script's tiny model
     )
     checkpoint = tmp_path / "out" / "checkpoint-2"
     message = (

@@ -13,9 +13,11 @@ import sys
 import time
 
 import pytest
+from helpers import PRETRAIN_TINY as TINY
+from helpers import ROOT
 from test_preemption import Signal, in_child
 from test_resume import SCRIPTS, STEPS
-from test_run_pretraining import ROOT, TINY, Killed, StopAfter, make_image_folder
+from test_run_pretraining import Killed, StopAfter, make_image_folder
 from transformers import TrainerCallback
 
 import run_pretraining

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from datasets import DatasetDict
+from helpers import FINETUNE_ARCHITECTURE, FINETUNE_TINY
 from PIL import Image
 from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
@@ -15,44 +16,8 @@ import run_image_classification
 from mae_hf import MAEForImageClassification, MAEForPreTraining
 from mae_hf.lars import LARS
 
-TINY = [
-    "--dataset_name",
-    "digits",
-    "--image_size",
-    "16",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "64",
-    "--max_train_samples",
-    "64",
-    "--max_eval_samples",
-    "48",
-    "--warmup_epochs",
-    "0",
-    "--logging_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--dataloader_num_workers",
-    "0",
-    "--save_strategy",
-    "no",
-    "--seed",
-    "0",
-]
-ARCHITECTURE = [
-    "--patch_size",
-    "4",
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "2",
-    "--num_attention_heads",
-    "2",
-    "--intermediate_size",
-    "64",
-]
+TINY = FINETUNE_TINY
+ARCHITECTURE = FINETUNE_ARCHITECTURE
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PRETRAIN_TINY, ROOT, torchrun
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForPreTraining, TrainerCallback
 
@@ -20,47 +21,7 @@ from mae_hf import MAEForPreTraining
 from mae_hf.run_directory.files import folder_problems
 from mae_hf.run_utils import parse_arguments
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--image_size",
-    "16",
-    "--patch_size",
-    "4",
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "1",
-    "--num_attention_heads",
-    "2",
-    "--intermediate_size",
-    "64",
-    "--decoder_hidden_size",
-    "16",
-    "--decoder_num_hidden_layers",
-    "1",
-    "--decoder_num_attention_heads",
-    "2",
-    "--decoder_intermediate_size",
-    "32",
-    "--per_device_train_batch_size",
-    "8",
-    "--per_device_eval_batch_size",
-    "16",
-    "--base_learning_rate",
-    "1e-3",
-    "--warmup_steps",
-    "0",
-    "--logging_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--dataloader_num_workers",
-    "0",
-    "--num_visualized_images",
-    "2",
-    "--seed",
-    "0",
-]
+TINY = PRETRAIN_TINY
 
 
 def run(tmp_path, *extra, callbacks=(), out="out"):
@@ -302,16 +263,9 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
         "--save_strategy",
         "no",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    two = subprocess.run(
+    two = torchrun(
+        ROOT / "run_pretraining.py",
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "run_pretraining.py"),
             *common,
             "--output_dir",
             str(tmp_path / "two"),
@@ -324,11 +278,6 @@ def test_two_processes_have_the_same_global_batch(tmp_path):
             "--save_steps",
             "2",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
     run_pretraining.main([*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16"])
@@ -475,7 +424,7 @@ def test_visualize_cli_writes_next_to_the_model(tmp_path):
 
 def test_visualize_cli_takes_a_hub_id_with_an_output(tmp_path, capsys):
     """A Hub id has no folder to write next to: it needs --output, and with it is loaded as before."""
-    from mae_hf import visualize
+    from mae_hf.visualize import cli as visualize
 
     image = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(image)
@@ -650,26 +599,7 @@ def test_two_processes_gather_the_monitor_features(tmp_path):
         "--use_cpu",
         *MONITOR,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "run_pretraining.py"),
-            *common,
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
+    two = torchrun(ROOT / "run_pretraining.py", [*common, "--output_dir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-4000:]
     one = run_pretraining.main([*common, "--output_dir", str(tmp_path / "one")])
     gathered = json.loads((tmp_path / "two" / "eval_results.json").read_text())

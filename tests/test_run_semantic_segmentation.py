@@ -8,64 +8,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, write_ade_folder
+from helpers import ROOT, SEGMENT_TINY, torchrun
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 
 import run_semantic_segmentation
 from mae_hf import MAEForPreTraining, MAEForSemanticSegmentation, MAESegmentationConfig
 
-TINY = [
-    "--image_size",
-    "32",
-    "--crop_size",
-    "32",
-    "--resize_scale",
-    "128",
-    "32",
-    "--patch_size",
-    "8",
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "4",
-    "--num_attention_heads",
-    "2",
-    "--intermediate_size",
-    "64",
-    "--out_indices",
-    "0",
-    "1",
-    "2",
-    "3",
-    "--decode_channels",
-    "16",
-    "--auxiliary_channels",
-    "8",
-    "--per_device_train_batch_size",
-    "4",
-    "--per_device_eval_batch_size",
-    "4",
-    "--warmup_steps",
-    "0",
-    "--logging_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--dataloader_num_workers",
-    "0",
-    "--save_strategy",
-    "no",
-    "--eval_strategy",
-    "no",
-    "--num_visualized_images",
-    "2",
-    "--seed",
-    "0",
-    "--max_eval_samples",
-    "8",
-    "--max_train_samples",
-    "16",
-]
+TINY = SEGMENT_TINY
 
 
 def run(tmp_path, *extra, out="out"):
@@ -297,24 +247,12 @@ def test_flip_probability_reaches_the_training_transform(tmp_path, flip):
 
 def test_two_processes_score_odd_sizes_like_one(tmp_path):
     """Maps of different widths on the two processes: the Trainer pads only the height before gathering."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = odd_size_ade_folder(tmp_path / "ADEChallengeData2016")
     data = ["--dataset_name", str(root), "--reduce_labels", "--num_visualized_images", "0"]
     run(tmp_path, *data, "--max_steps", "30", "--learning_rate", "3e-3", "--do_eval", "false", out="model")
-    repo = Path(__file__).resolve().parent.parent
-    two = subprocess.run(
+    two = torchrun(
+        ROOT / "run_semantic_segmentation.py",
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(repo / "run_semantic_segmentation.py"),
             "--output_dir",
             str(tmp_path / "two"),
             *TINY,
@@ -327,12 +265,6 @@ def test_two_processes_score_odd_sizes_like_one(tmp_path):
             "--per_device_eval_batch_size",
             "2",
         ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo)),
-        cwd=repo,
-        timeout=600,
-        check=False,
     )
     assert two.returncode == 0, two.stderr[-4000:]
     metrics = json.loads((tmp_path / "two" / "eval_results.json").read_text())

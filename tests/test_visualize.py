@@ -75,8 +75,8 @@ def test_cli_turns_photos_upright_by_their_exif_orientation_as_training_does(tmp
     import numpy as np
     from PIL import Image, ImageOps
 
-    from mae_hf import visualize
     from mae_hf.data import eval_transform, to_model_mode
+    from mae_hf.visualize import cli as visualize
 
     model_dir = tmp_path / "model"
     MAEForPreTraining(tiny_config()).save_pretrained(model_dir)

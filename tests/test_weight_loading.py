@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from conftest import tiny_config
+from helpers import QUIET, TINY_DECODER, TINY_SEGMENTATION_HEADS, flags, tiny_encoder
 from test_modeling_segmentation import seg_config
 from transformers import AutoModel
 
@@ -90,53 +91,17 @@ def test_grid_of_a_table_comes_from_the_saved_config():
 
 
 SCRIPT_TINY = [
-    "--image_size",
-    "32",
-    "--patch_size",
-    "8",
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "4",
-    "--num_attention_heads",
-    "2",
-    "--intermediate_size",
-    "64",
-    "--max_steps",
-    "1",
-    "--do_eval",
-    "false",
-    "--per_device_train_batch_size",
-    "4",
-    "--report_to",
-    "none",
-    "--dataloader_num_workers",
-    "0",
-    "--save_strategy",
-    "no",
-    "--max_train_samples",
-    "8",
-    "--logging_steps",
-    "1",
+    *flags(image_size=32),
+    *tiny_encoder(patch_size=8, layers=4),
+    *flags(max_steps=1, do_eval="false", per_device_train_batch_size=4),
+    *QUIET,
+    *flags(save_strategy="no", max_train_samples=8, logging_steps=1),
 ]
 SCRIPTS = {
     "pretraining": (
         run_pretraining,
         MAEForPreTraining,
-        [
-            "--dataset_name",
-            "digits",
-            "--warmup_epochs",
-            "0",
-            "--decoder_hidden_size",
-            "16",
-            "--decoder_num_attention_heads",
-            "2",
-            "--decoder_intermediate_size",
-            "32",
-            "--decoder_num_hidden_layers",
-            "1",
-        ],
+        [*flags(dataset_name="digits", warmup_epochs=0), *TINY_DECODER],
     ),
     "classification": (
         run_image_classification,
@@ -147,26 +112,9 @@ SCRIPTS = {
         run_semantic_segmentation,
         MAEForSemanticSegmentation,
         [
-            "--dataset_name",
-            "digits_seg",
-            "--crop_size",
-            "32",
-            "--resize_scale",
-            "128",
-            "32",
-            "--out_indices",
-            "0",
-            "1",
-            "2",
-            "3",
-            "--decode_channels",
-            "16",
-            "--auxiliary_channels",
-            "8",
-            "--warmup_steps",
-            "0",
-            "--num_visualized_images",
-            "1",
+            *flags(dataset_name="digits_seg"),
+            *TINY_SEGMENTATION_HEADS,
+            *flags(warmup_steps=0, num_visualized_images=1),
         ],
     ),
 }

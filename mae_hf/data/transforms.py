@@ -130,7 +130,7 @@ class RandomRescale(v2.Transform):
     def transform(self, inpt, params: dict):
         is_map = isinstance(inpt, tv_tensors.Mask)
         mode = v2.InterpolationMode.NEAREST_EXACT if is_map else v2.InterpolationMode.BILINEAR
-        return self._call_kernel(F.resize, inpt, params["size"], interpolation=mode, antialias=False)
+        return F.resize(inpt, params["size"], interpolation=mode, antialias=False)
 
 
 class CatMaxRandomCrop(v2.Transform):
@@ -167,7 +167,7 @@ class CatMaxRandomCrop(v2.Transform):
         return dict(zip(("top", "left", "height", "width"), box))
 
     def transform(self, inpt, params: dict):
-        return self._call_kernel(F.crop, inpt, **params)
+        return F.crop(inpt, **params)
 
 
 class PhotoMetricDistortion(v2.Transform):
@@ -176,8 +176,6 @@ class PhotoMetricDistortion(v2.Transform):
     an integer U[-18, 18) in OpenCV's 0..180 units — clipped and truncated to uint8 like mmcv. Brightness, contrast
     and hue are mmseg's exactly; saturation blends with the greyscale image (torchvision's adjust_saturation)
     where mmseg scales the HSV S channel, a close approximation."""
-
-    _transformed_types = (tv_tensors.Image,)
 
     def __init__(
         self, brightness_delta: float = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta: int = 18
@@ -206,6 +204,8 @@ class PhotoMetricDistortion(v2.Transform):
         return tv_tensors.wrap((image.float() * alpha + beta).clamp(0, 255).to(torch.uint8), like=image)
 
     def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image):  # class maps (and anything else) pass unchanged
+            return inpt
         image = inpt if params["brightness"] is None else self._affine(inpt, beta=params["brightness"])
         contrast = params["contrast"]
         if contrast is not None and params["contrast_first"]:

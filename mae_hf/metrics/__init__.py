@@ -19,7 +19,6 @@ __all__ = [
     "StreamingMeanIoU",
     "confusion_matrix",
     "eval_batches",
-    "import_mean_iou_module",
     "load_accuracy",
     "load_mean_iou",
     "metrics_from_confusion",
@@ -53,20 +52,6 @@ def load_mean_iou(**kwargs):
 
     kwargs.setdefault("experiment_id", uuid.uuid4().hex)
     return evaluate.load(MEAN_IOU_PATH, **kwargs)
-
-
-def import_mean_iou_module():
-    """`mean_iou.py` imported as a module by its path (as evaluate does, but without evaluate's modules cache).
-
-    The package already imports it as `mae_hf.metrics.mean_iou`; this is for code that wants the file itself,
-    e.g. to check that a copy elsewhere behaves the same. Each call executes the file afresh.
-    """
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"mae_hf_mean_iou_{uuid.uuid4().hex}", MEAN_IOU_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # `mean_iou.py` is also an `evaluate` script, hence self-contained (no relative imports): importing it as a plain
