@@ -34,8 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import digits_seg_label_efficiency as base  # noqa: E402
 from digits_seg_probe import probe_encoder  # noqa: E402
-from mae_hf.checkpointing import write_json_atomic  # noqa: E402
-from mae_hf.resume import newest_complete_checkpoint  # noqa: E402
+
+from mae_hf.run_directory.files import write_json_atomic  # noqa: E402
+from mae_hf.run_directory.resume import newest_complete_checkpoint  # noqa: E402
 
 MAE_LEAD = 5.0  # mIoU points: the lead the question asks about
 WARMUP_SHARE = 0.1  # of each budget's epochs: the demo's 0.5 of 5
