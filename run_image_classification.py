@@ -9,22 +9,25 @@
 Without --model_name_or_path the encoder starts from random init (the from-scratch baseline).
 """
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 from transformers import AutoConfig, ConvNextImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from mae_hf import MAEConfig, MAEForImageClassification
 from mae_hf.argument_checks import CLASSIFICATION_METRICS, check_batchnorm_batches
 from mae_hf.arguments import (
+    APPLIED,
+    DEFINES,
     SCALED_LEARNING_RATE,
     ImageDataArguments,
     ModelArguments,
     RecipeArguments,
     config_overrides,
-    recipe,
+    flag,
+    like,
 )
 from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, percent_panel
@@ -60,36 +63,22 @@ from mae_hf.trainer import MAETrainer
 
 # The paper's linear probe (Tab. 10, main_linprobe.py), put under the layer that switches --linear_probe on: the
 # flags of that layer and of the layers above still win.
-LINEAR_PROBE_PRESET = [
-    "--base_learning_rate",
-    "0.1",
-    "--weight_decay",
-    "0",
-    "--num_train_epochs",
-    "90",
-    "--warmup_epochs",
-    "10",
-    "--lr_scheduler_kwargs",
-    '{"min_lr": 0.0}',
-    "--layer_decay",
-    "1.0",
-    "--use_lars",
-    "true",
-    "--mixup_alpha",
-    "0",
-    "--cutmix_alpha",
-    "0",
-    "--label_smoothing",
-    "0",
-    "--rand_augment_magnitude",
-    "0",
-    "--random_erasing",
-    "0",
-    "--drop_path_rate",
-    "0",
-    "--pooling",
-    "cls",
-]
+LINEAR_PROBE_PRESET = {
+    "base_learning_rate": 0.1,
+    "weight_decay": 0,
+    "num_train_epochs": 90,
+    "warmup_epochs": 10,
+    "lr_scheduler_kwargs": {"min_lr": 0.0},
+    "layer_decay": 1.0,
+    "use_lars": True,
+    "mixup_alpha": 0,
+    "cutmix_alpha": 0,
+    "label_smoothing": 0,
+    "rand_augment_magnitude": 0,
+    "random_erasing": 0,
+    "drop_path_rate": 0,
+    "pooling": "cls",
+}
 FINETUNE_MD = "FINETUNE.md (ViT-B), paper Tab. 9"
 MAIN_FINETUNE = "official main_finetune.py"
 
@@ -99,71 +88,71 @@ LINEAR_PROBE_BATCHNORM = "the linear probe's BatchNorm head"
 
 @dataclass
 class ClassificationModelArguments(ModelArguments):
-    drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate.", FINETUNE_MD)
-    pooling: str | None = field(
-        default=None,
-        metadata={
-            "help": "'mean' (global pool + fc_norm; FINETUNE.md) or 'cls' (class token; the linear probe) "
-            "(default: the checkpoint's; a new model or a pretraining checkpoint: mean)"
-        },
+    drop_path_rate: float | None = like(ModelArguments, "drop_path_rate", 0.1, FINETUNE_MD)
+    pooling: str | None = flag(
+        None,
+        "'mean' (global pool + fc_norm; FINETUNE.md) or 'cls' (class token; the linear probe)",
+        shown="the checkpoint's; a new model or a pretraining checkpoint: mean",
+        run=DEFINES,
+        config="head",
     )
 
 
 @dataclass
 class ClassificationDataArguments(ImageDataArguments):
-    label_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
-    label_fraction: float | None = field(
-        default=None, metadata={"help": "Train on this fixed, class-balanced share of the labelled examples."}
+    label_column_name: str | None = flag(None, "Auto-detected when not given.", run=DEFINES)
+    label_fraction: float | None = flag(
+        None, "Train on this fixed, class-balanced share of the labelled examples.", run=DEFINES
     )
-    label_fraction_seed: int = field(default=0, metadata={"help": "Seed of that subset (not the training seed)."})
-    crop_min_scale: float = recipe(0.08, "Lower bound of RandomResizedCrop's area scale.", "timm, main_finetune.py")
+    label_fraction_seed: int = flag(0, "Seed of that subset (not the training seed).", run=DEFINES)
+    crop_min_scale: float = like(ImageDataArguments, "crop_min_scale", 0.08, "timm, main_finetune.py")
 
 
 @dataclass
 class FinetuningArguments(RecipeArguments):
     """The official fine-tuning defaults for ViT-B (FINETUNE.md, paper Tab. 9); --linear_probe switches to Tab. 10."""
 
-    PRESETS: ClassVar[dict[str, list[str]]] = {"linear_probe": LINEAR_PROBE_PRESET}
-
-    linear_probe: bool = field(
-        default=False,
-        metadata={
-            "help": "The paper's linear probe (Tab. 10, main_linprobe.py): frozen encoder, class token, "
-            "BatchNorm + linear head, LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/"
-            "erasing/label smoothing/drop path/layer decay; flags given with it still win (default: False)"
-        },
+    linear_probe: bool = flag(
+        False,
+        "The paper's linear probe (Tab. 10, main_linprobe.py): frozen encoder, class token, BatchNorm + linear head, "
+        "LARS, blr 0.1, wd 0, 90 epochs (10 warmup), no mixup/cutmix/RandAugment/erasing/label smoothing/drop path/"
+        "layer decay; flags given with it still win (default: False)",
+        run=DEFINES,
+        preset=LINEAR_PROBE_PRESET,
     )
-    RECIPE: ClassVar[dict[str, tuple]] = {
-        "learning_rate": SCALED_LEARNING_RATE,
-        "base_learning_rate": (5e-4, FINETUNE_MD),
-        "layer_decay": (0.65, FINETUNE_MD, "Layer-wise lr decay (0.75 for ViT-L; 1.0: off)."),
-        "weight_decay": (0.05, FINETUNE_MD),
-        "adam_beta1": (0.9, MAIN_FINETUNE + " (torch's default)"),
-        "adam_beta2": (0.999, MAIN_FINETUNE + " (torch's default)"),
-        "num_train_epochs": (100, FINETUNE_MD),
-        "warmup_epochs": (5, FINETUNE_MD),
-        "lr_scheduler_type": ("cosine_with_min_lr", MAIN_FINETUNE),
-        "lr_scheduler_kwargs": ({"min_lr": 1e-6}, MAIN_FINETUNE),
-        "max_grad_norm": (0.0, MAIN_FINETUNE),
-        "per_device_train_batch_size": (64, "ours; FINETUNE.md: global batch 1024"),
-        "use_lars": (False, "paper Tab. 10"),
-        "label_names": (["labels"],),
-        "eval_strategy": ("epoch",),
-        "save_strategy": ("epoch",),
-    }
-
-    optim: OptimizerNames | str = field(
-        default=RecipeArguments.default_optim,
-        metadata={"help": "The optimizer, unless --use_lars (default: %(default)s)"},
+    learning_rate: float | None = like(RecipeArguments, "learning_rate", **SCALED_LEARNING_RATE)
+    base_learning_rate: float | None = like(RecipeArguments, "base_learning_rate", 5e-4, FINETUNE_MD)
+    layer_decay: float | None = like(
+        RecipeArguments, "layer_decay", 0.65, FINETUNE_MD, help="Layer-wise lr decay (0.75 for ViT-L; 1.0: off)."
     )
-    mixup_alpha: float = recipe(0.8, "Mixup alpha, 0: off.", FINETUNE_MD)
-    cutmix_alpha: float = recipe(1.0, "CutMix alpha, 0: off.", FINETUNE_MD)
-    mixup_switch_prob: float = recipe(0.5, "Probability of CutMix instead of mixup.", MAIN_FINETUNE)
-    label_smoothing: float = recipe(0.1, "Label smoothing of the (mixed) targets.", FINETUNE_MD)
-    rand_augment_magnitude: float = recipe(9.0, "RandAugment magnitude, 0: off.", FINETUNE_MD)
-    rand_augment_std: float = recipe(0.5, "RandAugment magnitude noise.", FINETUNE_MD)
-    random_erasing: float = recipe(0.25, "Random erasing probability.", FINETUNE_MD)
-    crop_pct: float = recipe(0.875, "Evaluation: resize to image_size / crop_pct, centre-crop.", MAIN_FINETUNE)
+    weight_decay: float = like(RecipeArguments, "weight_decay", 0.05, FINETUNE_MD)
+    adam_beta1: float = like(RecipeArguments, "adam_beta1", 0.9, MAIN_FINETUNE + " (torch's default)")
+    adam_beta2: float = like(RecipeArguments, "adam_beta2", 0.999, MAIN_FINETUNE + " (torch's default)")
+    num_train_epochs: float = like(RecipeArguments, "num_train_epochs", 100, FINETUNE_MD)
+    warmup_epochs: float | None = like(RecipeArguments, "warmup_epochs", 5, FINETUNE_MD)
+    lr_scheduler_type: SchedulerType | str = like(
+        RecipeArguments, "lr_scheduler_type", "cosine_with_min_lr", MAIN_FINETUNE
+    )
+    lr_scheduler_kwargs: dict | str | None = like(
+        RecipeArguments, "lr_scheduler_kwargs", {"min_lr": 1e-6}, MAIN_FINETUNE
+    )
+    max_grad_norm: float = like(RecipeArguments, "max_grad_norm", 0.0, MAIN_FINETUNE)
+    per_device_train_batch_size: int = like(
+        RecipeArguments, "per_device_train_batch_size", 64, "ours; FINETUNE.md: global batch 1024"
+    )
+    use_lars: bool = like(RecipeArguments, "use_lars", False, "paper Tab. 10")
+    optim: OptimizerNames | str = like(RecipeArguments, "optim", help="The optimizer, unless --use_lars")
+    label_names: list[str] | None = like(RecipeArguments, "label_names", ["labels"])
+    eval_strategy: IntervalStrategy | str = like(RecipeArguments, "eval_strategy", "epoch")
+    save_strategy: SaveStrategy | str = like(RecipeArguments, "save_strategy", "epoch")
+    mixup_alpha: float = flag(0.8, "Mixup alpha, 0: off.", FINETUNE_MD, run=APPLIED)
+    cutmix_alpha: float = flag(1.0, "CutMix alpha, 0: off.", FINETUNE_MD, run=APPLIED)
+    mixup_switch_prob: float = flag(0.5, "Probability of CutMix instead of mixup.", MAIN_FINETUNE, run=APPLIED)
+    label_smoothing: float = flag(0.1, "Label smoothing of the (mixed) targets.", FINETUNE_MD, run=APPLIED)
+    rand_augment_magnitude: float = flag(9.0, "RandAugment magnitude, 0: off.", FINETUNE_MD, run=APPLIED)
+    rand_augment_std: float = flag(0.5, "RandAugment magnitude noise.", FINETUNE_MD, run=APPLIED)
+    random_erasing: float = flag(0.25, "Random erasing probability.", FINETUNE_MD, run=APPLIED)
+    crop_pct: float = flag(0.875, "Evaluation: resize to image_size / crop_pct, centre-crop.", MAIN_FINETUNE)
 
 
 ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, FinetuningArguments)
@@ -172,7 +161,7 @@ ARGUMENTS = (ClassificationModelArguments, ClassificationDataArguments, Finetuni
 def prepare_data(model_args, data_args, training_args):
     """Datasets (train on the label subset, if any), the image and label columns (class ids, see
     `class_id_labels`), and the class names."""
-    datasets = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    datasets = load_image_datasets(data_args, training_args.seed, training_args.do_train)
     reference = reference_split(datasets)
     image_column = find_image_column(reference, data_args.image_column_name)
     label_column = find_label_column(reference, data_args.label_column_name)

@@ -6,23 +6,25 @@
 Any flag overrides the config file given first.
 """
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from datasets import Image
 from transformers import ViTImageProcessor, set_seed
 from transformers.image_utils import PILImageResampling
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 from mae_hf import MAEConfig, MAEForPreTraining
 from mae_hf.argument_checks import PRETRAINING_METRICS
 from mae_hf.arguments import (
+    DEFINES,
     SCALED_LEARNING_RATE,
     DecoderModelArguments,
     ImageDataArguments,
     RecipeArguments,
     config_overrides,
-    recipe,
+    flag,
+    like,
 )
 from mae_hf.banner import StartBanner
 from mae_hf.curves import TrainingCurvesCallback, loss_panels, monitor_panels
@@ -51,58 +53,60 @@ from mae_hf.run_utils import (
 )
 from mae_hf.trainer import MAETrainer
 
+TAB8 = "paper Tab. 8"
+
 
 @dataclass
 class PretrainModelArguments(DecoderModelArguments):
-    mask_ratio: float | None = recipe(0.75, "Share of the patches removed.", "paper Sec. 4.1, Fig. 5")
-    norm_pix_loss: bool | None = recipe(True, "Regress per-patch normalised pixels.", "PRETRAIN.md, paper Tab. 8")
-    num_visualized_images: int = field(default=8, metadata={"help": "Images in each reconstruction figure."})
+    mask_ratio: float | None = like(DecoderModelArguments, "mask_ratio", 0.75, "paper Sec. 4.1, Fig. 5")
+    norm_pix_loss: bool | None = like(DecoderModelArguments, "norm_pix_loss", True, "PRETRAIN.md, paper Tab. 8")
+    num_visualized_images: int = flag(8, "Images in each reconstruction figure.")
 
 
 @dataclass
 class PretrainDataArguments(ImageDataArguments):
-    streaming: bool = field(
-        default=False, metadata={"help": "Stream the dataset instead of downloading it first (needs --max_steps)."}
+    streaming: bool = flag(
+        False, "Stream the dataset instead of downloading it first (needs --max_steps).", run=DEFINES
     )
-    image_decoding: str = field(
-        default="fast",
-        metadata={
-            "help": "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, "
-            "crop/flip/normalise on uint8 tensors; same output distribution as 'pil', 1.6-2x its images/s "
-            "per worker), 'pil' (torchvision v2 on PIL images), 'gpu' (workers read bytes; nvJPEG decodes the "
-            "batch and crop/flip/normalise run on the device).",
-            "choices": ["fast", "pil", "gpu"],
-        },
+    image_decoding: str = flag(
+        "fast",
+        "Pretraining input pipeline: 'fast' (JPEGs decoded at reduced scale when the crop allows, crop/flip/normalise "
+        "on uint8 tensors; same output distribution as 'pil', 1.6-2x its images/s per worker), 'pil' (torchvision v2 "
+        "on PIL images), 'gpu' (workers read bytes; nvJPEG decodes the batch and crop/flip/normalise run on the "
+        "device).",
+        choices=["fast", "pil", "gpu"],
     )
-
-
-TAB8 = "paper Tab. 8"
 
 
 @dataclass
 class PretrainingArguments(RecipeArguments):
     """The official pretraining defaults (PRETRAIN.md / paper Tab. 8)."""
 
-    IGNORED: ClassVar[dict[str, str]] = {
-        **RecipeArguments.IGNORED,
-        "layer_decay": "pretraining trains every block at one learning rate (paper Tab. 8)",
-        "use_lars": "pretraining uses AdamW (paper Tab. 8)",
-    }
-    RECIPE: ClassVar[dict[str, tuple]] = {
-        "learning_rate": SCALED_LEARNING_RATE,
-        "base_learning_rate": (1.5e-4, TAB8),
-        "weight_decay": (0.05, TAB8),
-        "adam_beta1": (0.9, TAB8),
-        "adam_beta2": (0.95, TAB8),
-        "num_train_epochs": (800, "PRETRAIN.md"),
-        "warmup_epochs": (40, TAB8),
-        "lr_scheduler_type": ("cosine", TAB8),
-        "max_grad_norm": (0.0, "official main_pretrain.py", "Gradient clipping norm, 0: none (the seed used 1.0)."),
-        "per_device_train_batch_size": (64, "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096"),
-        "label_names": (["pixel_values"],),  # so evaluation reports eval_loss
-        "eval_strategy": ("epoch",),
-        "save_strategy": ("epoch",),
-    }
+    learning_rate: float | None = like(RecipeArguments, "learning_rate", **SCALED_LEARNING_RATE)
+    base_learning_rate: float | None = like(RecipeArguments, "base_learning_rate", 1.5e-4, TAB8)
+    weight_decay: float = like(RecipeArguments, "weight_decay", 0.05, TAB8)
+    adam_beta1: float = like(RecipeArguments, "adam_beta1", 0.9, TAB8)
+    adam_beta2: float = like(RecipeArguments, "adam_beta2", 0.95, TAB8)
+    num_train_epochs: float = like(RecipeArguments, "num_train_epochs", 800, "PRETRAIN.md")
+    warmup_epochs: float | None = like(RecipeArguments, "warmup_epochs", 40, TAB8)
+    lr_scheduler_type: SchedulerType | str = like(RecipeArguments, "lr_scheduler_type", "cosine", TAB8)
+    max_grad_norm: float = like(
+        RecipeArguments,
+        "max_grad_norm",
+        0.0,
+        "official main_pretrain.py",
+        help="Gradient clipping norm, 0: none (the seed used 1.0).",
+    )
+    per_device_train_batch_size: int = like(
+        RecipeArguments, "per_device_train_batch_size", 64, "PRETRAIN.md: 64 per GPU x 64 GPUs = 4096"
+    )
+    label_names: list[str] | None = like(RecipeArguments, "label_names", ["pixel_values"])  # so eval reports eval_loss
+    eval_strategy: IntervalStrategy | str = like(RecipeArguments, "eval_strategy", "epoch")
+    save_strategy: SaveStrategy | str = like(RecipeArguments, "save_strategy", "epoch")
+    layer_decay: float | None = like(
+        RecipeArguments, "layer_decay", unused="pretraining trains every block at one learning rate (paper Tab. 8)"
+    )
+    use_lars: bool = like(RecipeArguments, "use_lars", unused="pretraining uses AdamW (paper Tab. 8)")
 
 
 ARGUMENTS = (PretrainModelArguments, PretrainDataArguments, PretrainingArguments, MonitorArguments)
@@ -124,7 +128,7 @@ def build_model(model_args, config: MAEConfig) -> MAEForPreTraining:
 def prepare_datasets(raw, data_args, config: MAEConfig, processor, training_args):
     """train/validation with lazy transforms; corrupt images caught (or skipped) before training."""
     column = find_image_column(reference_split(raw), data_args.image_column_name)
-    verify_splits(raw, column, data_args, training_args)
+    verify_splits(raw, column, data_args, training_args, data_args.streaming)
     size, channels = config.image_hw, config.num_channels
     mean, std = processor.image_mean, processor.image_std
     transforms = {
@@ -191,7 +195,7 @@ def reconstruction_figures(eval_dataset, processor, model_args, training_args) -
 
 def build_monitor(monitor_args, config: MAEConfig, processor, data_args, training_args) -> FeatureMonitor | None:
     """k-NN / linear-probe accuracy of the encoder at every evaluation (`--monitor_dataset`); None without one. (With
-    --do_eval false a monitor is switched off or refused with the arguments: `cli.IMPLIED`, `cli.NEEDS_EVALUATION`.)"""
+    --do_eval false a monitor is switched off or refused with the arguments: `implies`, `evaluates` facts.)"""
     return FeatureMonitor.from_arguments(
         monitor_args,
         config,
@@ -231,7 +235,7 @@ def main(argv=None, callbacks=()):
     apply_runtime_defaults(training_args)  # every parameter gets a gradient, even the mask token at mask ratio 0
     processor = image_processor(config)
 
-    raw = load_image_datasets(data_args, seed=training_args.seed, training=training_args.do_train)
+    raw = load_image_datasets(data_args, training_args.seed, training_args.do_train, data_args.streaming)
     apply_recipe_schedule(training_args, train_size(raw))  # before any image is decoded
     monitor = build_monitor(monitor_args, config, processor, data_args, training_args)  # its few images first
     datasets = prepare_datasets(raw, data_args, config, processor, training_args)

@@ -7,22 +7,25 @@
 Without --model_name_or_path the encoder starts from random init.
 """
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import SegformerImageProcessor, set_seed
+from transformers import SegformerImageProcessor, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 from mae_hf import MAEConfig, MAEForSemanticSegmentation
 from mae_hf.argument_checks import SEGMENTATION_METRICS, check_batchnorm_batches
 from mae_hf.arguments import (
-    SEGMENTATION,
-    DataArguments,
+    APPLIED,
+    MMSEG,
+    AnnotationDataArguments,
     RecipeArguments,
     SegmenterModelArguments,
+    config_names,
     config_overrides,
-    recipe,
+    flag,
+    like,
 )
 from mae_hf.banner import StartBanner
 from mae_hf.configuration_mae import MAESegmentationConfig, segmentation_config
@@ -51,24 +54,21 @@ from mae_hf.run_utils import (
 )
 from mae_hf.trainer import SegmentationTrainer
 
-MMSEG = "mmsegmentation configs/mae (ADE20K, ViT-B)"
-
 
 @dataclass
 class SegmentationModelArguments(SegmenterModelArguments):
-    drop_path_rate: float | None = recipe(0.1, "Stochastic depth rate of the encoder.", MMSEG)
-    num_visualized_images: int = field(default=4, metadata={"help": "Images in each segmentation figure."})
+    drop_path_rate: float | None = like(
+        SegmenterModelArguments, "drop_path_rate", 0.1, MMSEG, help="Stochastic depth rate of the encoder."
+    )
+    num_visualized_images: int = flag(4, "Images in each segmentation figure.")
 
 
 @dataclass
-class SegmentationDataArguments(DataArguments):
-    annotation_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
-    reduce_labels: bool = field(default=False, metadata={"help": "ADE20K: 0 -> 255 (ignored), 1..150 -> 0..149."})
-    num_labels: int | None = field(default=None, metadata={"help": "Classes (default: from the dataset)."})
-    crop_size: int = recipe(512, "Training crop side in pixels.", MMSEG)
-    resize_scale: list[int] = recipe([2048, 512], "Random rescale around this (long, short) size.", MMSEG)
-    ratio_range: list[float] = recipe([0.5, 2.0], "Range of the random rescale ratio.", MMSEG)
-    cat_max_ratio: float = recipe(0.75, "Largest share one class may take of a random crop.", MMSEG)
+class SegmentationDataArguments(AnnotationDataArguments):
+    crop_size: int = flag(512, "Training crop side in pixels.", MMSEG, run=APPLIED)
+    resize_scale: list[int] = flag([2048, 512], "Random rescale around this (long, short) size.", MMSEG, run=APPLIED)
+    ratio_range: list[float] = flag([0.5, 2.0], "Range of the random rescale ratio.", MMSEG, run=APPLIED)
+    cat_max_ratio: float = flag(0.75, "Largest share one class may take of a random crop.", MMSEG, run=APPLIED)
 
 
 @dataclass
@@ -76,44 +76,43 @@ class SegmentationTrainingArguments(RecipeArguments):
     """mmsegmentation's MAE + UperNet ADE20K schedule: AdamW 1e-4, β (0.9, 0.999), wd 0.05, layer decay 0.65,
     1500 linear warmup iterations then polynomial decay, 160k iterations at batch 16 (8 GPUs x 2)."""
 
-    RECIPE: ClassVar[dict[str, tuple]] = {
-        "learning_rate": (1e-4, MMSEG),
-        "weight_decay": (0.05, MMSEG),
-        "adam_beta1": (0.9, MMSEG),
-        "adam_beta2": (0.999, MMSEG),
-        "layer_decay": (0.65, MMSEG),
-        "warmup_steps": (1500, MMSEG),
-        "lr_scheduler_type": ("polynomial", MMSEG),
-        "lr_scheduler_kwargs": ({"power": 1.0, "lr_end": 0.0}, MMSEG),
-        "max_steps": (160_000, MMSEG),
-        "num_train_epochs": (
-            3.0,
-            None,
-            ("Training epochs, given instead of --max_steps (default: none, --max_steps sets the length)"),
-        ),
-        "per_device_train_batch_size": (2, MMSEG + ": 8 GPUs x 2"),
-        "per_device_eval_batch_size": (1,),
-        "max_grad_norm": (0.0, MMSEG),
-        "batch_eval_metrics": (
-            True,
-            None,
-            (
-                "Score evaluation batch by batch (a streaming confusion matrix: "
-                "memory does not grow with the number of images)."
-            ),
-        ),
-        "eval_strategy": ("steps",),
-        "eval_steps": (16_000, MMSEG),
-        "save_strategy": ("steps",),
-        "save_steps": (16_000, MMSEG),
-        "label_names": (["labels"],),
-    }
-    IGNORED: ClassVar[dict[str, str]] = {
-        **RecipeArguments.IGNORED,
-        "use_lars": "LARS is the linear probe's optimizer (run_image_classification.py)",
-    }
-
-    sync_batchnorm: bool = recipe(True, "SyncBatchNorm in the neck on several GPUs.", MMSEG)
+    learning_rate: float | None = like(RecipeArguments, "learning_rate", 1e-4, MMSEG)
+    weight_decay: float = like(RecipeArguments, "weight_decay", 0.05, MMSEG)
+    adam_beta1: float = like(RecipeArguments, "adam_beta1", 0.9, MMSEG)
+    adam_beta2: float = like(RecipeArguments, "adam_beta2", 0.999, MMSEG)
+    layer_decay: float | None = like(RecipeArguments, "layer_decay", 0.65, MMSEG)
+    warmup_steps: float = like(RecipeArguments, "warmup_steps", 1500, MMSEG)
+    lr_scheduler_type: SchedulerType | str = like(RecipeArguments, "lr_scheduler_type", "polynomial", MMSEG)
+    lr_scheduler_kwargs: dict | str | None = like(
+        RecipeArguments, "lr_scheduler_kwargs", {"power": 1.0, "lr_end": 0.0}, MMSEG
+    )
+    max_steps: int = like(RecipeArguments, "max_steps", 160_000, MMSEG)
+    num_train_epochs: float = like(
+        RecipeArguments,
+        "num_train_epochs",
+        3.0,
+        help="Training epochs, given instead of --max_steps",
+        shown="none, --max_steps sets the length",
+    )
+    per_device_train_batch_size: int = like(RecipeArguments, "per_device_train_batch_size", 2, MMSEG + ": 8 GPUs x 2")
+    per_device_eval_batch_size: int = like(TrainingArguments, "per_device_eval_batch_size", 1)
+    max_grad_norm: float = like(RecipeArguments, "max_grad_norm", 0.0, MMSEG)
+    batch_eval_metrics: bool = like(
+        TrainingArguments,
+        "batch_eval_metrics",
+        True,
+        help="Score evaluation batch by batch (a streaming confusion matrix: memory does not grow with the number of "
+        "images).",
+    )
+    eval_strategy: IntervalStrategy | str = like(RecipeArguments, "eval_strategy", "steps")
+    eval_steps: float | None = like(RecipeArguments, "eval_steps", 16_000, MMSEG)
+    save_strategy: SaveStrategy | str = like(RecipeArguments, "save_strategy", "steps")
+    save_steps: float = like(RecipeArguments, "save_steps", 16_000, MMSEG)
+    label_names: list[str] | None = like(RecipeArguments, "label_names", ["labels"])
+    use_lars: bool = like(
+        RecipeArguments, "use_lars", unused="LARS is the linear probe's optimizer (run_image_classification.py)"
+    )
+    sync_batchnorm: bool = flag(True, "SyncBatchNorm in the neck on several GPUs.", MMSEG)
 
 
 ARGUMENTS = (SegmentationModelArguments, SegmentationDataArguments, SegmentationTrainingArguments)
@@ -128,9 +127,8 @@ def build_config(model_args, num_labels: int, names: list[str]) -> MAESegmentati
         saved = MAEConfig.from_pretrained(model_args.model_name_or_path)
         if isinstance(saved, MAESegmentationConfig) or saved.model_type == MAESegmentationConfig.model_type:
             saved = MAESegmentationConfig.from_pretrained(model_args.model_name_or_path)
-        return segmentation_config(
-            saved, **{k: v for k, v in saved.to_dict().items() if k in SEGMENTATION and k not in overrides}, **overrides
-        )
+        kept = set(config_names(model_args, "segmentation")) - set(overrides)  # the saved neck and heads
+        return segmentation_config(saved, **{k: v for k, v in saved.to_dict().items() if k in kept}, **overrides)
     return MAESegmentationConfig(**overrides)
 
 

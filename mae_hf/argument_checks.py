@@ -49,21 +49,19 @@ def check_trainer_arguments(training_args, label_names: list[str], metrics: tupl
             "last axis of the logits as the classes, which this script's labels and logits do not fit"
             + (f"; {smoothing_hint}" if smoothing_hint else "")
         )
-    problems += _best_model_metric_problems(training_args, metrics)
+    wanted = training_args.metric_for_best_model  # the best model is chosen among training's evaluations
+    reported = ("loss",) if training_args.prediction_loss_only else metrics
+    if (
+        training_args.do_train
+        and wanted is not None
+        and not any(fnmatch(wanted.removeprefix("eval_"), p) for p in reported)
+    ):
+        given = ", ".join("eval_" + m for m in reported)
+        problems.append(
+            f"--metric_for_best_model {wanted} is not reported by this script's evaluation, which gives {given}"
+        )
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def _best_model_metric_problems(training_args, metrics) -> list[str]:
-    wanted = training_args.metric_for_best_model
-    if wanted is None or not training_args.do_train:  # the best model is chosen among training's evaluations
-        return []
-    name = wanted.removeprefix("eval_")
-    reported = ("loss",) if training_args.prediction_loss_only else metrics
-    if any(fnmatch(name, pattern) for pattern in reported):
-        return []
-    given = ", ".join("eval_" + m for m in reported)
-    return [f"--metric_for_best_model {wanted} is not reported by this script's evaluation, which gives {given}"]
 
 
 def check_training_plan(training_args, streaming: bool = False) -> None:
@@ -89,16 +87,6 @@ def check_training_plan(training_args, streaming: bool = False) -> None:
         raise ValueError(f"--warmup_steps {warmup_steps:g} must be fewer than the training's --max_steps {max_steps}")
 
 
-def check_steps_per_epoch(training_args, train_size: int | None) -> None:
-    """With --dataloader_drop_last, a training split smaller than one batch per process gives no step at all."""
-    batch = training_args.per_device_train_batch_size * training_args.world_size
-    if train_size is not None and training_args.dataloader_drop_last and train_size < batch:
-        raise ValueError(
-            f"the {train_size} training examples are fewer than one batch ({batch} over "
-            f"{training_args.world_size} process(es)) and --dataloader_drop_last drops it: no training step per epoch"
-        )
-
-
 def steps_per_epoch(training_args, train_size: int) -> int:
     """Optimizer steps per epoch as transformers' Trainer counts them: the batches of each process (accelerate
     shards whole batches; --dataloader_drop_last drops the incomplete one), the last accumulation short."""
@@ -107,10 +95,19 @@ def steps_per_epoch(training_args, train_size: int) -> int:
     return max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
 
 
-def check_warmup_steps(training_args, train_size: int | None) -> None:
-    """--warmup_steps N (N >= 1) against a length given in epochs (check_training_plan compares it with --max_steps):
-    a run shorter than its warmup never reaches its learning rate (e.g. segmentation's 1500 with --num_train_epochs)."""
-    warmup = training_args.warmup_steps
+def check_schedule(training_args, train_size: int | None) -> None:
+    """Once the training split's size is known: a split smaller than one batch per process with
+    --dataloader_drop_last (no step at all), and --warmup_steps N (N >= 1) against a length given in epochs
+    (check_training_plan compares it with --max_steps): a run shorter than its warmup never reaches its learning rate
+    (e.g. segmentation's 1500 with --num_train_epochs)."""
+    if train_size is None:
+        return
+    batch, warmup = training_args.per_device_train_batch_size * training_args.world_size, training_args.warmup_steps
+    if training_args.dataloader_drop_last and train_size < batch:
+        raise ValueError(
+            f"the {train_size} training examples are fewer than one batch ({batch} over "
+            f"{training_args.world_size} process(es)) and --dataloader_drop_last drops it: no training step per epoch"
+        )
     if warmup < 1 or training_args.max_steps > 0 or not train_size:
         return
     per_epoch = steps_per_epoch(training_args, train_size)
@@ -136,9 +133,7 @@ def check_batchnorm_batches(training_args, train_size: int | None, batchnorm: st
         )
     if train_size is None or training_args.world_size > 1 or training_args.dataloader_drop_last:
         return
-    batches = -(-train_size // batch)
-    steps_per_epoch = -(-batches // training_args.gradient_accumulation_steps)
-    if train_size % batch == 1 and not 0 < training_args.max_steps < steps_per_epoch:
+    if train_size % batch == 1 and not 0 < training_args.max_steps < steps_per_epoch(training_args, train_size):
         raise ValueError(
             f"the {train_size} training examples leave a last batch of 1 example in each epoch (--per_device_train_"
             f"batch_size {batch}), on which {batchnorm} cannot train: pass --dataloader_drop_last true, or another "

@@ -1,85 +1,71 @@
-"""Argument dataclasses shared by the training scripts (parsed with `HfArgumentParser`, also from a .json/.yaml
-file). `TrainingArguments` fields keep their transformers names; the MAE recipe adds a few."""
+"""The scripts' options as dataclasses, every fact about a flag declared once, on its field (`flag`, `like`). The
+command line and its --help (`cli`), the run identity (`run_settings`), the model card (`card_settings`) and the
+model config (`config_overrides`) read them there. TrainingArguments' fields whose facts we need are redeclared on
+`RecipeArguments` (`hf`); each script's recipe redeclares the shared fields with its defaults and their sources."""
 
 import copy
-from dataclasses import dataclass, field, fields, make_dataclass
-from typing import ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from functools import partial
 
 from transformers import TrainingArguments
-from transformers.training_args import trainer_log_levels
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers.training_args import OptimizerNames, trainer_log_levels
 
 from .configuration_mae import MAEConfig, MAESegmentationConfig
 
-
-def recipe(default, help: str, source: str, **metadata):
-    """A field whose --help line gives its default and where the default comes from (paper table, official
-    repository, mmsegmentation config)."""
-    values = (
-        {"default_factory": lambda: copy.deepcopy(default)}
-        if isinstance(default, list | dict)
-        else {"default": default}
-    )
-    return field(**values, metadata={"help": f"{help} (default: %(default)s; {source})", **metadata})
+DEFINES, APPLIED = "defines", "applied"  # `run` facts: see `flag`
+ANY = "any value"  # `implies` / `evaluates`: whatever value the flag is given
+MMSEG = "mmsegmentation configs/mae (ADE20K, ViT-B)"
+# A config flag's default for a fresh model: its config class's, from (`config` fact: the part of the model it sets).
+CONFIGS = {"encoder": (MAEConfig(), "official ViT-B/16 of models_mae.py")}
+CONFIGS.update(decoder=CONFIGS["encoder"], segmentation=(MAESegmentationConfig(), "mmsegmentation configs/mae"))
 
 
-# The config fields a script may set, as flags: {name: (type, help)}. Left at None, a field keeps the value of the
-# checkpoint being loaded, or the config class's default for a fresh model (`config_fields`).
-ENCODER = {
-    "image_size": (int, "Input image side in pixels."),
-    "patch_size": (int, "Patch side in pixels."),
-    "num_channels": (int, "Image channels (1: grayscale)."),
-    "hidden_size": (int, "Encoder width."),
-    "num_hidden_layers": (int, "Encoder depth."),
-    "num_attention_heads": (int, "Encoder attention heads."),
-    "intermediate_size": (int, "Encoder MLP width."),
-    "drop_path_rate": (float, "Stochastic depth rate."),
-    "attn_implementation": (str, "'sdpa' or 'eager'."),
-}
-DECODER = {  # pretraining only
-    "decoder_hidden_size": (int, "Decoder width."),
-    "decoder_num_hidden_layers": (int, "Decoder depth."),
-    "decoder_num_attention_heads": (int, "Decoder attention heads."),
-    "decoder_intermediate_size": (int, "Decoder MLP width."),
-    "mask_ratio": (float, "Share of the patches removed."),
-    "norm_pix_loss": (bool, "Regress per-patch normalised pixels."),
-}
-SEGMENTATION = {  # MAESegmentationConfig's neck and heads
-    "out_indices": (list[int], "Blocks whose outputs feed the neck."),
-    "neck_rescales": (list[float], "Neck scale factor per level."),
-    "decode_channels": (int, "UperNet width."),
-    "auxiliary_channels": (int, "FCN auxiliary head width."),
-    "use_auxiliary_head": (bool, "Train with the FCN auxiliary head."),
-    "auxiliary_loss_weight": (float, "Weight of the auxiliary loss."),
-    "classifier_dropout_prob": (
-        float,
-        ("Dropout2d before both heads' 1x1 classifiers (mmsegmentation's dropout_ratio)."),
-    ),
-    "classifier_init_std": (
-        float,
-        (
-            "Std of the classifiers' normal init, 0 = kaiming-normal like the other "
-            "convolutions (mmsegmentation's conv_seg)."
-        ),
-    ),
-    "avg_non_ignore": (
-        bool,
-        (
-            "Average the loss over the non-ignored pixels only (false: over all pixels, "
-            "ignored ones adding 0; mmsegmentation)."
-        ),
-    ),
-    "inference_mode": (str, "'whole' image or 'slide' (sliding window; mmsegmentation's test mode)."),
-    "test_crop_size": (int, "Sliding-window crop."),
-    "test_stride": (int, "Sliding-window stride."),
-}
-ARCHITECTURE = {
-    **ENCODER,
-    **DECODER,
-    "pooling": (str, "'mean' (global pool + fc_norm) or 'cls' (class token)."),
-    **SEGMENTATION,
-}
-MODELS_MAE = "official ViT-B/16 of models_mae.py"
-MMSEG_MAE = "mmsegmentation configs/mae"
+def flag(default, help: str, source: str | None = None, **facts):
+    """A dataclass field with its facts as metadata (list and dict defaults copied for each instance):
+
+    help, source, shown: the --help line: the help, then the default (`shown`, else the value) and where it comes from
+    (paper table, official repository, mmsegmentation config). run: DEFINES the run (a resume that changes it is
+    refused), or APPLIED (part of the run's identity; a resume applies a change); absent: neither.
+    way=(setting, side): one of two ways (sides 0, 1) of giving a setting: the side given in the highest layer wins,
+    the other side's fields get their `off` value; both in one layer are refused unless a field of the setting
+    `wins_in_layer`. implies={value or ANY: {setting: value}}: what giving the flag sets too. belongs_to: a setting
+    whose change above this one resets it to `off`. evaluates: the value (or ANY but off) that needs an evaluation.
+    preset: settings put under the layer that switches the flag on. unused: why the script refuses it (hidden).
+    hidden: not in --help. card: on the model card. config: the model config part it sets (None: the checkpoint's
+    value). choices, nargs, const: argparse's."""
+    copied = isinstance(default, list | dict)
+    values = {"default_factory": lambda: copy.deepcopy(default)} if copied else {"default": default}
+    return field(**values, metadata={"help": help, **({"source": source} if source else {}), **facts})
+
+
+def like(owner, name: str, default=MISSING, source: str | None = None, **changes):
+    """The field `name` of the dataclass `owner` redeclared (with its type), `changes` made to its facts. A new
+    `default` comes with its own `source` and `shown` (none unless given)."""
+    base = next(spec for spec in fields(owner) if spec.name == name)
+    facts = dict(base.metadata)
+    if default is MISSING:
+        default = base.default if base.default_factory is MISSING else base.default_factory()
+    else:
+        facts.pop("shown", None)
+        facts["source"] = source
+    return flag(default, **{**facts, **changes})
+
+
+hf = partial(like, TrainingArguments)  # a TrainingArguments field, redeclared with our facts
+
+
+def help_line(name: str, facts, default) -> str:
+    """The --help text of flag `name`: its help, its default (`shown`, else the value) and the default's source."""
+    text, source = facts.get("help") or "", facts.get("source")
+    if "(default" in text:
+        return text
+    shown = facts.get("shown", default)
+    if facts.get("config") and default is None and "shown" not in facts:
+        config, source = CONFIGS[facts["config"]]
+        shown = f"the checkpoint's; a new model: {_shown(getattr(config, name, None))}"
+    shown = str(shown).replace("%", "%%")  # argparse formats help with %
+    return f"{text} (default: {shown}{'; ' + source if source else ''})"
 
 
 def _shown(value) -> str:
@@ -89,270 +75,269 @@ def _shown(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def config_fields(names, config, source: str) -> list[tuple]:
-    """(name, type, field) for `make_dataclass` of the config fields `names` (see ENCODER), left at None: the
-    checkpoint's value. Their --help gives `config`'s default (a fresh model's) and its `source`."""
-    result = []
-    for name in names:
-        kind, text = ARCHITECTURE[name]
-        default = getattr(config, name) if name != "attn_implementation" else "sdpa"
-        text += f" (default: the checkpoint's; a new model: {_shown(default)}, {source})"
-        result.append((name, kind | None, field(default=None, metadata={"help": text})))
-    return result
+def config(part: str, help: str, **facts):
+    """A model config field as a flag, None by default: the checkpoint's value (a fresh model: the config's)."""
+    return flag(None, help, config=part, **facts)
 
 
-ModelArguments = make_dataclass(
-    "ModelArguments",
-    [
-        (
-            "model_name_or_path",
-            str | None,
-            field(default=None, metadata={"help": "An MAE checkpoint to start from (default: none, random init)."}),
-        ),
-        *config_fields(ENCODER, MAEConfig(), MODELS_MAE),
-    ],
-)
-ModelArguments.__doc__ = "Which model: a checkpoint and/or MAEConfig fields (None keeps the checkpoint's value)."
-DecoderModelArguments = make_dataclass(
-    "DecoderModelArguments", config_fields(DECODER, MAEConfig(), MODELS_MAE), bases=(ModelArguments,)
-)
-DecoderModelArguments.__doc__ = "ModelArguments plus the pretraining decoder and masking."
-SegmenterModelArguments = make_dataclass(
-    "SegmenterModelArguments", config_fields(SEGMENTATION, MAESegmentationConfig(), MMSEG_MAE), bases=(ModelArguments,)
-)
-SegmenterModelArguments.__doc__ = "ModelArguments plus UperNet's neck and heads (MAESegmentationConfig)."
+@dataclass
+class ModelArguments:
+    """Which model: a checkpoint and/or MAEConfig fields (None keeps the checkpoint's value)."""
+
+    model_name_or_path: str | None = flag(
+        None, "An MAE checkpoint to start from", shown="none, random init", run=DEFINES
+    )
+    image_size: int | None = config("encoder", "Input image side in pixels.", run=DEFINES)
+    patch_size: int | None = config("encoder", "Patch side in pixels.", run=DEFINES)
+    num_channels: int | None = config("encoder", "Image channels (1: grayscale).", run=DEFINES)
+    hidden_size: int | None = config("encoder", "Encoder width.", run=DEFINES)
+    num_hidden_layers: int | None = config("encoder", "Encoder depth.", run=DEFINES)
+    num_attention_heads: int | None = config("encoder", "Encoder attention heads.", run=DEFINES)
+    intermediate_size: int | None = config("encoder", "Encoder MLP width.", run=DEFINES)
+    drop_path_rate: float | None = config("encoder", "Stochastic depth rate.", run=APPLIED)
+    attn_implementation: str | None = config(
+        "encoder", "'sdpa' or 'eager'.", shown="the checkpoint's; a new model: sdpa"
+    )
 
 
-def config_overrides(model_args, names=ARCHITECTURE) -> dict:
-    """The config fields among `names` given on the command line (or in the config file)."""
-    given = {f.name: getattr(model_args, f.name) for f in fields(model_args) if f.name in names}
-    return {name: value for name, value in given.items() if value is not None}
+@dataclass
+class DecoderModelArguments(ModelArguments):
+    """ModelArguments plus the pretraining decoder and masking."""
+
+    decoder_hidden_size: int | None = config("decoder", "Decoder width.", run=DEFINES)
+    decoder_num_hidden_layers: int | None = config("decoder", "Decoder depth.", run=DEFINES)
+    decoder_num_attention_heads: int | None = config("decoder", "Decoder attention heads.", run=DEFINES)
+    decoder_intermediate_size: int | None = config("decoder", "Decoder MLP width.", run=DEFINES)
+    mask_ratio: float | None = config("decoder", "Share of the patches removed.", run=APPLIED)
+    norm_pix_loss: bool | None = config("decoder", "Regress per-patch normalised pixels.", run=APPLIED)
+
+
+@dataclass
+class SegmenterModelArguments(ModelArguments):
+    """ModelArguments plus UperNet's neck and heads (MAESegmentationConfig)."""
+
+    out_indices: list[int] | None = config("segmentation", "Blocks whose outputs feed the neck.", run=DEFINES)
+    neck_rescales: list[float] | None = config("segmentation", "Neck scale factor per level.", run=DEFINES)
+    decode_channels: int | None = config("segmentation", "UperNet width.", run=DEFINES)
+    auxiliary_channels: int | None = config("segmentation", "FCN auxiliary head width.", run=DEFINES)
+    use_auxiliary_head: bool | None = config("segmentation", "Train with the FCN auxiliary head.", run=DEFINES)
+    auxiliary_loss_weight: float | None = config("segmentation", "Weight of the auxiliary loss.", run=APPLIED)
+    classifier_dropout_prob: float | None = config(
+        "segmentation", "Dropout2d before both heads' 1x1 classifiers (mmsegmentation's dropout_ratio).", run=APPLIED
+    )
+    classifier_init_std: float | None = config(
+        "segmentation",
+        "Std of the classifiers' normal init, 0: kaiming-normal (mmsegmentation's conv_seg).",
+        run=APPLIED,
+    )
+    avg_non_ignore: bool | None = config(
+        "segmentation", "Average the loss over the non-ignored pixels only (false: ignored ones add 0).", run=APPLIED
+    )
+    inference_mode: str | None = config("segmentation", "'whole' image or 'slide' (mmsegmentation's test mode).")
+    test_crop_size: int | None = config("segmentation", "Sliding-window crop.")
+    test_stride: int | None = config("segmentation", "Sliding-window stride.")
+
+
+def config_names(args, part: str | None = None) -> list[str]:
+    """The config fields (of `part`: "encoder", "decoder", "segmentation", ...; None: all) among the flags of `args`."""
+    return [f.name for f in fields(args) if f.metadata.get("config") and part in (None, f.metadata["config"])]
+
+
+def config_overrides(model_args, part: str | None = None) -> dict:
+    """The config fields (see `config_names`) given a value; the others keep the checkpoint's."""
+    values = {name: getattr(model_args, name) for name in config_names(model_args, part)}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+SOURCE, FOLDERS = ("data source", 0), ("data source", 1)  # a data set, or ImageFolders
 
 
 @dataclass
 class DataArguments:
     """Where the images come from (every script)."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hub dataset id (e.g. ILSVRC/imagenet-1k), a local parquet/arrow folder, or a built-in "
-            "set: 'digits' (scikit-learn's handwritten digits)."
-        },
+    dataset_name: str | None = flag(
+        None,
+        "A Hub dataset id (e.g. ILSVRC/imagenet-1k), a local parquet/arrow folder, or a built-in set: 'digits' "
+        "(scikit-learn's handwritten digits).",
+        run=DEFINES,
+        way=SOURCE,
+        off=None,
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset configuration."})
-    image_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
-    train_val_split: float = field(
-        default=0.05, metadata={"help": "Share of train carved out for validation when there is no validation split."}
+    dataset_config_name: str | None = flag(None, "The Hub dataset configuration.", run=DEFINES, way=SOURCE, off=None)
+    image_column_name: str | None = flag(None, "Auto-detected when not given.", run=DEFINES)
+    train_val_split: float = flag(0.05, "Share of train carved out for validation when it has none.", run=DEFINES)
+    max_train_samples: int | None = flag(None, "Truncate train (debugging, quick runs).", run=DEFINES)
+    max_eval_samples: int | None = flag(None, "Truncate validation.")
+    verify_images: bool = flag(True, "Decode every image (and annotation) once before training to catch corrupt files.")
+    skip_corrupt_images: bool = flag(
+        False, "Leave out (and count) images or image/annotation pairs that cannot be decoded.", run=DEFINES
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging, quick runs)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation."})
-    verify_images: bool = field(
-        default=True,
-        metadata={"help": "Decode every image (and annotation) once before training to catch corrupt files."},
-    )
-    skip_corrupt_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Leave out (and count) images (or image/annotation pairs) that cannot be decoded, "
-            "instead of failing."
-        },
-    )
-    flip_probability: float = recipe(
+    flip_probability: float = flag(
         0.5,
         "Horizontal flips in training (0 for data where flips change the class).",
         "official main_pretrain.py, main_finetune.py; mmsegmentation configs/mae",
+        run=APPLIED,
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where datasets stores downloads."})
+    cache_dir: str | None = flag(None, "Where datasets stores downloads.")
 
 
 @dataclass
 class ImageDataArguments(DataArguments):
     """Image datasets of pretraining and classification: also ImageFolders, checked image by image."""
 
-    train_dir: str | None = field(
-        default=None, metadata={"help": "An ImageFolder of training images (instead of --dataset_name)."}
-    )
-    validation_dir: str | None = field(
-        default=None, metadata={"help": "An ImageFolder of validation images (with --train_dir)."}
-    )
-    crop_min_scale: float = recipe(0.2, "Lower bound of RandomResizedCrop's area scale.", "official main_pretrain.py")
+    train_dir: str | None = flag(None, "An ImageFolder of training images.", run=DEFINES, way=FOLDERS, off=None)
+    validation_dir: str | None = flag(None, "An ImageFolder of validation images.", way=FOLDERS, off=None)
+    crop_min_scale: float = flag(0.2, "RandomResizedCrop's smallest area.", "official main_pretrain.py", run=APPLIED)
 
 
-# The settings whose defaults each script takes from its recipe (`RecipeArguments.RECIPE`): {name: (type, help)}.
-RECIPE_SETTINGS = {
-    "learning_rate": (
-        float | None,
-        "Peak learning rate (or give --base_learning_rate: lr = blr x global batch / 256).",
-    ),
-    "base_learning_rate": (
-        float | None,
-        "lr = base_learning_rate x global batch / 256; --learning_rate given instead replaces it.",
-    ),
-    "weight_decay": (float, "AdamW weight decay (none on biases, norms, tokens)."),
-    "adam_beta1": (float, "AdamW beta1."),
-    "adam_beta2": (float, "AdamW beta2."),
-    "layer_decay": (float | None, "Layer-wise lr decay (1.0: off)."),
-    "use_lars": (bool, "LARS instead of --optim (the linear probe's optimizer)."),
-    "num_train_epochs": (float, "Training epochs."),
-    "max_steps": (int, "Training steps; --num_train_epochs given instead replaces it."),
-    "warmup_epochs": (float | None, "Linear warmup epochs; --warmup_steps given instead replaces it."),
-    "warmup_steps": (float, "Linear warmup steps (or a share of training if < 1)."),
-    "lr_scheduler_type": (str, "Learning-rate decay after warmup."),
-    "lr_scheduler_kwargs": (dict | str | None, "Scheduler settings (JSON)."),
-    "max_grad_norm": (float, "Gradient clipping norm, 0: none."),
-    "per_device_train_batch_size": (int, "Images per device and step."),
-    "per_device_eval_batch_size": (int, "Images per device in evaluation."),
-    "batch_eval_metrics": (bool, "Score evaluation batch by batch."),
-    "eval_strategy": (str, "When to evaluate: 'no', 'steps' or 'epoch'."),
-    "eval_steps": (float, "Evaluate every N steps."),
-    "save_strategy": (str, "When to checkpoint: 'no', 'steps' or 'epoch'."),
-    "save_steps": (float, "Checkpoint every N steps."),
-    "label_names": (list[str], None),  # hidden: the script's model decides
-}
-# The recipes that give a base learning rate: --learning_rate is derived from it unless given.
-SCALED_LEARNING_RATE = (
-    None,
-    None,
-    (
-        "Peak learning rate, used as given instead of --base_learning_rate "
-        "(default: base_learning_rate x global batch / 256)"
-    ),
-)
+@dataclass
+class AnnotationDataArguments(DataArguments):
+    """Segmentation data sets: images and their class maps."""
+
+    annotation_column_name: str | None = flag(None, "Auto-detected when not given.", run=DEFINES)
+    reduce_labels: bool = flag(False, "ADE20K: 0 -> 255 (ignored), 1..150 -> 0..149.", run=DEFINES)
+    num_labels: int | None = flag(None, "Classes", shown="from the dataset", run=DEFINES)
 
 
-def recipe_field(name: str, default, source: str | None = None, help: str | None = None):
-    """The field of a RECIPE_SETTINGS setting: its default, where that comes from (None: our choice, no source) and,
-    where the script says more than the shared help, its own help."""
-    text = help or RECIPE_SETTINGS[name][1]
-    if source is not None:
-        return recipe(default, text, source)
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+def data_source(data_args) -> str | None:
+    """The data set or folder a run reads (the first given of its `data source` fields)."""
+    given = [getattr(data_args, f.name) for f in fields(data_args) if f.metadata.get("way", ("",))[0] == "data source"]
+    return next((value for value in given if value), None)
+
+
+# What --do_eval false switches off: a run without evaluation loads no evaluation data, so nothing may evaluate at
+# start, choose a best model or score the monitor.
+NO_EVALUATION = {"eval_strategy": "no", "eval_on_start": False, "load_best_model_at_end": False}
+NO_EVALUATION.update(metric_for_best_model=None, monitor_dataset=None, monitor_train_dir=None)
+TEXT_MODELS = "for text models"
+CHECKPOINTS, STEPS = ("checkpoint interval", 0), ("checkpoint interval", 1)  # in epochs, or transformers' own
 
 
 @dataclass
 class RecipeArguments(TrainingArguments):
-    """TrainingArguments plus the recipe's epoch-based settings, the optimizer options of the recipes (layer decay,
-    LARS) and a safe output dir.
+    """TrainingArguments with the recipes' options (base learning rate, epochs of warmup and checkpoints, layer
+    decay, LARS), a safe output dir, and the facts of the TrainingArguments fields that the scripts need (`hf`)."""
 
-    A script's subclass gives its recipe as `RECIPE = {name: (default, source) or (default, source, help)}` over
-    RECIPE_SETTINGS: each becomes a typed field with the shared help, the default and its source (`recipe_field`)."""
-
-    RECIPE: ClassVar[dict[str, tuple]] = {}
-
-    IGNORED: ClassVar[dict[str, str]] = {
-        "do_predict": "there is no prediction stage; --do_eval evaluates the validation split",
-        **{
-            name: "for text models"
-            for name in (
-                "neftune_noise_alpha",
-                "use_liger_kernel",
-                "liger_kernel_config",
-                "use_cache",
-                "include_num_input_tokens_seen",
-                "length_column_name",
-                "average_tokens_across_devices",
-            )
-        },
-    }
-    # Not for users of these scripts; other values are refused by argument_checks.check_trainer_arguments.
-    HIDDEN: ClassVar[tuple[str, ...]] = ("remove_unused_columns", "label_names", "label_smoothing_factor")
-
-    learning_rate: float | None = field(
-        default=5e-5, metadata={"help": "Peak learning rate; --base_learning_rate replaces it when set."}
+    seed: int = hf("seed", run=DEFINES, card=True)
+    data_seed: int | None = hf("data_seed", run=DEFINES)
+    learning_rate: float | None = flag(
+        5e-5, "Peak learning rate (or --base_learning_rate).", run=APPLIED, way=("learning rate", 1), card=True
     )
-    base_learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "lr = base_learning_rate x global batch / 256, computed once the world size is known; "
-            "--learning_rate given instead replaces it."
-        },
+    base_learning_rate: float | None = flag(
+        None,
+        "lr = base_learning_rate x global batch / 256, computed once the world size is known; --learning_rate given "
+        "instead replaces it.",
+        run=APPLIED,
+        way=("learning rate", 0),
+        off=None,
+        card=True,
     )
-    warmup_steps: float = field(
-        default=0,
-        metadata={"help": "Linear warmup in steps (a share of training if < 1); replaces --warmup_epochs."},
+    layer_decay: float | None = flag(None, "Layer-wise lr decay (1.0: off).", run=APPLIED)
+    weight_decay: float = hf(
+        "weight_decay", help="AdamW weight decay (none on norms, biases, tokens).", run=APPLIED, card=True
     )
-    warmup_epochs: float | None = field(
-        default=None,
-        metadata={
-            "help": "Linear warmup length in epochs (converted to a share of training); --warmup_steps "
-            "given instead replaces it."
-        },
+    adam_beta1: float = hf("adam_beta1", help="AdamW beta1.", run=APPLIED, card=True)
+    adam_beta2: float = hf("adam_beta2", help="AdamW beta2.", run=APPLIED, card=True)
+    adam_epsilon: float = hf("adam_epsilon", run=APPLIED)
+    use_lars: bool = flag(False, "LARS instead of --optim.", run=DEFINES, way=("optimizer", 0), off=False)
+    optim: OptimizerNames | str = hf("optim", run=DEFINES, way=("optimizer", 1))
+    optim_args: str | None = hf("optim_args", run=DEFINES)
+    num_train_epochs: float = hf("num_train_epochs", run=APPLIED, way=("training length", 0), card=True)
+    # transformers' rule: --max_steps overrides --num_train_epochs
+    max_steps: int = hf("max_steps", run=APPLIED, way=("training length", 1), off=-1, wins_in_layer=True, card=True)
+    warmup_epochs: float | None = flag(
+        None, "Linear warmup epochs (a share of training).", run=APPLIED, way=("warmup", 0), off=None
     )
-    save_every_epochs: float | None = field(
-        default=None,
-        metadata={
-            "help": "Checkpoint interval in epochs (the seed's --save_checkpoint_interval); --save_steps or "
-            "--save_strategy given instead replace it."
-        },
+    warmup_steps: float = flag(
+        0, "Linear warmup steps (a share of training if < 1).", run=APPLIED, way=("warmup", 1), off=0, card=True
     )
-    ddp_find_unused_parameters: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Whether DDP searches for parameters without gradients every step (default: only where "
-            "the model has some, e.g. encoder blocks after the last --out_indices; transformers' default "
-            "searches always, and warns on every process)"
-        },
+    lr_scheduler_type: SchedulerType | str = hf("lr_scheduler_type", run=APPLIED, card=True)
+    # the recipes' {"min_lr": ...} fails transformers' cosine, linear, ...: reset under another type given above
+    lr_scheduler_kwargs: dict | str | None = hf(
+        "lr_scheduler_kwargs", run=APPLIED, belongs_to="lr_scheduler_type", off={}
     )
-    log_level_replica: str = field(
-        default="error",
-        metadata={
-            "help": "Log level of the processes other than the main one: with 'error', warnings are shown "
-            "once, by the main process (transformers' default: warning).",
-            "choices": list(trainer_log_levels),
-        },
+    max_grad_norm: float = hf("max_grad_norm", help="Gradient clipping norm, 0: none.", run=APPLIED, card=True)
+    label_smoothing_factor: float = hf("label_smoothing_factor", run=APPLIED, hidden=True)
+    train_sampling_strategy: str = hf("train_sampling_strategy", run=DEFINES)
+    dataloader_drop_last: bool = hf("dataloader_drop_last", run=DEFINES)
+    per_device_train_batch_size: int = hf("per_device_train_batch_size", card=True)
+    gradient_accumulation_steps: int = hf("gradient_accumulation_steps", card=True)
+    do_train: bool = flag(True, "Train (false: evaluate the given model only).")
+    do_eval: bool = flag(True, "Evaluate on the validation split.", implies={False: NO_EVALUATION})
+    # We evaluate and checkpoint every epoch by default: --eval_steps N / --save_steps N alone would be ignored.
+    eval_strategy: IntervalStrategy | str = hf("eval_strategy", implies={"no": {"load_best_model_at_end": False}})
+    eval_steps: float | None = hf("eval_steps", implies={ANY: {"eval_strategy": "steps"}})
+    eval_on_start: bool = hf("eval_on_start", evaluates=True)
+    load_best_model_at_end: bool = hf("load_best_model_at_end", evaluates=True)
+    save_every_epochs: float | None = flag(
+        None, "Checkpoint interval in epochs (the seed's --save_checkpoint_interval).", way=CHECKPOINTS, off=None
     )
-    logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
-    do_train: bool = field(default=True, metadata={"help": "Train (false: evaluate the given model only)."})
-    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
-    remove_unused_columns: bool = False  # the image column is read by the transforms, not by the model
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into a non-empty output dir (it is never emptied)."}
+    save_strategy: SaveStrategy | str = hf(
+        "save_strategy", way=STEPS, implies={"no": {"load_best_model_at_end": False}}, evaluates="best"
     )
-    eval_mask_seed: int = field(
-        default=1234, metadata={"help": "Seed of the masks used in evaluation, so eval_loss is comparable."}
+    save_steps: float = hf("save_steps", way=STEPS, implies={ANY: {"save_strategy": "steps"}})
+    fp16: bool = hf("fp16", implies={True: {"bf16": False}})  # one precision
+    bf16: bool = hf("bf16", implies={True: {"fp16": False}})
+    label_names: list[str] | None = hf("label_names", hidden=True)  # the script's model decides
+    # the image column is read by the transforms, not by the model (other values refused by argument_checks)
+    remove_unused_columns: bool = hf("remove_unused_columns", False, hidden=True)
+    ddp_find_unused_parameters: bool | None = flag(
+        None,
+        "Whether DDP searches for parameters without gradients every step (default: only where the model has some, "
+        "e.g. encoder blocks after the last --out_indices; transformers': always, with a warning on every process)",
     )
-    gpu_fast_paths: bool = field(
-        default=True,
-        metadata={
-            "help": "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 "
-            "matmuls, persistent dataloader workers, non-blocking copies from pinned memory, no per-step host "
-            "sync (loss checked at logging steps). "
-            "Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, "
-            "--finite_loss_check); fused AdamW is the default --optim."
-        },
+    log_level_replica: str = flag(
+        "error",
+        "Log level of the processes but the main one: with 'error', warnings are shown once, by the main process.",
+        choices=list(trainer_log_levels),
     )
-    sdpa_backend: str = field(
-        default="auto",
-        metadata={
-            "help": "Attention kernel: auto (PyTorch picks flash / memory-efficient / cuDNN), or force one.",
-            "choices": ["auto", "flash", "efficient", "cudnn", "math"],
-        },
+    logging_steps: float = flag(50, "Log the training loss every N steps.")
+    overwrite_output_dir: bool = flag(False, "Allow writing into a non-empty output dir (it is never emptied).")
+    eval_mask_seed: int = flag(1234, "Seed of the masks used in evaluation, so eval_loss is comparable.")
+    gpu_fast_paths: bool = flag(
+        True,
+        "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 matmuls, persistent "
+        "dataloader workers, non-blocking copies from pinned memory, no per-step host sync (loss checked at logging "
+        "steps). Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, --finite_loss_check).",
     )
-    layer_decay: float | None = field(default=None, metadata={"help": RECIPE_SETTINGS["layer_decay"][1]})
-    use_lars: bool = field(default=False, metadata={"help": RECIPE_SETTINGS["use_lars"][1]})
-    finite_loss_check: str = field(
-        default="auto",
-        metadata={
-            "help": "When a non-finite loss stops training: 'step' (before the update, one host sync per "
-            "step), 'log' (at logging and checkpoint steps, no per-step sync), 'auto' (step on CPU, log on GPU).",
-            "choices": ["auto", "step", "log"],
-        },
+    sdpa_backend: str = flag(
+        "auto", "Attention kernel (auto: PyTorch picks).", choices=["auto", "flash", "efficient", "cudnn", "math"]
     )
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        annotations = cls.__dict__.get("__annotations__", {})
-        for name, (default, *given) in cls.__dict__.get("RECIPE", {}).items():
-            if name not in RECIPE_SETTINGS:
-                raise TypeError(f"{cls.__name__}.RECIPE: {name} is not one of RECIPE_SETTINGS")
-            annotations[name] = RECIPE_SETTINGS[name][0]
-            setattr(cls, name, recipe_field(name, default, *given))
-        cls.__annotations__ = annotations
+    finite_loss_check: str = flag(
+        "auto",
+        "When a non-finite loss stops training: 'step' (before the update, one host sync per step), 'log' (at "
+        "logging and checkpoint steps, no per-step sync), 'auto' (step on CPU, log on GPU).",
+        choices=["auto", "step", "log"],
+    )
+    do_predict: bool = hf("do_predict", unused="there is no prediction stage; --do_eval evaluates the validation split")
+    neftune_noise_alpha: float | None = hf("neftune_noise_alpha", unused=TEXT_MODELS)
+    use_liger_kernel: bool = hf("use_liger_kernel", unused=TEXT_MODELS)
+    liger_kernel_config: dict[str, bool] | None = hf("liger_kernel_config", unused=TEXT_MODELS)
+    use_cache: bool = hf("use_cache", unused=TEXT_MODELS)
+    include_num_input_tokens_seen: str | bool = hf("include_num_input_tokens_seen", unused=TEXT_MODELS)
+    length_column_name: str = hf("length_column_name", unused=TEXT_MODELS)
+    average_tokens_across_devices: bool = hf("average_tokens_across_devices", unused=TEXT_MODELS)
 
     def __post_init__(self):
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f"--layer_decay must be in (0, 1] (1.0: off), got {self.layer_decay}")
         super().__post_init__()
+
+
+# The recipes that give a base learning rate: --learning_rate is derived from it unless given.
+SCALED_LEARNING_RATE = dict(default=None, help="Peak learning rate", shown="base_learning_rate x global batch / 256")
+
+
+def run_settings(*parsed) -> tuple[dict, set[str]]:
+    """({name: value} of the settings that are part of a run's identity (`run` fact) and that the script uses, the
+    names of those that define the run); see run_directory.identity."""
+    used = [(args, f) for args in parsed for f in fields(args) if f.metadata.get("run") and "unused" not in f.metadata]
+    settings = {f.name: getattr(args, f.name) for args, f in used}
+    return settings, {f.name for _, f in used if f.metadata["run"] == DEFINES}
+
+
+def card_settings(training_args) -> list[tuple[str, object]]:
+    """(name, value) of the training settings the model card lists, and the number of processes."""
+    listed = [(f.name, getattr(training_args, f.name)) for f in fields(training_args) if f.metadata.get("card")]
+    return [*listed, ("world_size", training_args.world_size)]

@@ -293,12 +293,9 @@ def load_strict(model, state_dict, encoder_prefix):
 
 
 def main(argv=None):
-    from .cli import HelpFormatter
-
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(  # each help states its default
         prog="python -m mae_hf.conversion",
         description="Convert an official MAE, transformers ViTMAE or timm ViT checkpoint into a mae_hf model folder.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("source", help="checkpoint file (.pth, .bin, .safetensors) or transformers folder")
     parser.add_argument("output_dir", help="folder to save_pretrained into (must be empty unless --overwrite)")
@@ -332,7 +329,7 @@ def main(argv=None):
         nargs="+",
         help="H [W], for a non-square position table (default: the square its length implies)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder (default: off)")
     args = parser.parse_args(argv)
     image_size = None
     if args.image_size is not None:

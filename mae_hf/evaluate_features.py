@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig
 from transformers.hf_argparser import string_to_bool
 
+from .arguments import help_line
 from .monitor import FeatureMonitor, MonitorArguments
 from .preflight import check_model_folder, check_writable_file
 
@@ -59,7 +60,10 @@ def parse(argv=None) -> argparse.Namespace:
     for spec in dataclasses.fields(MonitorArguments):
         kind = {bool: string_to_bool, int: int, float: float}.get(spec.type, str)
         parser.add_argument(
-            f"--{spec.name.removeprefix(PREFIX)}", type=kind, default=spec.default, help=spec.metadata.get("help")
+            f"--{spec.name.removeprefix(PREFIX)}",
+            type=kind,
+            default=spec.default,
+            help=help_line(spec.name, spec.metadata, spec.default),
         )
     parser.add_argument("--batch_size", type=int, default=128, help="Images per forward pass (per process).")
     parser.add_argument("--num_workers", type=int, default=0, help="Dataloader workers decoding the images.")

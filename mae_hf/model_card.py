@@ -4,36 +4,21 @@ import os
 
 from .modeling_mae import model_class
 
-RECIPE_FIELDS = (
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "world_size",
-    "learning_rate",
-    "base_learning_rate",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "warmup_steps",
-    "lr_scheduler_type",
-    "max_grad_norm",
-    "seed",
-)
-
 
 def _rows(pairs) -> str:
     return "\n".join(f"| {key} | {getattr(value, 'value', value)} |" for key, value in pairs)  # enums by value
 
 
-def write_model_card(output_dir, model, data_args, training_args, metrics: dict, state=None) -> str:
+def write_model_card(output_dir, model, data: str | None, settings: list, metrics: dict, state=None) -> str:
+    """`data`: the data set or folder trained on; `settings`: (name, value) of the training settings listed
+    (`arguments.card_settings`); `metrics`: the run's train and eval metrics; `state`: the TrainerState (logged
+    losses)."""
     config, name = model.config, model_class(model).__name__  # not the class an engine's wrapping made of it
-    data = data_args.dataset_name or getattr(data_args, "train_dir", None) or "unknown"
+    data = data or "unknown"
     architecture = (
         f"ViT encoder {config.hidden_size} wide x {config.num_hidden_layers} deep ({config.num_attention_heads} heads), "
         f"patch {config.patch_size}, image {config.image_size}, {config.num_channels} channel(s)"
     )
-    settings = [(name, getattr(training_args, name, None)) for name in RECIPE_FIELDS]
     model_settings = [
         (name, getattr(config, name))
         for name in (

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from datasets import ClassLabel, Image
 from torch.utils.data import BatchSampler, DataLoader
 
-from .arguments import ImageDataArguments, recipe
+from .arguments import ANY, ImageDataArguments, flag
 from .data import (
     ImageTransform,
     check_labels,
@@ -46,38 +46,42 @@ SUBSET_SEED = 0  # the monitor's image subsets and carved-out validation split d
 class MonitorArguments:
     """The labelled data set scored at every evaluation. Loaded like the classification script's data."""
 
-    monitor_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Labelled images whose k-NN / linear-probe top-1 is reported at every evaluation: a Hub "
-            "dataset id, a local parquet/arrow folder, or 'digits'. 'none': no monitor."
-        },
+    monitor_dataset: str | None = flag(
+        None,
+        "Labelled images whose k-NN / linear-probe top-1 is reported at every evaluation: a Hub dataset id, a local "
+        "parquet/arrow folder, or 'digits'. 'none': no monitor.",
+        way=("monitor data source", 0),
+        off=None,
+        evaluates=ANY,
     )
-    monitor_dataset_config_name: str | None = field(default=None, metadata={"help": "Its Hub configuration."})
-    monitor_train_dir: str | None = field(
-        default=None, metadata={"help": "Or an ImageFolder of labelled images: the k-NN bank and the probe's data."}
+    monitor_dataset_config_name: str | None = flag(
+        None, "Its Hub configuration.", way=("monitor data source", 0), off=None
     )
-    monitor_validation_dir: str | None = field(
-        default=None, metadata={"help": "An ImageFolder of the images that are scored (default: carved from train)."}
+    monitor_train_dir: str | None = flag(
+        None,
+        "Or an ImageFolder of labelled images: the k-NN bank and the probe's data.",
+        way=("monitor data source", 1),
+        off=None,
+        evaluates=ANY,
     )
-    monitor_image_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
-    monitor_label_column_name: str | None = field(default=None, metadata={"help": "Auto-detected when not given."})
-    monitor_train_samples: int = field(
-        default=10_000, metadata={"help": "Use a fixed random subset of this many training images (0: all)."}
+    monitor_validation_dir: str | None = flag(
+        None,
+        "An ImageFolder of the images that are scored (default: carved from train).",
+        way=("monitor data source", 1),
+        off=None,
     )
-    monitor_eval_samples: int = field(
-        default=5_000, metadata={"help": "Score a fixed random subset of this many validation images (0: all)."}
-    )
-    monitor_crop_pct: float = recipe(
+    monitor_image_column_name: str | None = flag(None, "Auto-detected when not given.")
+    monitor_label_column_name: str | None = flag(None, "Auto-detected when not given.")
+    monitor_train_samples: int = flag(10_000, "Use a fixed random subset of this many training images (0: all).")
+    monitor_eval_samples: int = flag(5_000, "Score a fixed random subset of this many validation images (0: all).")
+    monitor_crop_pct: float = flag(
         0.875, "Resize to image_size / crop_pct, then centre-crop (256 -> 224).", "DINO eval_knn.py"
     )
-    monitor_knn_k: int = recipe(KNN_K, "Neighbours in the k-NN vote.", "DINO eval_knn.py")
-    monitor_knn_temperature: float = recipe(
+    monitor_knn_k: int = flag(KNN_K, "Neighbours in the k-NN vote.", "DINO eval_knn.py")
+    monitor_knn_temperature: float = flag(
         KNN_TEMPERATURE, "Votes weigh exp(cosine similarity / T).", "DINO eval_knn.py"
     )
-    monitor_linear_probe: bool = field(
-        default=True, metadata={"help": "Also fit a logistic-regression probe on the frozen features."}
-    )
+    monitor_linear_probe: bool = flag(True, "Also fit a logistic-regression probe on the frozen features.")
 
     def __post_init__(self):
         if self.monitor_dataset in ("", "none", "None"):

@@ -10,14 +10,8 @@ import torch
 import transformers
 from transformers.trainer_utils import has_length
 
-from .argument_checks import (
-    check_steps_per_epoch,
-    check_trainer_arguments,
-    check_training_plan,
-    check_warmup_steps,
-    steps_per_epoch,
-)
-from .arguments import ENCODER, config_overrides
+from .argument_checks import check_schedule, check_trainer_arguments, check_training_plan, steps_per_epoch
+from .arguments import card_settings, config_overrides, data_source, run_settings
 from .cli import parse_arguments  # noqa: F401 - the scripts' entry point to their command line
 from .distributed import check_distributed_run, checkpoint_state_dict
 from .preflight import check_model_folder, check_writable_dir
@@ -73,7 +67,7 @@ def start_run(
     check_hub_access(training_args)
     check_model_path(model_args.model_name_or_path)
     evaluated = None if training_args.do_train else model_class  # nothing is trained: no layer may be new
-    check_model_folder(model_args.model_name_or_path, config_overrides(model_args, ENCODER), model_class=evaluated)
+    check_model_folder(model_args.model_name_or_path, config_overrides(model_args, "encoder"), model_class=evaluated)
     check_resume_argument(training_args)
     check_distributed_run(training_args)  # processes, engine and checkpoint agree
 
@@ -106,11 +100,11 @@ def apply_gpu_fast_paths(training_args) -> list[str]:
     return changed
 
 
-def verify_splits(datasets, column: str, data_args, training_args) -> None:
-    """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped."""
+def verify_splits(datasets, column: str, data_args, training_args, streaming: bool = False) -> None:
+    """Decode every image of every split once (see `verify_images`), in place; corrupt ones fail or are skipped.
+    A streamed data set (pretraining's --streaming) is not read ahead."""
     from .data import verify_images
 
-    streaming = getattr(data_args, "streaming", False)  # only pretraining streams
     if not data_args.verify_images or streaming or data_args.dataset_name in ("digits", "digits_seg"):
         return
     for split in used_splits(datasets, training_args):
@@ -243,7 +237,7 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
         raise ValueError("give --base_learning_rate or --learning_rate")
     if not training_args.do_train:
         return global_batch
-    check_steps_per_epoch(training_args, train_size)
+    check_schedule(training_args, train_size)
     if training_args.warmup_epochs and not training_args.warmup_steps:
         epochs = training_args.num_train_epochs
         if training_args.max_steps > 0:
@@ -255,7 +249,6 @@ def apply_recipe_schedule(training_args, train_size: int | None = None) -> int:
                 f"--warmup_epochs {training_args.warmup_epochs} must be shorter than the training ({epochs:g} epochs)"
             )
         training_args.warmup_steps = training_args.warmup_epochs / epochs  # a share of all steps
-    check_warmup_steps(training_args, train_size)
     if training_args.save_every_epochs:
         if not train_size:
             raise ValueError("--save_every_epochs needs the dataset size; with --streaming give --save_steps")
@@ -299,7 +292,8 @@ def _train_evaluate_save(trainer, model, model_args, data_args, training_args, r
         metrics.update(eval_metrics)
     if training_args.do_train:
         if trainer.is_world_process_zero():
-            write_model_card(training_args.output_dir, model, data_args, training_args, metrics, trainer.state)
+            data, settings = data_source(data_args), card_settings(training_args)
+            write_model_card(training_args.output_dir, model, data, settings, metrics, trainer.state)
         mark_finished(trainer, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
@@ -312,7 +306,7 @@ def _train(trainer, model, model_args, data_args, training_args, run) -> dict | 
     its evaluation), None when the output dir holds this run's finished results."""
     out = training_args.output_dir
     train_size = len(trainer.train_dataset) if has_length(trainer.train_dataset) else None
-    trainer.run_identity = run_identity(model_args, data_args, training_args, train_size)
+    trainer.run_identity = run_identity(*run_settings(model_args, data_args, training_args), training_args, train_size)
     checkpoint = choose_checkpoint(training_args, trainer.run_identity, model)
     status = (
         run_status(out, trainer.run_identity, checkpoint_step(checkpoint)) if resume_request(training_args) else None

@@ -98,9 +98,7 @@ def _engines(rank, world, folder):
             result[engine]["class"] = type(wrapped).__name__
             if rank == 0:
                 wrapped.save_pretrained(folder / "saved", state_dict=whole)
-                write_model_card(
-                    folder / "saved", wrapped, SimpleNamespace(dataset_name="digits"), SimpleNamespace(), {}
-                )
+                write_model_card(folder / "saved", wrapped, "digits", [], {})
     try:
         param_groups(_wrap("FSDP1 flat", copy.deepcopy(base)), 1e-3, 0.05, 0.65, shapes)
         result["flat"] = "accepted"

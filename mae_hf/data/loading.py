@@ -7,7 +7,7 @@ import os
 
 from datasets import Dataset, DatasetDict, Features, Image, IterableDatasetDict, load_dataset, load_from_disk
 
-from ..arguments import ImageDataArguments
+from ..arguments import AnnotationDataArguments, ImageDataArguments
 from .columns import find_segmentation_columns
 from .digits import load_digits_dataset
 from .digits_seg import DIGITS_SEG_LABELS, load_digits_seg_dataset
@@ -94,11 +94,7 @@ def _is_saved(name: str) -> bool:
     return os.path.isdir(name) and any(os.path.exists(os.path.join(name, marker)) for marker in markers)
 
 
-def _streaming(args) -> bool:
-    return getattr(args, "streaming", False)  # only pretraining streams
-
-
-def _load_named(args, training: bool):
+def _load_named(args, training: bool, streaming: bool):
     name = args.dataset_name
     if name in BUILTIN:
         return BUILTIN[name](args.dataset_config_name)
@@ -107,10 +103,10 @@ def _load_named(args, training: bool):
     if _is_saved(name):
         loaded = load_from_disk(name)
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
-    return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=_streaming(args))
+    return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, streaming=streaming)
 
 
-def _load_folders(args: ImageDataArguments):
+def _load_folders(args: ImageDataArguments, streaming: bool):
     files = {}
     if args.train_dir:
         check_image_dir(args.train_dir, "--train_dir")
@@ -118,7 +114,7 @@ def _load_folders(args: ImageDataArguments):
     if args.validation_dir:
         check_image_dir(args.validation_dir, "--validation_dir")
         files["validation"] = os.path.join(args.validation_dir, "**")
-    return load_dataset("imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=_streaming(args))
+    return load_dataset("imagefolder", data_files=files, cache_dir=args.cache_dir, streaming=streaming)
 
 
 def check_train_split(datasets, training: bool) -> None:
@@ -134,21 +130,22 @@ def check_train_split(datasets, training: bool) -> None:
     )
 
 
-def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatasetDict:
+def _load_splits(args, seed: int, training: bool, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
     """The source's train and validation splits, `train` required when `training` and `validation` carved from it
     (`train_val_split`, seeded) when missing; both truncated unless streamed. Evaluation alone takes a source
     without a train split: then there is only validation. Other splits are left out: nothing reads them, and their
     labels need not be class ids (imagenet-1k's test labels are -1; a test split may have no label column)."""
     with main_process_first_on_node():  # `datasets` caches what it builds (Arrow files, split indices) for the others
-        datasets = _load_named(args, training) if args.dataset_name is not None else _load_folders(args)
+        named = args.dataset_name is not None
+        datasets = _load_named(args, training, streaming) if named else _load_folders(args, streaming)
         check_train_split(datasets, training)
         datasets = type(datasets)({split: datasets[split] for split in ("train", "validation") if split in datasets})
         if "validation" not in datasets:
-            if _streaming(args):
+            if streaming:
                 raise ValueError("a streamed dataset needs its own validation split (or use --do_eval False)")
             carved = datasets["train"].train_test_split(test_size=args.train_val_split, seed=seed)
             datasets = DatasetDict(train=carved["train"], validation=carved["test"])
-    if not _streaming(args):
+    if not streaming:
         for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
             if limit is not None and split in datasets:
                 datasets[split] = datasets[split].select(range(min(limit, len(datasets[split]))))
@@ -156,17 +153,18 @@ def _load_splits(args, seed: int, training: bool) -> DatasetDict | IterableDatas
 
 
 def load_image_datasets(
-    args: ImageDataArguments, seed: int = 42, training: bool = True
+    args: ImageDataArguments, seed: int = 42, training: bool = True, streaming: bool = False
 ) -> DatasetDict | IterableDatasetDict:
-    """train + validation for classification and pretraining. Evaluation alone (`training` False) takes a source
-    without a train split (e.g. --validation_dir alone): then only validation."""
+    """train + validation for classification and pretraining (`streaming`: pretraining's --streaming). Evaluation
+    alone (`training` False) takes a source without a train split (e.g. --validation_dir alone): then only
+    validation."""
     no_folder = args.train_dir is None and (training or args.validation_dir is None)
     if args.dataset_name is None and no_folder:
         raise ValueError(
             "give --dataset_name (a Hub id, a local folder, or 'digits') or --train_dir"
             + (" (--validation_dir needs --train_dir)" if args.validation_dir else "")
         )
-    return _load_splits(args, seed, training)
+    return _load_splits(args, seed, training, streaming)
 
 
 def _known_class_names(name: str) -> list[str] | None:
@@ -176,7 +174,9 @@ def _known_class_names(name: str) -> list[str] | None:
     return ["other", *ADE20K_LABELS] if is_ade_folder(name) else None
 
 
-def load_segmentation_datasets(args, seed: int = 42, training: bool = True) -> tuple[DatasetDict, str, str, list[str]]:
+def load_segmentation_datasets(
+    args: AnnotationDataArguments, seed: int = 42, training: bool = True
+) -> tuple[DatasetDict, str, str, list[str]]:
     """(train + validation, image column, annotation column, class names by id).
 
     `args.dataset_name`: 'digits_seg', a local ADE20K-layout folder (images/ + annotations/), a save_to_disk or
@@ -188,20 +188,18 @@ def load_segmentation_datasets(args, seed: int = 42, training: bool = True) -> t
             "give --dataset_name ('digits_seg', an ADEChallengeData2016 folder, a local "
             "parquet/arrow folder or a Hub id)"
         )
-    if _streaming(args):
-        raise ValueError("segmentation does not stream: every annotation is checked before training")
     datasets = _load_splits(args, seed, training)
     image_column, annotation_column = find_segmentation_columns(
         datasets["train" if "train" in datasets else "validation"],
         args.image_column_name,
-        getattr(args, "annotation_column_name", None),
+        args.annotation_column_name,
     )
     names = class_map_names(
         datasets,
         image_column,
         annotation_column,
-        getattr(args, "reduce_labels", False),
-        getattr(args, "num_labels", None),
+        args.reduce_labels,
+        args.num_labels,
         _known_class_names(args.dataset_name),
     )
     return datasets, image_column, annotation_column, names

@@ -11,7 +11,7 @@ import time
 from ..checkpoint import read_shapes, weight_files
 from .checkpoints import checkpoint_folders, checkpoint_problems, checkpoint_step
 from .files import MANIFEST_NAME, folder_problems, is_leftover, read_manifest
-from .identity import SIZE_FIELDS, applied_changes, describe, identity_differences
+from .identity import RunIdentity, applied_changes, describe, identity_differences
 
 logger = logging.getLogger("mae_hf")
 
@@ -29,10 +29,10 @@ def _summary(problems: list[str], shown: int = 3) -> str:
     return "; ".join(problems[:shown]) + more
 
 
-def newest_complete_checkpoint(output_dir: str, identity: dict | None = None) -> tuple[str | None, list[str]]:
+def newest_complete_checkpoint(output_dir: str, identity: RunIdentity | None = None) -> tuple[str | None, list[str]]:
     """(the newest complete and intact checkpoint-N of `output_dir` of the run `identity` (any run when None),
     the reasons each newer one was skipped: a file missing, short, unreadable or corrupt (checksum), steps that
-    disagree, or another run (its RUN_DEFINING settings differ))."""
+    disagree, or another run (its defining settings differ))."""
     skipped = []
     for _step, path in checkpoint_folders(output_dir):
         if problems := checkpoint_problems(path):
@@ -77,7 +77,7 @@ def check_resume_argument(training_args) -> None:
         )
 
 
-def _latest(training_args, identity: dict, wanted: str) -> tuple[str | None, str]:
+def _latest(training_args, identity: RunIdentity, wanted: str) -> tuple[str | None, str]:
     found, skipped = newest_complete_checkpoint(training_args.output_dir, identity)
     for reason in skipped:
         logger.warning(f"--resume_from_checkpoint {wanted}: skipping {reason}")
@@ -95,7 +95,7 @@ def _latest(training_args, identity: dict, wanted: str) -> tuple[str | None, str
     return found, "the newest complete checkpoint of this run" + (" (newer ones skipped, see above)" if skipped else "")
 
 
-def _holds_another_run(output_dir: str, identity: dict) -> bool:
+def _holds_another_run(output_dir: str, identity: RunIdentity) -> bool:
     """Whether `output_dir` holds a complete checkpoint or a final model of another run (which `auto` must not
     start over)."""
     folders = [path for _step, path in checkpoint_folders(output_dir) if not folder_problems(path, verify=False)]
@@ -104,11 +104,11 @@ def _holds_another_run(output_dir: str, identity: dict) -> bool:
     return any(identity_differences(_identity_of(folder), identity) for folder in folders)
 
 
-def choose_checkpoint(training_args, identity: dict, model) -> str | None:
+def choose_checkpoint(training_args, identity: RunIdentity, model) -> str | None:
     """The checkpoint to resume, logged with why. `latest`: the newest complete and intact checkpoint of this run
     (newer ones that are incomplete, corrupt or another run's are named with the reason). `auto`: the same, or none
     (a fresh start) when the output dir holds no checkpoint folder and nothing of another run. A path: taken as
-    given, refused when it belongs to another run (naming the RUN_DEFINING settings that differ). The settings that
+    given, refused when it belongs to another run (naming the defining settings that differ). The settings that
     differ otherwise are applied from the resumed step on (`resumed_changes`). Any checkpoint chosen must hold a
     model that fits `model` (`check_checkpoint_fits`)."""
     wanted = resume_request(training_args)
@@ -121,7 +121,7 @@ def choose_checkpoint(training_args, identity: dict, model) -> str | None:
             return None
     else:
         found, why = wanted, "as given"
-        check_checkpoint_fits(found, model)  # first: it names the sizes of both models
+        check_checkpoint_fits(found, model, identity.defining)  # first: it names the sizes of both models
         if diff := identity_differences(_identity_of(found), identity):
             raise ValueError(
                 f"--resume_from_checkpoint {found} belongs to another run: {'; '.join(diff)}. These settings define "
@@ -129,7 +129,7 @@ def choose_checkpoint(training_args, identity: dict, model) -> str | None:
                 "them). Resume with the settings of the run that wrote it, or pass it as --model_name_or_path to "
                 "start a new run from its weights"
             )
-    check_checkpoint_fits(found, model)
+    check_checkpoint_fits(found, model, identity.defining)
     logger.info(f"resuming from {found} (step {checkpoint_step(found)}; {why})")
     return found
 
@@ -153,7 +153,7 @@ def check_run_length(checkpoint: str | None, planned_steps: int | None, training
     )
 
 
-def resumed_changes(checkpoint: str | None, identity: dict) -> dict[str, tuple]:
+def resumed_changes(checkpoint: str | None, identity: RunIdentity) -> dict[str, tuple]:
     """{name: (value in the checkpoint's run, value now)} of the settings this resume changes, logged: they are
     applied from the resumed step on (see `apply_resumed_settings`) and recorded in the manifests written after."""
     if checkpoint is None or (theirs := _identity_of(checkpoint)) is None:
@@ -178,11 +178,11 @@ def _weight_shapes(folder: str) -> dict[str, tuple] | None:
     return read_shapes([os.path.join(folder, name) for name in files])
 
 
-def _describe(saved, current) -> str:
-    """'field X there, Y here' for the size fields in which two configs differ."""
+def _describe(saved, current, names) -> str:
+    """'field X there, Y here' for the config fields among `names` in which two configs differ."""
     return "; ".join(
         f"{name} {getattr(saved, name, None)!r} there, {getattr(current, name, None)!r} here"
-        for name in SIZE_FIELDS
+        for name in sorted(names)
         if getattr(saved, name, None) != getattr(current, name, None)
     )
 
@@ -196,11 +196,11 @@ def _architecture(folder: str) -> str | None:
         return None
 
 
-def check_checkpoint_fits(checkpoint: str | None, model) -> None:
+def check_checkpoint_fits(checkpoint: str | None, model, defining=()) -> None:
     """Before training: the checkpoint holds a model of this run's class (a pretraining checkpoint given to the
     fine-tuning script fails with the flag to use instead, not with the optimizer's group count) and of its shapes.
-    A ValueError names the checkpoint's and this run's sizes (the config fields that differ) and the first tensor
-    that does not fit."""
+    A ValueError names the checkpoint's and this run's sizes (the config fields among the run's `defining` settings
+    that differ) and the first tensor that does not fit."""
     if checkpoint is None:
         return
     if (saved_class := _architecture(checkpoint)) not in (None, type(model).__name__):
@@ -215,7 +215,7 @@ def check_checkpoint_fits(checkpoint: str | None, model) -> None:
     wrong = [name for name in sorted(saved.keys() & current.keys()) if saved[name] != current[name]]
     if not wrong:
         return
-    sizes = _describe(type(model.config).from_pretrained(checkpoint), model.config)
+    sizes = _describe(type(model.config).from_pretrained(checkpoint), model.config, defining)
     raise ValueError(
         f"--resume_from_checkpoint {checkpoint} holds a model of another size than this run's: {sizes or 'see below'} "
         f"({len(wrong)} tensor(s) differ, e.g. {wrong[0]} {saved[wrong[0]]} there, {current[wrong[0]]} here). Resume "
