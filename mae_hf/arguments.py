@@ -240,7 +240,9 @@ class RecipeArguments(TrainingArguments):
     adam_beta1: float = hf("adam_beta1", help="AdamW beta1.", run=APPLIED, card=True)
     adam_beta2: float = hf("adam_beta2", help="AdamW beta2.", run=APPLIED, card=True)
     adam_epsilon: float = hf("adam_epsilon", run=APPLIED)
-    use_lars: bool = flag(False, "LARS instead of --optim.", run=DEFINES, way=("optimizer", 0), off=False)
+    use_lars: bool = flag(
+        False, "LARS instead of --optim (the linear probe's optimizer).", run=DEFINES, way=("optimizer", 0), off=False
+    )
     optim: OptimizerNames | str = hf("optim", run=DEFINES, way=("optimizer", 1))
     optim_args: str | None = hf("optim_args", run=DEFINES)
     num_train_epochs: float = hf("num_train_epochs", run=APPLIED, way=("training length", 0), card=True)
@@ -299,7 +301,8 @@ class RecipeArguments(TrainingArguments):
         True,
         "On CUDA: bf16 autocast (where supported and neither --fp16 nor --bf16 is given), TF32 matmuls, persistent "
         "dataloader workers, non-blocking copies from pinned memory, no per-step host sync (loss checked at logging "
-        "steps). Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, --finite_loss_check).",
+        "steps). Each also has its own flag (--bf16, --tf32, --dataloader_persistent_workers, --finite_loss_check); "
+        "fused AdamW is the default --optim.",
     )
     sdpa_backend: str = flag(
         "auto", "Attention kernel (auto: PyTorch picks).", choices=["auto", "flash", "efficient", "cudnn", "math"]
