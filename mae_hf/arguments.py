@@ -164,7 +164,9 @@ class DataArguments:
         way=SOURCE,
         off=None,
     )
-    dataset_config_name: str | None = flag(None, "The Hub dataset configuration.", run=DEFINES, way=SOURCE, off=None)
+    dataset_config_name: str | None = flag(
+        None, "The Hub dataset configuration.", run=DEFINES, way=SOURCE, off=None, belongs_to="dataset_name"
+    )
     image_column_name: str | None = flag(None, "Auto-detected when not given.", run=DEFINES)
     train_val_split: float = flag(0.05, "Share of train carved out for validation when it has none.", run=DEFINES)
     max_train_samples: int | None = flag(None, "Truncate train (debugging, quick runs).", run=DEFINES)

@@ -98,11 +98,12 @@ def file_values(path: str) -> dict:
 
 
 def to_words(values: dict) -> list[str]:
-    """Settings as command-line words: lists as several words, mappings as JSON (what TrainingArguments parses)."""
+    """Settings as command-line words: lists as several words, mappings as JSON (what TrainingArguments parses), one
+    value as `--key=value` (so that a value starting with '-' is no flag)."""
     words = []
     for key, value in values.items():
-        value = [json.dumps(value)] if isinstance(value, dict) else value
-        words += [f"--{key}", *(str(v) for v in (value if isinstance(value, list) else [value]))]
+        value = json.dumps(value) if isinstance(value, dict) else value
+        words += [f"--{key}", *map(str, value)] if isinstance(value, list) else [f"--{key}={value}"]
     return words
 
 

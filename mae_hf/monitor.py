@@ -55,7 +55,7 @@ class MonitorArguments:
         evaluates=ANY,
     )
     monitor_dataset_config_name: str | None = flag(
-        None, "Its Hub configuration.", way=("monitor data source", 0), off=None
+        None, "Its Hub configuration.", way=("monitor data source", 0), off=None, belongs_to="monitor_dataset"
     )
     monitor_train_dir: str | None = flag(
         None,
