@@ -140,7 +140,9 @@ class FinetuningArguments(RecipeArguments):
     per_device_train_batch_size: int = like(
         RecipeArguments, "per_device_train_batch_size", 64, "ours; FINETUNE.md: global batch 1024"
     )
-    use_lars: bool = like(RecipeArguments, "use_lars", False, "paper Tab. 10")
+    use_lars: bool = like(
+        RecipeArguments, "use_lars", False, "fine-tuning: AdamW, paper Tab. 9; --linear_probe: LARS, Tab. 10"
+    )
     optim: OptimizerNames | str = like(RecipeArguments, "optim", help="The optimizer, unless --use_lars")
     label_names: list[str] | None = like(RecipeArguments, "label_names", ["labels"])
     eval_strategy: IntervalStrategy | str = like(RecipeArguments, "eval_strategy", "epoch")

@@ -47,7 +47,8 @@ class ArgumentParser(HfArgumentParser):
         for name, facts in self.facts.items():
             if "way" in facts and "unused" not in facts:
                 self.ways.setdefault(facts["way"][0], ([], []))[facts["way"][1]].append(name)
-        super().__init__(dataclass_types, usage=USAGE, formatter_class=argparse.HelpFormatter)
+        # no abbreviations: `mask_r: 0.5` in a file (or --mask_r) would silently set --mask_ratio
+        super().__init__(dataclass_types, usage=USAGE, formatter_class=argparse.HelpFormatter, allow_abbrev=False)
 
     def add_argument(self, *names, **kwargs):
         facts = {key: kwargs.pop(key) for key in set(kwargs) - ARGPARSE}  # ours: not for argparse

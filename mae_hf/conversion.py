@@ -296,6 +296,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(  # each help states its default
         prog="python -m mae_hf.conversion",
         description="Convert an official MAE, transformers ViTMAE or timm ViT checkpoint into a mae_hf model folder.",
+        allow_abbrev=False,  # a misspelt prefix of a flag is an error, as in the training scripts
     )
     parser.add_argument("source", help="checkpoint file (.pth, .bin, .safetensors) or transformers folder")
     parser.add_argument("output_dir", help="folder to save_pretrained into (must be empty unless --overwrite)")

@@ -54,7 +54,7 @@ def saved_processor(path: str):
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("model_dir", help="A saved mae_hf model (save_pretrained folder).")
     for spec in dataclasses.fields(MonitorArguments):

@@ -6,7 +6,9 @@ import pytest
 import run_image_classification
 import run_pretraining
 import run_semantic_segmentation
-from mae_hf.cli import parse_arguments
+from mae_hf import conversion, evaluate_features
+from mae_hf.cli import ArgumentParser, parse_arguments
+from mae_hf.visualize import cli as visualize_cli
 
 SCRIPTS = (run_pretraining, run_image_classification, run_semantic_segmentation)
 
@@ -61,3 +63,38 @@ def test_a_config_files_value_that_starts_with_a_dash(tmp_path):
     config = write(tmp_path, "run_name: -baseline\nmax_steps: -1\n")
     training_args = parse_arguments(run_pretraining.ARGUMENTS, [config])[2]
     assert (training_args.run_name, training_args.max_steps) == ("-baseline", -1)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+def test_a_prefix_of_a_flag_is_no_flag(tmp_path, script):
+    """argparse's abbreviations took `--image_s 32` (or `image_s: 32` in a file) for --image_size without a word:
+    a misspelt key that happened to be the start of one flag set it."""
+    with pytest.raises(ValueError, match=r"--image_s 32 \(on the command line\): not a flag of this script"):
+        parse_arguments(script.ARGUMENTS, ["--image_s", "32"])
+    with pytest.raises(ValueError, match=r"--image_s=32 \(in the config file .*recipe.yaml\): not a flag"):
+        parse_arguments(script.ARGUMENTS, [write(tmp_path, "image_s: 32\n")])
+    assert parse_arguments(script.ARGUMENTS, ["--image_size", "32"])[0].image_size == 32
+
+
+def test_the_help_names_the_source_of_the_classification_optimizer():
+    """--use_lars showed "(default: False; paper Tab. 10)": Tab. 10 is the linear probe's LARS, not the default."""
+    help_text = " ".join(ArgumentParser(run_image_classification.ARGUMENTS).format_help().split())
+    assert "(default: False; fine-tuning: AdamW, paper Tab. 9; --linear_probe: LARS, Tab. 10)" in help_text
+
+
+@pytest.mark.parametrize(
+    "main, argv",
+    [
+        (evaluate_features.parse, ["model_dir", "--train_sam", "5"]),
+        (conversion.main, ["source.pth", "out", "--overwr"]),
+        (visualize_cli.main, ["model_dir", "--mask_rat", "0.5"]),
+    ],
+    ids=["evaluate_features", "conversion", "visualize"],
+)
+def test_the_other_command_lines_take_no_prefix_for_a_flag(main, argv, capsys):
+    """The same in the package's other command lines: a prefix was read as the flag it starts."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    prefix = next(word for word in argv if word.startswith("--"))
+    assert f"error: unrecognized arguments: {prefix}" in capsys.readouterr().err

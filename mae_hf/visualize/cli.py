@@ -41,7 +41,9 @@ def trained_steps(model_dir: str) -> int | None:
 def main(argv=None) -> str:
 
     parser = argparse.ArgumentParser(
-        prog="python -m mae_hf.visualize", description="Reconstruction figure of a saved MAE pretraining model."
+        prog="python -m mae_hf.visualize",
+        description="Reconstruction figure of a saved MAE pretraining model.",
+        allow_abbrev=False,
     )
     parser.add_argument("model_dir", help="a saved MAEForPreTraining folder (or a Hub id, with --output)")
     parser.add_argument("images", nargs="+", help="image files")
