@@ -21,7 +21,6 @@ from transformers.hf_argparser import string_to_bool
 from transformers.utils import logging as transformers_logging
 
 from .arguments import ANY, help_line
-from .distributed import fsdp_words
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 USAGE = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]   (flags override the config file)"
@@ -31,6 +30,28 @@ ARGPARSE = {"action", "choices", "const", "default", "dest", "help", "metavar", 
 def to_bool(word):
     """transformers' booleans (yes/no, true/false, y/n, 1/0) and YAML 1.1's on/off."""
     return string_to_bool({"on": "true", "off": "false"}.get(str(word).lower(), word))
+
+
+def fsdp_words(words: list[str]) -> list[str]:
+    """Command-line words with `--fsdp true` / `--fsdp=on` (also `fsdp: true` in a config file), in any of the
+    booleans' spellings, as transformers' bare `--fsdp`, which it needs: it takes the word for one of its legacy
+    sharding options and fails ("Unknown `fsdp` option: true"); `--fsdp false` as `--fsdp=` (FSDP off: an empty
+    value, which also replaces a lower layer's `fsdp: true`). Other values (`full_shard`) are left to transformers."""
+    out, skip = [], False
+    for word, following in zip(words, [*words[1:], None]):
+        name, equals, value = word.partition("=")
+        if skip or name != "--fsdp":
+            out += [] if skip else [word]
+            skip = False
+            continue
+        try:
+            on = to_bool(value if equals else str(following))
+        except argparse.ArgumentTypeError:  # not a boolean: a sharding option, the next flag or the end
+            out.append(word)
+            continue
+        out.append("--fsdp" if on else "--fsdp=")
+        skip = not equals
+    return out
 
 
 class ArgumentParser(HfArgumentParser):

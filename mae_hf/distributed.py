@@ -8,7 +8,6 @@ tensors), and the whole model exists only once gathered (`whole_state_dict`). DD
 whole on every process.
 """
 
-import argparse
 import logging
 import os
 import re
@@ -228,30 +227,6 @@ class EngineHooks:
 
 def _env_on(name: str) -> bool:
     return os.environ.get(name, "false").lower() == "true"
-
-
-def fsdp_words(words: list[str]) -> list[str]:
-    """Command-line words with `--fsdp true` / `--fsdp=on` (also `fsdp: true` in a config file), in any of the
-    booleans' spellings, as transformers' bare `--fsdp`, which it needs: it takes the word for one of its legacy
-    sharding options and fails ("Unknown `fsdp` option: true"); `--fsdp false` as `--fsdp=` (FSDP off: an empty
-    value, which also replaces a lower layer's `fsdp: true`). Other values (`full_shard`) are left to transformers."""
-    from .cli import to_bool  # cli imports this module
-
-    out, skip = [], False
-    for word, following in zip(words, [*words[1:], None]):
-        name, equals, value = word.partition("=")
-        if skip or name != "--fsdp":
-            out += [] if skip else [word]
-            skip = False
-            continue
-        try:
-            on = to_bool(value if equals else str(following))
-        except argparse.ArgumentTypeError:  # not a boolean: a sharding option, the next flag or the end
-            out.append(word)
-            continue
-        out.append("--fsdp" if on else "--fsdp=")
-        skip = not equals
-    return out
 
 
 def requested_engine(training_args) -> str | None:
