@@ -46,6 +46,7 @@ from mae_hf.data import (
     load_image_datasets,
     normalisation,
 )
+from mae_hf.distributed import run_main
 from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
 from mae_hf.run_utils import (
     apply_recipe_schedule,
@@ -335,4 +336,4 @@ def main(argv=None, callbacks=()):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -39,6 +39,7 @@ from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
+from mae_hf.distributed import run_main
 from mae_hf.figure_callbacks import ReconstructionCallback
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
 from mae_hf.run_utils import (
@@ -263,4 +264,4 @@ def main(argv=None, callbacks=()):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -40,6 +40,7 @@ from mae_hf.data import (
     load_segmentation_datasets,
     normalisation,
 )
+from mae_hf.distributed import run_main
 from mae_hf.figure_callbacks import SegmentationFigureCallback
 from mae_hf.metrics import StreamingMeanIoU, eval_batches
 from mae_hf.run_utils import (
@@ -296,4 +297,4 @@ def main(argv=None, callbacks=()):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from transformers.hf_argparser import string_to_bool
 
 from .arguments import help_line
+from .distributed import run_main
 from .monitor import FeatureMonitor, MonitorArguments
 from .preflight import check_model_folder, check_writable_file
 
@@ -102,4 +103,4 @@ def main(argv=None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

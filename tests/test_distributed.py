@@ -279,3 +279,40 @@ def test_auto_resume_across_world_sizes_is_refused_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=r"checkpoint-4 holds DeepSpeed ZeRO optimizer states partitioned for 2"):
             check_resume_engine(args)
     check_resume_engine(SimpleNamespace(**{**vars(args), "world_size": 2}))
+
+
+def _run_main_in_each_ending(rank, world, folder):
+    """How each ending of a script's main leaves this process's process group (run_main)."""
+    from mae_hf.distributed import run_main
+    from mae_hf.run_directory.preemption import RunPreempted
+
+    def fail():
+        raise ValueError("bad input")
+
+    def preempted():
+        raise RunPreempted("stopped")
+
+    endings = {}
+    for name, main in (("failed", fail), ("finished", lambda: None), ("preempted", preempted)):
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=f"file://{folder}/store-{name}", rank=rank, world_size=world)
+        try:
+            run_main(main)
+            status = 0
+        except ValueError:
+            status = "ValueError"
+        except SystemExit as stop:
+            status = stop.code
+        endings[name] = (status, dist.is_initialized())
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store-end", rank=rank, world_size=world)  # spawn's
+    return endings
+
+
+def test_scripts_end_their_process_group_before_the_process_exits(tmp_path):
+    """A gloo group left to the interpreter's finalisation aborted a finished two-process run once in CI (SIGABRT,
+    "terminate called without an active exception": exit -6 instead of 0); the scripts and evaluate_features run their
+    main through run_main, which destroys it after a finish or a pre-emption (exit 75), not after a failure."""
+    endings = spawn(_run_main_in_each_ending, tmp_path)
+    assert endings == {"failed": ["ValueError", True], "finished": [0, False], "preempted": [75, False]}
+    for script in ("run_pretraining.py", "run_image_classification.py", "run_semantic_segmentation.py"):
+        assert (ROOT / script).read_text().rstrip().endswith('if __name__ == "__main__":\n    run_main(main)'), script
