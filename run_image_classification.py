@@ -46,8 +46,8 @@ from mae_hf.data import (
     load_image_datasets,
     normalisation,
 )
-from mae_hf.distributed import run_main
 from mae_hf.metrics import eval_batches, load_accuracy, to_numpy, top_k_predictions
+from mae_hf.process_exit import run_main
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     apply_runtime_defaults,

@@ -39,9 +39,9 @@ from mae_hf.data.decoding import pretrain_image_transform
 from mae_hf.data.gpu_decoding import GPUImageDecoder, collate_encoded
 from mae_hf.data.seeding import MaskNoise
 from mae_hf.data.transforms import ImageTransform
-from mae_hf.distributed import run_main
 from mae_hf.figure_callbacks import ReconstructionCallback
 from mae_hf.monitor import FeatureMonitor, MonitorArguments
+from mae_hf.process_exit import run_main
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     apply_runtime_defaults,

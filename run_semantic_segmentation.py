@@ -40,9 +40,9 @@ from mae_hf.data import (
     load_segmentation_datasets,
     normalisation,
 )
-from mae_hf.distributed import run_main
 from mae_hf.figure_callbacks import SegmentationFigureCallback
 from mae_hf.metrics import StreamingMeanIoU, eval_batches
+from mae_hf.process_exit import run_main
 from mae_hf.run_utils import (
     apply_recipe_schedule,
     apply_runtime_defaults,

@@ -370,22 +370,3 @@ def check_final_model(folder: str, names) -> None:
             f"the final model in {folder} has no {' and no '.join(missing)} (saved: {sorted(names) or 'nothing'}); "
             "the run is not marked finished. Its checkpoints are intact: resume with --resume_from_checkpoint latest"
         )
-
-
-def run_main(main, *args) -> None:
-    """`main(*args)` of a command line, then this process's process groups destroyed (`destroy_process_group`), as
-    torch's documentation asks before a process exits: a gloo group left to the interpreter's finalisation can abort
-    the process ("terminate called without an active exception", SIGABRT: its C++ threads still hold work while
-    Python is torn down; pytorch/pytorch#179291), and a finished run then exits -6 instead of 0, a pre-empted one
-    instead of 75 (seen once in CI in a two-process test). Not after a failure: another process may still wait in a
-    collective, and the exit status says enough."""
-    from .run_directory.preemption import EXIT_PREEMPTED
-
-    try:
-        main(*args)
-    except SystemExit as stop:
-        if stop.code in (None, 0, EXIT_PREEMPTED) and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

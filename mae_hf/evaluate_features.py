@@ -22,9 +22,9 @@ from transformers import AutoConfig
 from transformers.hf_argparser import string_to_bool
 
 from .arguments import help_line
-from .distributed import run_main
 from .monitor import FeatureMonitor, MonitorArguments
 from .preflight import check_model_folder, check_writable_file
+from .process_exit import run_main
 
 PREFIX = "monitor_"
 

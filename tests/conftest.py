@@ -15,6 +15,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mae_hf import MAEConfig  # noqa: E402
+from mae_hf.process_exit import run_main  # noqa: E402
 
 
 def tiny_config(**overrides) -> MAEConfig:
@@ -89,9 +90,10 @@ def _worker(rank, function, world, folder):
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_engines, conftest
     os.environ.update(DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
-    try:
-        result = function(rank, world, Path(folder))
-        if rank == 0:
-            (Path(folder) / "result.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    run_main(_keep_result, function, rank, world, folder)  # ends the process as the scripts end theirs
+
+
+def _keep_result(function, rank, world, folder):
+    result = function(rank, world, Path(folder))
+    if rank == 0:
+        (Path(folder) / "result.json").write_text(json.dumps(result))

@@ -94,5 +94,6 @@ def torchrun_launcher(processes: int = 2) -> list[str]:
 def torchrun(program, argv, launcher=(), processes: int = 2, timeout: int = LAUNCH_TIMEOUT):
     """`torchrun --standalone --nproc_per_node {processes} [launcher] program argv` (program: a script's path),
     one thread per process, this checkout's mae_hf; the finished launch (subprocess.CompletedProcess)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # PYTHONFAULTHANDLER: a process that aborts prints where each of its threads was
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
     return run_group([*torchrun_launcher(processes), *launcher, program, *argv], env, timeout)
