@@ -3,6 +3,7 @@
 import atexit
 import os
 import sys
+import threading
 
 import torch.distributed as dist
 
@@ -12,7 +13,7 @@ from .run_directory.preemption import EXIT_PREEMPTED
 def run_main(main, *args) -> None:
     """`main(*args)`; then, in a process with a process group, after a finish (status 0) or a pre-emption (status
     `EXIT_PREEMPTED`): the process group destroyed (`destroy_process_group`, as torch asks before a process exits), the
-    atexit handlers run (logging flushed, wandb / tensorboard closed, temporary folders removed), stdout and stderr
+    non-daemon threads joined and atexit handlers run (logging flushed, wandb / tensorboard closed, temporary folders removed), stdout and stderr
     flushed, and the process ended with `os._exit(status)`, without the interpreter's finalisation.
 
     Why not a normal exit: objects that hold the process group (the DDP model, the Trainer, in reference cycles) are
@@ -40,7 +41,9 @@ def _has_process_group() -> bool:
 
 def _end_process(status: int) -> None:
     dist.destroy_process_group()
-    atexit._run_exitfuncs()  # what a normal exit runs first (no public equivalent; multiprocessing's children do it too)
+    # What a normal exit does before the finalisation, in its order; Python has no public call for either.
+    threading._shutdown()  # the other threads' own exit hooks (concurrent.futures), then non-daemon threads joined
+    atexit._run_exitfuncs()  # multiprocessing's children call it too before their os._exit
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(status)

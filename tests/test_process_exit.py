@@ -1,4 +1,4 @@
-"""How a script's process ends (`mae_hf.process_exit.run_main`): its exit status, its output and atexit handlers kept,
+"""How a script's process ends (`mae_hf.process_exit.run_main`): its exit status, its output, its threads and atexit handlers kept,
 and no abort at interpreter shutdown when a torch C++ thread still runs."""
 
 import subprocess
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # finished two-process run in CI twice: a thread inside torch's C++ code (gloo's workers there) taking the GIL while
 # the interpreter finalises, which CPython answers with pthread_exit and C++ with std::terminate (SIGABRT, exit -6).
 PROGRAM = """
-import atexit, sys, threading
+import atexit, sys, threading, time
 import torch, torch.distributed as dist
 from mae_hf.process_exit import run_main
 from mae_hf.run_directory.preemption import RunPreempted
@@ -32,6 +32,7 @@ def main():
     if ending == "failed":
         raise ValueError("bad input")
     threading.Thread(target=spin, daemon=True).start()
+    threading.Thread(target=lambda: (time.sleep(0.5), print("non-daemon thread done"))).start()  # waited for
     if ending == "preempted":
         raise RunPreempted("stopped")
 
@@ -52,7 +53,9 @@ def test_a_script_ends_with_its_status_its_output_and_its_atexit_handlers_and_no
     assert statuses == endings, {ending: err[-2000:] for ending, (out, err) in outputs.items()}
     for ending in ("finished", "preempted"):
         out, err = outputs[ending]
-        assert out.splitlines() == ["main ran", "atexit: process group destroyed"], (out, err[-2000:])
+        assert out.splitlines() == ["main ran", "non-daemon thread done", "atexit: process group destroyed"], err[
+            -2000:
+        ]
         assert "terminate called" not in err
     out, err = outputs["failed"]  # a failure ends as Python ends it: traceback, process group left to the others
     assert out.splitlines() == ["main ran", "atexit: process group alive"]
